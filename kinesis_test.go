@@ -1,0 +1,675 @@
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+)
+
+var testReg = registration{FunctionName: "fn", FunctionVersion: "$LATEST", AccountID: "123456789012"}
+
+func testMeta(cfg config) recordMeta {
+	if cfg.PartitionKey == "" {
+		cfg.PartitionKey = "request"
+	}
+	if cfg.Stream == "" && cfg.StreamARN == "" {
+		cfg.Stream = "s"
+	}
+	return newRecordMeta(testReg, cfg, "eu-west-1", "env1")
+}
+
+// envelopeOf decodes one record's data.
+type envelopeOf struct {
+	ID             string          `json:"id"`
+	Function       string          `json:"function"`
+	Version        string          `json:"version"`
+	Account        string          `json:"account"`
+	Region         string          `json:"region"`
+	RequestID      string          `json:"requestId"`
+	TruncatedBytes *int            `json:"truncatedBytes"`
+	Event          json.RawMessage `json:"event"`
+}
+
+func TestEnvelope(t *testing.T) {
+	m := testMeta(config{})
+	e := event{raw: []byte(`{"time":"t","type":"function","record":"hi"}`), typ: "function", requestID: "req-\"1\"", idPrefix: "abc", seq: 42}
+	data := m.appendData(nil, &e, 5)
+	if len(data) != m.dataSize(&e, 5) {
+		t.Errorf("dataSize %d, appendData wrote %d", m.dataSize(&e, 5), len(data))
+	}
+	var got envelopeOf
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatalf("record data is not JSON: %v: %s", err, data)
+	}
+	want := envelopeOf{ID: "abc-42", Function: "fn", Version: "$LATEST", Account: "123456789012", Region: "eu-west-1", RequestID: "req-\"1\"", Event: e.raw}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+}
+
+func TestOversizedEventIsTruncatedNotDropped(t *testing.T) {
+	m := testMeta(config{})
+	for _, tt := range []struct {
+		name   string
+		record string
+	}{
+		{"text line", `"` + strings.Repeat("é\\n", 400000) + `"`},
+		{"json record", `{"message":"` + strings.Repeat("x", 1200000) + `"}`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			raw := `{"time":"2024-01-01T00:00:00.000Z","type":"function","record":` + tt.record + `}`
+			e := event{raw: []byte(raw), typ: "function", requestID: "r1", idPrefix: "p", seq: 1, text: strings.HasPrefix(tt.record, `"`)}
+			key := m.partitionKey(&e)
+			data := m.appendData(nil, &e, len(key))
+			if n := len(data) + len(key); n > maxRecordBytes {
+				t.Fatalf("record is %d bytes with its key, over the %d limit", n, maxRecordBytes)
+			}
+			if len(data) != m.dataSize(&e, len(key)) {
+				t.Errorf("dataSize %d, appendData wrote %d", m.dataSize(&e, len(key)), len(data))
+			}
+			var got envelopeOf
+			if err := json.Unmarshal(data, &got); err != nil {
+				t.Fatalf("truncated record is not JSON: %v", err)
+			}
+			var ev struct {
+				Time, Type, Record string
+			}
+			if err := json.Unmarshal(got.Event, &ev); err != nil {
+				t.Fatalf("truncated event: %v", err)
+			}
+			var full string
+			if e.text {
+				json.Unmarshal([]byte(tt.record), &full)
+			} else {
+				full = tt.record
+			}
+			if got.TruncatedBytes == nil || *got.TruncatedBytes != len(full)-len(ev.Record) || *got.TruncatedBytes <= 0 {
+				t.Fatalf("truncatedBytes %v, want %d", got.TruncatedBytes, len(full)-len(ev.Record))
+			}
+			if !strings.HasPrefix(full, ev.Record) || ev.Time != "2024-01-01T00:00:00.000Z" || ev.Type != "function" {
+				t.Errorf("truncated event does not keep the start of the record and its time and type")
+			}
+			if len(data) < maxRecordBytes-2000 {
+				t.Errorf("cut too much: %d bytes left of %d", len(data), maxRecordBytes)
+			}
+		})
+	}
+}
+
+func TestFitCallLimits(t *testing.T) {
+	small := make([]pendingRecord, 1200)
+	for i := range small {
+		small[i] = pendingRecord{key: "k", size: 100}
+	}
+	if n := fitCall(small); n != 500 {
+		t.Errorf("small records per call %d, want 500", n)
+	}
+	big := make([]pendingRecord, 10)
+	for i := range big {
+		big[i] = pendingRecord{key: "kk", size: 1<<20 - 2}
+	}
+	if n := fitCall(big); n != 5 {
+		t.Errorf("1 MiB records per call %d, want 5", n)
+	}
+}
+
+func TestEncodeBody(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		cfg       config
+		wantField string
+	}{
+		{"by name", config{Stream: "my-stream"}, "StreamName"},
+		{"by ARN", config{StreamARN: "arn:aws:kinesis:eu-west-1:123456789012:stream/my-stream"}, "StreamARN"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &shipper{cfg: tt.cfg, meta: testMeta(tt.cfg)}
+			evs := []event{
+				{raw: []byte(`{"type":"platform.start","record":{"requestId":"r1"}}`), typ: "platform.start", requestID: "r1", idPrefix: "p", seq: 0},
+				{raw: []byte(`{"type":"platform.initStart","record":{}}`), typ: "platform.initStart", idPrefix: "p", seq: 1},
+			}
+			body := s.encodeBody(nil, s.packRecords(evs))
+			var req map[string]json.RawMessage
+			if err := json.Unmarshal(body, &req); err != nil {
+				t.Fatalf("body is not JSON: %v", err)
+			}
+			if len(req) != 2 || req[tt.wantField] == nil || req["Records"] == nil {
+				t.Fatalf("body members %v, want %s and Records only", keys(req), tt.wantField)
+			}
+			var recs []map[string]string
+			json.Unmarshal(req["Records"], &recs)
+			if len(recs) != 2 || recs[0]["PartitionKey"] != "r1" || recs[1]["PartitionKey"] != "env1" {
+				t.Fatalf("records %v: want partition keys r1 and env1", recs)
+			}
+			for i, r := range recs {
+				data, err := base64.StdEncoding.DecodeString(r["Data"])
+				if err != nil {
+					t.Fatalf("record %d data is not base64: %v", i, err)
+				}
+				var env envelopeOf
+				if err := json.Unmarshal(data, &env); err != nil || string(env.Event) != string(evs[i].raw) {
+					t.Errorf("record %d: event %s, want %s (%v)", i, env.Event, evs[i].raw, err)
+				}
+			}
+		})
+	}
+}
+
+func keys(m map[string]json.RawMessage) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestPartitionKeys(t *testing.T) {
+	e := event{requestID: "req", idPrefix: "p", seq: 7}
+	none := event{idPrefix: "p", seq: 8}
+	for _, tt := range []struct {
+		mode      string
+		want      string
+		wantNoReq string
+	}{
+		{"request", "req", "env1"},
+		{"function", "fn", "fn"},
+	} {
+		m := testMeta(config{PartitionKey: tt.mode})
+		if got := m.partitionKey(&e); got != tt.want {
+			t.Errorf("%s: got %q, want %q", tt.mode, got, tt.want)
+		}
+		if got := m.partitionKey(&none); got != tt.wantNoReq {
+			t.Errorf("%s without request id: got %q, want %q", tt.mode, got, tt.wantNoReq)
+		}
+	}
+	m := testMeta(config{PartitionKey: "random"})
+	if m.partitionKey(&e) != m.partitionKey(&e) {
+		t.Error("random keys must be stable for one event, so a retry lands on the same shard")
+	}
+	if m.partitionKey(&e) == m.partitionKey(&none) {
+		t.Error("random keys of two events are equal")
+	}
+}
+
+func TestJSONStringEncoding(t *testing.T) {
+	for _, s := range []string{"", "plain", "quote\" back\\ nl\n tab\t cr\r", "\x00\x1f\x7f", "é中😀", "bad\xffbyte", "<html>&"} {
+		got := appendJSONString(nil, s)
+		if len(got) != jsonStringLen(s) {
+			t.Errorf("jsonStringLen(%q)=%d, encoded %d bytes", s, jsonStringLen(s), len(got))
+		}
+		var back string
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Errorf("%q encoded as invalid JSON %s: %v", s, got, err)
+		}
+		want, _ := json.Marshal(s)
+		var wantBack string
+		json.Unmarshal(want, &wantBack)
+		if back != wantBack {
+			t.Errorf("%q round-trips as %q, want %q", s, back, wantBack)
+		}
+	}
+}
+
+func TestCheckEndpoint(t *testing.T) {
+	for _, tt := range []struct {
+		url string
+		ok  bool
+	}{
+		{"https://kinesis.eu-west-1.amazonaws.com", true},
+		{"https://vpce-1.kinesis.eu-west-1.vpce.amazonaws.com", true},
+		{"http://127.0.0.1:4567", true},
+		{"http://localhost:4567", true},
+		{"http://[::1]:4567", true},
+		{"http://kinesis.eu-west-1.amazonaws.com", false},
+		{"http://10.0.0.1:4567", false},
+		{"ftp://127.0.0.1", false},
+		{"kinesis.eu-west-1.amazonaws.com", false},
+	} {
+		if err := checkEndpoint(tt.url); (err == nil) != tt.ok {
+			t.Errorf("checkEndpoint(%q) = %v, want ok=%v", tt.url, err, tt.ok)
+		}
+	}
+}
+
+// fakeKinesis is an httptest server that answers PutRecords from a script.
+type fakeKinesis struct {
+	*httptest.Server
+	mu      sync.Mutex
+	answer  func(call int, req putRecordsRequest) (status int, body string)
+	calls   []putRecordsRequest
+	headers []http.Header
+}
+
+type putRecordsRequest struct {
+	StreamName string
+	StreamARN  string
+	Records    []struct{ Data, PartitionKey string }
+}
+
+func newFakeKinesis(t *testing.T, answer func(call int, req putRecordsRequest) (int, string)) *fakeKinesis {
+	f := &fakeKinesis{answer: answer}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var req putRecordsRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			t.Errorf("request body is not JSON: %v", err)
+		}
+		f.mu.Lock()
+		call := len(f.calls)
+		f.calls = append(f.calls, req)
+		f.headers = append(f.headers, r.Header.Clone())
+		f.mu.Unlock()
+		status, out := f.answer(call, req)
+		w.WriteHeader(status)
+		io.WriteString(w, out)
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+// allOK answers every record with success.
+func allOK(_ int, req putRecordsRequest) (int, string) {
+	var rs []string
+	for i := range req.Records {
+		rs = append(rs, fmt.Sprintf(`{"SequenceNumber":"%d","ShardId":"shardId-000000000000","ErrorCode":null}`, i))
+	}
+	return 200, `{"FailedRecordCount":0,"Records":[` + strings.Join(rs, ",") + `]}`
+}
+
+func testShipper(t *testing.T, cfg config, endpoint string) (*shipper, *buffer, *stats) {
+	t.Helper()
+	if cfg.Stream == "" && cfg.StreamARN == "" {
+		cfg.Stream = "s"
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = time.Second
+	}
+	if cfg.RecordFormat == "" {
+		cfg.RecordFormat = "event"
+	}
+	st := newStats()
+	buf := newBuffer(1<<30, "p", st)
+	s := newShipper(cfg, buf, st, newLogger(io.Discard), testMeta(cfg))
+	creds := aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "token"))
+	s.newClient = func(context.Context) (*kinesisClient, error) {
+		return newKinesisClient(endpoint, "eu-west-1", creds, cfg.RequestTimeout), nil
+	}
+	return s, buf, st
+}
+
+func addLogs(buf *buffer, n int) {
+	evs := make([]event, n)
+	for i := range evs {
+		evs[i] = logEvent(fmt.Sprintf("line %d", i))
+		evs[i].requestID = fmt.Sprintf("r%d", i%3)
+	}
+	buf.add(evs, &filter{sample: 1})
+}
+
+func TestShipRetriesOnlyFailedEntries(t *testing.T) {
+	fk := newFakeKinesis(t, func(call int, req putRecordsRequest) (int, string) {
+		if call > 0 {
+			return allOK(call, req)
+		}
+		// First call: entries 1 and 3 throttled, entry 4 failed internally.
+		var rs []string
+		for i := range req.Records {
+			switch i {
+			case 1, 3:
+				rs = append(rs, `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded"}`)
+			case 4:
+				rs = append(rs, `{"ErrorCode":"InternalFailure","ErrorMessage":"oops"}`)
+			default:
+				rs = append(rs, `{"SequenceNumber":"1","ShardId":"shardId-000000000000"}`)
+			}
+		}
+		return 200, `{"FailedRecordCount":3,"Records":[` + strings.Join(rs, ",") + `]}`
+	})
+	s, buf, st := testShipper(t, config{}, fk.URL)
+	addLogs(buf, 6)
+	if err := s.ship(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(fk.calls) != 2 {
+		t.Fatalf("%d calls, want 2", len(fk.calls))
+	}
+	if len(fk.calls[1].Records) != 3 || fk.calls[1].Records[0].Data != fk.calls[0].Records[1].Data ||
+		fk.calls[1].Records[1].Data != fk.calls[0].Records[3].Data || fk.calls[1].Records[2].Data != fk.calls[0].Records[4].Data {
+		t.Errorf("second call should carry exactly entries 1, 3, 4 of the first, in order")
+	}
+	if st.delivered.Load() != 6 || st.throttles.Load() != 2 || st.retries.Load() != 1 {
+		t.Errorf("delivered %d throttles %d retries %d, want 6 2 1", st.delivered.Load(), st.throttles.Load(), st.retries.Load())
+	}
+	if buf.inFlight != 0 {
+		t.Errorf("inFlight %d after delivery, want 0", buf.inFlight)
+	}
+}
+
+func TestShipClassifiesWholeCallErrors(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		status        int
+		body          string
+		wantCalls     int
+		wantDelivered uint64
+		wantRejected  uint64
+	}{
+		{"throttled then fine", 400, `{"__type":"ProvisionedThroughputExceededException","message":"slow down"}`, 2, 4, 0},
+		{"5xx then fine", 503, `{"__type":"ServiceUnavailable"}`, 2, 4, 0},
+		{"KMS throttling then fine", 400, `{"__type":"KMSThrottlingException"}`, 2, 4, 0},
+		{"expired token then fine", 400, `{"__type":"ExpiredTokenException"}`, 2, 4, 0},
+		{"access denied is permanent", 400, `{"__type":"AccessDeniedException","message":"no"}`, 1, 0, 4},
+		{"not found is permanent", 400, `{"__type":"com.amazonaws.kinesis.v20131202#ResourceNotFoundException","message":"Stream s not found"}`, 1, 0, 4},
+		{"KMS disabled is permanent", 400, `{"__type":"KMSDisabledException"}`, 1, 0, 4},
+		{"validation is permanent", 400, `{"__type":"ValidationException"}`, 1, 0, 4},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fk := newFakeKinesis(t, func(call int, req putRecordsRequest) (int, string) {
+				if call == 0 {
+					return tt.status, tt.body
+				}
+				return allOK(call, req)
+			})
+			s, buf, st := testShipper(t, config{}, fk.URL)
+			addLogs(buf, 4)
+			if err := s.ship(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			st.mu.Lock()
+			var rejected uint64
+			for _, n := range st.rejected {
+				rejected += n
+			}
+			st.mu.Unlock()
+			if len(fk.calls) != tt.wantCalls || st.delivered.Load() != tt.wantDelivered || rejected != tt.wantRejected {
+				t.Errorf("calls %d delivered %d rejected %d, want %d %d %d", len(fk.calls), st.delivered.Load(), rejected, tt.wantCalls, tt.wantDelivered, tt.wantRejected)
+			}
+			if n, _ := buf.state(); n != 0 || buf.inFlight != 0 {
+				t.Errorf("buffer holds %d, in flight %d: every event must be delivered or counted", n, buf.inFlight)
+			}
+		})
+	}
+}
+
+func TestShipPutsBackWhatIsNotConfirmedWhenTimeRunsOut(t *testing.T) {
+	fk := newFakeKinesis(t, func(call int, req putRecordsRequest) (int, string) {
+		return 500, `{"__type":"InternalFailure"}`
+	})
+	s, buf, st := testShipper(t, config{}, fk.URL)
+	addLogs(buf, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := s.ship(ctx); err == nil {
+		t.Fatal("ship reported success against a failing Kinesis")
+	}
+	if n, _ := buf.state(); n != 10 || buf.inFlight != 0 {
+		t.Errorf("buffer holds %d (in flight %d) after the deadline, want all 10 back", n, buf.inFlight)
+	}
+	if len(fk.calls) < 2 || st.delivered.Load() != 0 {
+		t.Errorf("calls %d delivered %d: want retries with backoff and nothing delivered", len(fk.calls), st.delivered.Load())
+	}
+	all := buf.take(100, 1<<30, func(*event) int { return 1 })
+	for i := 1; i < len(all); i++ {
+		if all[i].seq != all[i-1].seq+1 {
+			t.Fatal("events put back out of order")
+		}
+	}
+}
+
+func TestShipSplitsIntoCallsWithinLimits(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	s, buf, st := testShipper(t, config{}, fk.URL)
+	big := strings.Repeat("x", 300<<10)
+	var evs []event
+	for i := range 1200 {
+		msg := "small"
+		if i%100 == 0 {
+			msg = big
+		}
+		evs = append(evs, logEvent(msg))
+	}
+	buf.add(evs, &filter{sample: 1})
+	if err := s.ship(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for i, c := range fk.calls {
+		bytes := 0
+		for _, r := range c.Records {
+			d, _ := base64.StdEncoding.DecodeString(r.Data)
+			bytes += len(d) + len(r.PartitionKey)
+		}
+		if len(c.Records) > maxRecordsPerCall || bytes > maxCallBytes {
+			t.Errorf("call %d: %d records, %d bytes: over the limits", i, len(c.Records), bytes)
+		}
+		total += len(c.Records)
+	}
+	if total != 1200 || st.delivered.Load() != 1200 {
+		t.Errorf("sent %d records, delivered %d, want 1200", total, st.delivered.Load())
+	}
+	if len(fk.calls) != 3 {
+		t.Errorf("%d calls for 1200 events, want 3", len(fk.calls))
+	}
+}
+
+func TestNDJSONAggregation(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	cfg := config{RecordFormat: "ndjson", RecordBytes: 4096}
+	s, buf, st := testShipper(t, cfg, fk.URL)
+	evs := make([]event, 0, 300)
+	for i := range 300 {
+		e := logEvent(fmt.Sprintf("line %d", i))
+		e.requestID = fmt.Sprintf("q%d", i/100)
+		evs = append(evs, e)
+	}
+	buf.add(evs, &filter{sample: 1})
+	if err := s.ship(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var lines, records int
+	for _, c := range fk.calls {
+		for _, r := range c.Records {
+			records++
+			d, _ := base64.StdEncoding.DecodeString(r.Data)
+			if len(d)+len(r.PartitionKey) > cfg.RecordBytes {
+				t.Errorf("aggregated record of %d bytes, over %d", len(d), cfg.RecordBytes)
+			}
+			for _, line := range strings.Split(strings.TrimSuffix(string(d), "\n"), "\n") {
+				var env envelopeOf
+				if err := json.Unmarshal([]byte(line), &env); err != nil {
+					t.Fatalf("ndjson line is not an envelope: %v", err)
+				}
+				if env.RequestID != r.PartitionKey {
+					t.Errorf("line of %s in a record keyed %s", env.RequestID, r.PartitionKey)
+				}
+				lines++
+			}
+		}
+	}
+	if lines != 300 || st.delivered.Load() != 300 {
+		t.Errorf("decoded %d lines, delivered %d, want 300", lines, st.delivered.Load())
+	}
+	if records > 30 {
+		t.Errorf("%d records for 300 events of 3 requests: aggregation should pack them", records)
+	}
+}
+
+// sigV4 is an independent implementation of AWS Signature Version 4 from its specification,
+// used to check the SDK signer's output on the extension's own requests.
+func sigV4(method, path, query string, hdr http.Header, signed []string, payloadHash, secret, date, region, service string) string {
+	var canon strings.Builder
+	canon.WriteString(method + "\n" + path + "\n" + query + "\n")
+	for _, h := range signed {
+		canon.WriteString(h + ":" + strings.TrimSpace(strings.Join(hdr.Values(h), ",")) + "\n")
+	}
+	canon.WriteString("\n" + strings.Join(signed, ";") + "\n" + payloadHash)
+	sum := sha256.Sum256([]byte(canon.String()))
+	scope := date[:8] + "/" + region + "/" + service + "/aws4_request"
+	toSign := "AWS4-HMAC-SHA256\n" + date + "\n" + scope + "\n" + hex.EncodeToString(sum[:])
+	return hex.EncodeToString(hmacSHA256(signingKey(secret, date[:8], region, service), toSign))
+}
+
+func signingKey(secret, day, region, service string) []byte {
+	k := hmacSHA256([]byte("AWS4"+secret), day)
+	k = hmacSHA256(k, region)
+	k = hmacSHA256(k, service)
+	return hmacSHA256(k, "aws4_request")
+}
+
+func hmacSHA256(key []byte, s string) []byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(s))
+	return h.Sum(nil)
+}
+
+const emptySHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+// TestSigV4TestSuite checks the independent signer against AWS's published SigV4 test suite
+// vectors (get-vanilla, post-vanilla, get-vanilla-query-order-key-case), so that it can be
+// trusted to judge the SDK signer below.
+func TestSigV4TestSuite(t *testing.T) {
+	const secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+	if got := hex.EncodeToString(signingKey(secret, "20150830", "us-east-1", "service")); got != "938127b5336810ddb6a5d6af445fcac9e371f9ed418ed386b022aed82901be75" {
+		t.Errorf("signing key %s", got)
+	}
+	hdr := http.Header{"Host": {"example.amazonaws.com"}, "X-Amz-Date": {"20150830T123600Z"}}
+	signed := []string{"host", "x-amz-date"}
+	for _, tt := range []struct{ method, query, want string }{
+		{"GET", "", "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"},
+		{"POST", "", "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"},
+		{"GET", "Param1=value1&Param2=value2", "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500"},
+	} {
+		if got := sigV4(tt.method, "/", tt.query, hdr, signed, emptySHA256, secret, "20150830T123600Z", "us-east-1", "service"); got != tt.want {
+			t.Errorf("%s ?%s: signature %s, want %s", tt.method, tt.query, got, tt.want)
+		}
+	}
+	// The SDK signer gives the published get-vanilla signature too.
+	req, _ := http.NewRequest("GET", "https://example.amazonaws.com/", nil)
+	creds := aws.Credentials{AccessKeyID: "AKIDEXAMPLE", SecretAccessKey: secret}
+	when, _ := time.Parse("20060102T150405Z", "20150830T123600Z")
+	if err := newKinesisClient("https://example.amazonaws.com", "us-east-1", nil, time.Second).signer.SignHTTP(context.Background(), creds, req, emptySHA256, "service", "us-east-1", when); err != nil {
+		t.Fatal(err)
+	}
+	want := "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+	if got := req.Header.Get("Authorization"); got != want {
+		t.Errorf("SDK signer: %s\nwant %s", got, want)
+	}
+}
+
+// TestPutRecordsRequestIsSignedAndShaped captures a real PutRecords request from the extension
+// and checks its headers, body and signature with the independent implementation.
+func TestPutRecordsRequestIsSignedAndShaped(t *testing.T) {
+	const secret = "test-secret-key"
+	var got *http.Request
+	var gotBody []byte
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, gotBody = r, must(io.ReadAll(r.Body))
+		io.WriteString(w, `{"FailedRecordCount":0,"Records":[{"SequenceNumber":"1","ShardId":"shardId-000000000000"}]}`)
+	}))
+	defer srv.Close()
+	creds := aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider("AKIDTEST", secret, "session-token"))
+	k := newKinesisClient(srv.URL, "eu-west-1", creds, time.Second)
+	body := []byte(`{"StreamName":"s","Records":[{"Data":"e30=","PartitionKey":"k"}]}`)
+	if _, err := k.putRecords(context.Background(), body, 1); err != nil {
+		t.Fatal(err)
+	}
+	if string(gotBody) != string(body) || got.Method != "POST" || got.URL.Path != "/" {
+		t.Fatalf("sent %s %s %s", got.Method, got.URL.Path, gotBody)
+	}
+	for h, want := range map[string]string{
+		"X-Amz-Target":         "Kinesis_20131202.PutRecords",
+		"Content-Type":         "application/x-amz-json-1.1",
+		"X-Amz-Security-Token": "session-token",
+	} {
+		if got.Header.Get(h) != want {
+			t.Errorf("%s: %q, want %q", h, got.Header.Get(h), want)
+		}
+	}
+	auth := got.Header.Get("Authorization")
+	date := got.Header.Get("X-Amz-Date")
+	var signedHeaders, signature string
+	for _, part := range strings.Split(strings.TrimPrefix(auth, "AWS4-HMAC-SHA256 "), ", ") {
+		k, v, _ := strings.Cut(part, "=")
+		switch k {
+		case "Credential":
+			if v != "AKIDTEST/"+date[:8]+"/eu-west-1/kinesis/aws4_request" {
+				t.Errorf("credential scope %s", v)
+			}
+		case "SignedHeaders":
+			signedHeaders = v
+		case "Signature":
+			signature = v
+		}
+	}
+	signed := strings.Split(signedHeaders, ";")
+	for _, h := range []string{"content-type", "host", "x-amz-date", "x-amz-security-token", "x-amz-target"} {
+		if !contains(signed, h) {
+			t.Errorf("header %s is not signed (%s)", h, signedHeaders)
+		}
+	}
+	hdr := got.Header.Clone()
+	hdr.Set("Host", got.Host)
+	hdr.Set("Content-Length", fmt.Sprint(len(gotBody)))
+	sum := sha256.Sum256(gotBody)
+	if want := sigV4("POST", "/", "", hdr, signed, hex.EncodeToString(sum[:]), secret, date, "eu-west-1", "kinesis"); signature != want {
+		t.Errorf("signature %s, independent implementation says %s", signature, want)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func TestLoadKinesisClientEndpoints(t *testing.T) {
+	t.Setenv("AWS_REGION", "eu-west-1")
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_CONFIG_FILE", "/nonexistent")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+	for _, tt := range []struct {
+		cfg                 config
+		wantURL, wantRegion string
+	}{
+		{config{Stream: "s"}, "https://kinesis.eu-west-1.amazonaws.com/", "eu-west-1"},
+		{config{StreamARN: "arn:aws:kinesis:us-east-2:123456789012:stream/s"}, "https://123456789012.data-kinesis.us-east-2.amazonaws.com/", "us-east-2"},
+		{config{StreamARN: "arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s"}, "https://123456789012.data-kinesis.cn-north-1.amazonaws.com.cn/", "cn-north-1"},
+		{config{Stream: "s", Endpoint: "http://127.0.0.1:1"}, "http://127.0.0.1:1/", "eu-west-1"},
+	} {
+		meta := testMeta(tt.cfg)
+		k, err := loadKinesisClient(context.Background(), tt.cfg, &meta)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.url != tt.wantURL || k.region != tt.wantRegion {
+			t.Errorf("%+v: url %s region %s, want %s %s", tt.cfg, k.url, k.region, tt.wantURL, tt.wantRegion)
+		}
+	}
+}

@@ -1,0 +1,447 @@
+package main
+
+// The Extensions API side, in the order of the Lambda lifecycle: register, start the listener and
+// subscribe, then loop { next → INVOKE | SHUTDOWN }. Whatever the flush strategy, nothing is sent
+// while the extension waits in /event/next: the environment may freeze at any moment after that
+// call, and a request cut by a freeze fails or, worse, is applied and then retried as a duplicate.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// extensionsClient speaks the Extensions API (and, for the subscription, the Telemetry API).
+type extensionsClient struct {
+	base         string // http://<runtime api>/2020-01-01/extension
+	telemetryURL string
+	http         *http.Client
+	id           string // Lambda-Extension-Identifier, set by register
+}
+
+func newExtensionsClient(runtimeAPI string) *extensionsClient {
+	return &extensionsClient{
+		base:         "http://" + runtimeAPI + "/2020-01-01/extension",
+		telemetryURL: "http://" + runtimeAPI + "/2022-07-01/telemetry",
+		// No timeout: /event/next blocks until the next event, for as long as it takes. No proxy:
+		// the Runtime API is local even when the function sets HTTP_PROXY.
+		http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2}},
+	}
+}
+
+// registration is Lambda's answer to register.
+type registration struct {
+	FunctionName    string `json:"functionName"`
+	FunctionVersion string `json:"functionVersion"`
+	Handler         string `json:"handler"`
+	AccountID       string `json:"accountId"`
+}
+
+// lifecycleEvent is an INVOKE or SHUTDOWN event from /event/next.
+type lifecycleEvent struct {
+	EventType      string `json:"eventType"`
+	DeadlineMs     int64  `json:"deadlineMs"` // epoch milliseconds, not a duration
+	RequestID      string `json:"requestId"`
+	ShutdownReason string `json:"shutdownReason"`
+}
+
+func (c *extensionsClient) register(ctx context.Context, name string, events []string) (registration, error) {
+	body, _ := json.Marshal(map[string][]string{"events": events})
+	hdr := http.Header{"Lambda-Extension-Name": {name}, "Lambda-Extension-Accept-Feature": {"accountId"}}
+	status, answer, id, err := c.call(ctx, http.MethodPost, c.base+"/register", body, hdr)
+	if err != nil {
+		return registration{}, err
+	}
+	if status != http.StatusOK || id == "" {
+		return registration{}, fmt.Errorf("register: HTTP %d: %s", status, bytes.TrimSpace(answer))
+	}
+	c.id = id
+	var reg registration
+	if err := json.Unmarshal(answer, &reg); err != nil {
+		return registration{}, fmt.Errorf("register: decode answer: %w", err)
+	}
+	return reg, nil
+}
+
+func (c *extensionsClient) next(ctx context.Context) (lifecycleEvent, error) {
+	status, answer, err := c.do(ctx, http.MethodGet, c.base+"/event/next", nil, nil)
+	if err != nil {
+		return lifecycleEvent{}, err
+	}
+	if status != http.StatusOK {
+		return lifecycleEvent{}, fmt.Errorf("next event: HTTP %d: %s", status, bytes.TrimSpace(answer))
+	}
+	var ev lifecycleEvent
+	if err := json.Unmarshal(answer, &ev); err != nil {
+		return lifecycleEvent{}, fmt.Errorf("next event: decode: %w", err)
+	}
+	return ev, nil
+}
+
+// initError and exitError tell Lambda why the extension stops; no call succeeds afterwards.
+func (c *extensionsClient) initError(ctx context.Context, errorType string, cause error) error {
+	return c.reportError(ctx, "/init/error", errorType, cause)
+}
+
+func (c *extensionsClient) exitError(ctx context.Context, errorType string, cause error) error {
+	return c.reportError(ctx, "/exit/error", errorType, cause)
+}
+
+func (c *extensionsClient) reportError(ctx context.Context, path, errorType string, cause error) error {
+	body, _ := json.Marshal(map[string]any{"errorMessage": cause.Error(), "errorType": errorType, "stackTrace": []string{}})
+	status, answer, err := c.do(ctx, http.MethodPost, c.base+path, body, http.Header{"Lambda-Extension-Function-Error-Type": {errorType}})
+	if err != nil {
+		return err
+	}
+	if status != http.StatusAccepted {
+		return fmt.Errorf("%s: HTTP %d: %s", path, status, bytes.TrimSpace(answer))
+	}
+	return nil
+}
+
+// do sends one request with the extension's identifier and returns the status and body.
+func (c *extensionsClient) do(ctx context.Context, method, url string, body []byte, hdr http.Header) (int, []byte, error) {
+	status, answer, _, err := c.call(ctx, method, url, body, hdr)
+	return status, answer, err
+}
+
+func (c *extensionsClient) call(ctx context.Context, method, url string, body []byte, hdr http.Header) (int, []byte, string, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, "", err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if c.id != "" {
+		req.Header.Set("Lambda-Extension-Identifier", c.id)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, nil, "", err
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return 0, nil, "", fmt.Errorf("%s %s: read answer: %w", method, url, err)
+	}
+	return resp.StatusCode, answer, resp.Header.Get("Lambda-Extension-Identifier"), nil
+}
+
+// extension is the running extension: it owns the listener, the buffer and the shipper, and
+// drives them from the event loop.
+type extension struct {
+	cfg  config
+	api  *extensionsClient
+	logs *logger
+	reg  registration
+
+	stats        *stats
+	buf          *buffer
+	ship         *shipper
+	sub          subscription
+	stopListener func()
+
+	lastInvoke  time.Time
+	gap         time.Duration // moving average of the time between invocations
+	lastShip    time.Time
+	lastRequest string
+}
+
+// start opens the listener and subscribes. The listener must be up first: Lambda starts posting
+// as soon as the subscription is accepted.
+func (e *extension) start(ctx context.Context, host string, getenv func(string) string) error {
+	e.stats = newStats()
+	e.buf = newBuffer(e.cfg.MaxBufferBytes, newIDPrefix(), e.stats)
+	addr := net.JoinHostPort(host, strconv.Itoa(e.cfg.Port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for telemetry on %s (KINESIS_TELEMETRY_PORT=%d: choose a port no other extension uses): %w", addr, e.cfg.Port, err)
+	}
+	e.stopListener = serveListener(ln, newListener(e.buf, e.stats, e.cfg), e.logs.out)
+	meta := newRecordMeta(e.reg, e.cfg, getenv("AWS_REGION"), environmentID(getenv("AWS_LAMBDA_LOG_STREAM_NAME")))
+	e.ship = newShipper(e.cfg, e.buf, e.stats, e.logs, meta)
+
+	e.sub, err = subscribeTelemetry(ctx, e.api, e.cfg)
+	if err != nil {
+		e.stopListener()
+		return err
+	}
+	if !e.sub.Active {
+		e.logs.printf("telemetry subscription refused (%s): nothing will be shipped from this environment; the extension keeps running and does not affect the function", e.sub.Detail)
+	}
+	return nil
+}
+
+// run is the event loop. It returns the process exit code.
+func (e *extension) run(ctx context.Context) int {
+	defer e.stopListener()
+	var stopPeriodic func(deadline time.Time)
+	if e.cfg.Managed {
+		// No INVOKE events and no freezing: ship on a timer in the background.
+		stopPeriodic = e.shipPeriodically(e.cfg.Flush.Period)
+	}
+	for {
+		ev, err := e.api.next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				// SIGTERM without a SHUTDOWN event: flush what we can in the time Lambda allows.
+				ev = lifecycleEvent{EventType: "SHUTDOWN", ShutdownReason: "signal", DeadlineMs: time.Now().Add(1500 * time.Millisecond).UnixMilli()}
+			} else {
+				e.logs.printf("%v: the Extensions API failed, exiting", err)
+				_ = e.api.exitError(context.Background(), "Extension.NextFailed", err)
+				return 1
+			}
+		}
+		switch ev.EventType {
+		case "INVOKE":
+			e.onInvoke(ev)
+		case "SHUTDOWN":
+			if stopPeriodic != nil {
+				stopPeriodic(shutdownDeadline(ev).Add(-countsReserve))
+			}
+			e.onShutdown(ev)
+			return 0
+		}
+	}
+}
+
+// runIdle keeps the extension registered and harmless when it cannot work: Lambda fails the
+// function's init if a registered extension exits, so it answers every event and exits 0 on
+// SHUTDOWN.
+func (e *extension) runIdle(ctx context.Context) int {
+	for {
+		ev, err := e.api.next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return 0
+			}
+			e.logs.printf("%v: the Extensions API failed, exiting", err)
+			return 1
+		}
+		if ev.EventType == "SHUTDOWN" {
+			return 0
+		}
+	}
+}
+
+// onInvoke ships according to the flush strategy and returns when /event/next may be called.
+func (e *extension) onInvoke(ev lifecycleEvent) {
+	now := time.Now()
+	e.stats.invocations.Add(1)
+	if !e.lastInvoke.IsZero() {
+		gap := now.Sub(e.lastInvoke)
+		if e.gap == 0 {
+			e.gap = gap
+		} else {
+			e.gap = (e.gap + gap) / 2
+		}
+	}
+	e.lastInvoke = now
+	deadline := time.UnixMilli(ev.DeadlineMs).Add(-deadlineSafety)
+
+	switch e.flushMode(now) {
+	case "end":
+		e.flushBeforeNext(ev.RequestID, deadline)
+	case "background":
+		e.shipWhileInvoked(ev.RequestID, deadline)
+	}
+	e.lastRequest = ev.RequestID
+	if e.sub.Active {
+		// What the extension adds to the invocation: from the runtime being done (as far as the
+		// extension can see) to its own /event/next.
+		if at, ok := e.buf.runtimeDoneAt(ev.RequestID); ok {
+			e.stats.addPostRuntime(time.Since(at))
+		} else {
+			e.stats.addPostRuntime(0)
+		}
+	}
+}
+
+// deadlineSafety keeps the extension's own work clear of the invocation's deadline, past which
+// Lambda counts the invocation as timed out.
+const deadlineSafety = 50 * time.Millisecond
+
+// flushMode picks, for one invocation, "end" (wait for the invocation's telemetry and ship it
+// before /event/next), "background" (ship what is buffered while the function runs) or "skip".
+//
+// adaptive: the first invocation, and any invocation when invocations are sparse (the average gap
+// between them exceeds MAX_DELAY) or when the buffer holds data older than MAX_DELAY, ships at the
+// end; otherwise the next invocation will come soon enough to carry the data, so it ships in the
+// background. Without a telemetry subscription there is no runtimeDone to wait for: background.
+func (e *extension) flushMode(now time.Time) string {
+	n, oldest := e.buf.state()
+	switch e.cfg.Flush.Mode {
+	case "end":
+		return "end"
+	case "background":
+		return "background"
+	case "periodic":
+		if n > 0 && now.Sub(e.lastShip) >= e.cfg.Flush.Period {
+			return "background"
+		}
+		return "skip"
+	}
+	switch {
+	case !e.sub.Active:
+		return "background"
+	case e.gap == 0, e.gap > e.cfg.MaxDelay, n > 0 && now.Sub(oldest) > e.cfg.MaxDelay:
+		return "end"
+	}
+	return "background"
+}
+
+// flushBeforeNext waits until the invocation's platform.runtimeDone has arrived (so that its log
+// lines are in the buffer), then ships everything within the flush budget.
+func (e *extension) flushBeforeNext(requestID string, deadline time.Time) {
+	if e.sub.Active {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		e.buf.waitRuntimeDone(ctx, requestID)
+		cancel()
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), earliest(time.Now().Add(e.cfg.FlushBudget), deadline))
+	defer cancel()
+	e.shipNow(ctx)
+}
+
+// shipWhileInvoked ships what is buffered while the function runs. The sending stops, and its
+// unconfirmed records go back to the buffer, at the latest a flush budget after the invocation's
+// runtimeDone arrives, so the extension never holds the environment for long after the function.
+func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if e.sub.Active {
+		go func() {
+			if _, ok := e.buf.waitRuntimeDone(ctx, requestID); !ok {
+				return
+			}
+			t := time.NewTimer(e.cfg.FlushBudget)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	e.shipNow(ctx)
+}
+
+// shipPeriodically ships every period in the background (managed instances). The returned stop
+// lets a round in progress run until deadline, then stops and waits for the goroutine.
+func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline time.Time)) {
+	quit := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+				e.shipNow(ctx)
+			}
+		}
+	}()
+	return func(deadline time.Time) {
+		close(quit)
+		timer := time.AfterFunc(time.Until(deadline), cancel)
+		<-done
+		timer.Stop()
+		cancel()
+	}
+}
+
+func (e *extension) shipNow(ctx context.Context) {
+	e.lastShip = time.Now()
+	e.ship.emitCountsIfDue(e.lastShip)
+	if err := e.ship.ship(ctx); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		e.logs.once("ship:"+err.Error(), "ship: %v", err)
+	}
+}
+
+// Shutdown timing: Lambda allows 2,000 ms in all; the extension keeps a margin before the
+// deadline, and reserves the last part of its time for the counts record.
+const (
+	shutdownMargin = 150 * time.Millisecond
+	countsReserve  = 150 * time.Millisecond
+)
+
+func shutdownDeadline(ev lifecycleEvent) time.Time {
+	d := time.UnixMilli(ev.DeadlineMs)
+	if ev.DeadlineMs == 0 || time.Until(d) > time.Minute {
+		d = time.Now().Add(2 * time.Second)
+	}
+	return d.Add(-shutdownMargin)
+}
+
+// onShutdown ships what is left, including the last invocation's platform.report, which Lambda
+// produces only after the extension's last /event/next, and finally the counts record.
+func (e *extension) onShutdown(ev lifecycleEvent) {
+	final := shutdownDeadline(ev)
+	if e.sub.Active {
+		half := time.Now().Add(time.Until(final) / 2)
+		ctx, cancel := context.WithDeadline(context.Background(), half)
+		if e.lastRequest != "" {
+			e.buf.waitReport(ctx, e.lastRequest)
+		}
+		// Telemetry still on its way (the Telemetry API buffers up to its timeout) arrives in
+		// this pause; the pause ends early once the stream goes quiet.
+		e.buf.waitQuiet(ctx, max(50*time.Millisecond, 2*time.Duration(e.cfg.BufferTimeoutMS)*time.Millisecond))
+		cancel()
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), final.Add(-countsReserve))
+	e.shipNow(ctx)
+	cancel()
+	e.ship.dropRemaining(e.stats)
+	e.ship.emitCounts(time.Now())
+	ctx, cancel = context.WithDeadline(context.Background(), final)
+	_ = e.ship.ship(ctx)
+	cancel()
+	e.logs.printf("shutdown (%s): %s", ev.ShutdownReason, e.stats.summary())
+}
+
+// earliest returns the earlier of two times.
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// environmentID identifies this execution environment: the unique part of its log stream name
+// ("2024/05/01/[$LATEST]8f6c…"), so that records can be matched with CloudWatch Logs, or a random
+// id where there is none.
+func environmentID(logStream string) string {
+	if i := strings.LastIndexByte(logStream, ']'); i >= 0 && i+1 < len(logStream) {
+		logStream = logStream[i+1:]
+	}
+	if logStream == "" || len(logStream) > 128 {
+		return newIDPrefix()
+	}
+	return logStream
+}
+
+// newIDPrefix returns a random prefix for event ids: ids are <prefix>-<sequence>, unique across
+// environments, extension restarts and SnapStart clones.
+func newIDPrefix() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}

@@ -1,0 +1,1085 @@
+package main
+
+// The Telemetry API side: the subscription, the HTTP listener Lambda posts event batches to, and
+// the bounded in-memory buffer between the listener and the Kinesis sender.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// subscription is the outcome of the Telemetry API subscription.
+type subscription struct {
+	Active bool   // Lambda answered 200: batches will arrive
+	Detail string // why not, when not active
+}
+
+// Telemetry API schema versions: the classic one, and the only one Lambda Managed Instances accept.
+const (
+	telemetrySchema        = "2022-12-13"
+	telemetrySchemaManaged = "2025-01-29"
+)
+
+// subscribeTelemetry asks Lambda to post the configured telemetry types to the listener. A refusal
+// is not an error: the extension keeps running without telemetry, and the caller says so once.
+func subscribeTelemetry(ctx context.Context, api *extensionsClient, cfg config) (subscription, error) {
+	schema := telemetrySchema
+	if cfg.Managed {
+		schema = telemetrySchemaManaged
+	}
+	body, err := json.Marshal(map[string]any{
+		"schemaVersion": schema,
+		"destination":   map[string]any{"protocol": "HTTP", "URI": "http://sandbox.localdomain:" + strconv.Itoa(cfg.Port)},
+		"types":         cfg.Types,
+		"buffering":     map[string]any{"maxItems": cfg.BufferItems, "maxBytes": cfg.BufferBytes, "timeoutMs": cfg.BufferTimeoutMS},
+	})
+	if err != nil {
+		return subscription{}, fmt.Errorf("subscribe telemetry: %w", err)
+	}
+	status, answer, err := api.do(ctx, http.MethodPut, api.telemetryURL, body, nil)
+	if err != nil {
+		return subscription{}, fmt.Errorf("subscribe telemetry: %w", err)
+	}
+	if status == http.StatusOK {
+		return subscription{Active: true}, nil
+	}
+	var apiErr struct{ ErrorType, ErrorMessage string }
+	_ = json.Unmarshal(answer, &apiErr)
+	detail := fmt.Sprintf("HTTP %d %s %s", status, apiErr.ErrorType, apiErr.ErrorMessage)
+	return subscription{Detail: strings.TrimSpace(detail)}, nil
+}
+
+// resolveListenHost returns the address that sandbox.localdomain resolves to, which is where
+// Lambda delivers telemetry, or 127.0.0.1 where it does not resolve (emulators, tests). It never
+// returns an address that listens on all interfaces.
+func resolveListenHost(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupIPAddr(ctx, "sandbox.localdomain")
+	if err == nil {
+		for _, a := range addrs {
+			if ip := a.IP.To4(); ip != nil && !ip.IsUnspecified() {
+				return ip.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}
+
+// listener receives the batches Lambda posts. It answers as soon as the batch is in the buffer:
+// a slow answer makes Lambda buffer, retry and eventually drop telemetry.
+type listener struct {
+	buf     *buffer
+	stats   *stats
+	maxBody int64
+	filter  *filter
+	bodies  sync.Pool
+}
+
+func newListener(buf *buffer, st *stats, cfg config) *listener {
+	// Lambda's batches reach about twice maxBytes; leave room for one more.
+	return &listener{buf: buf, stats: st, maxBody: int64(3*cfg.BufferBytes + 1<<20), filter: newFilter(cfg)}
+}
+
+func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" {
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	body, _ := l.bodies.Get().(*bytes.Buffer)
+	if body == nil {
+		body = new(bytes.Buffer)
+	}
+	defer l.bodies.Put(body)
+	body.Reset()
+	_, err := body.ReadFrom(http.MaxBytesReader(w, r.Body, l.maxBody))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		l.stats.badBatches.Add(1)
+		http.Error(w, fmt.Sprintf("body larger than %d bytes", l.maxBody), http.StatusRequestEntityTooLarge)
+		return
+	case err != nil:
+		l.stats.badBatches.Add(1)
+		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := l.accept(body.Bytes()); err != nil {
+		l.stats.badBatches.Add(1)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// accept decodes one posted batch and adds its events to the buffer. A body that is not a JSON
+// array is refused whole; elements that are not event objects are counted and skipped.
+func (l *listener) accept(body []byte) error {
+	evs := make([]event, 0, 64)
+	err := scanBatch(body, func(f eventFields) {
+		if !f.object || f.typ == nil {
+			l.stats.badEvents.Add(1)
+			return
+		}
+		evs = append(evs, newEvent(f))
+	})
+	if err != nil {
+		return fmt.Errorf("telemetry batch: %w", err)
+	}
+	l.stats.received.Add(uint64(len(evs)))
+	l.buf.add(evs, l.filter)
+	return nil
+}
+
+// event is one Telemetry API event as it waits in the buffer.
+type event struct {
+	raw       []byte // the event exactly as received (invalid UTF-8 replaced)
+	typ       string
+	requestID string // the event's own, or the invocation it was printed in
+	level     int8   // index into logLevels for JSON log lines, -1 when unknown
+	text      bool   // record is a string (a text log line)
+	idPrefix  string // with seq, the event's id
+	seq       uint64
+	arrived   time.Time
+}
+
+// isPlatform reports whether the event is a platform event, which are never dropped to make room.
+func (e *event) isPlatform() bool { return !isLogType(e.typ) }
+
+func isLogType(t string) bool { return t == "function" || t == "extension" }
+
+// size is what the event costs the buffer: its bytes plus bookkeeping.
+func (e *event) size() int { return len(e.raw) + 128 }
+
+func newEvent(f eventFields) event {
+	raw := f.raw
+	if f.badUTF8 {
+		raw = bytes.ToValidUTF8(raw, []byte("\uFFFD"))
+	} else {
+		raw = bytes.Clone(raw)
+	}
+	e := event{raw: raw, typ: internType(unquote(f.typ)), level: -1, text: f.recordText}
+	if f.requestID != nil {
+		e.requestID = unquote(f.requestID)
+	}
+	if f.level != nil {
+		e.level = int8(levelIndex(unquote(f.level)))
+	}
+	return e
+}
+
+// internType avoids an allocation per event for the common types.
+func internType(t string) string {
+	switch t {
+	case "function":
+		return "function"
+	case "extension":
+		return "extension"
+	case "platform.start":
+		return "platform.start"
+	case "platform.runtimeDone":
+		return "platform.runtimeDone"
+	case "platform.report":
+		return "platform.report"
+	}
+	return t
+}
+
+func levelIndex(s string) int {
+	for i, l := range logLevels {
+		if strings.EqualFold(s, l) {
+			return i
+		}
+	}
+	// Common spellings that are not in the list.
+	switch strings.ToUpper(s) {
+	case "WARNING":
+		return 3
+	case "CRITICAL":
+		return 5
+	}
+	return -1
+}
+
+// unquote returns the value of a JSON string token that scanBatch has validated.
+func unquote(tok []byte) string {
+	if len(tok) < 2 {
+		return ""
+	}
+	if bytes.IndexByte(tok, '\\') < 0 {
+		return string(tok[1 : len(tok)-1])
+	}
+	var s string
+	_ = json.Unmarshal(tok, &s)
+	return s
+}
+
+// buffer holds events between the listener and the sender, bounded in bytes. Platform events and
+// log lines wait in two queues so that, when full, the oldest log lines can be dropped first
+// without disturbing the platform events; both are taken out in arrival order.
+type buffer struct {
+	mu       sync.Mutex
+	platform eventQueue
+	logs     eventQueue
+	bytes    int // in the queues
+	inFlight int // taken by the sender and not yet confirmed or put back
+	max      int
+	stats    *stats
+
+	seq       uint64
+	idPrefix  string
+	lastStart string // request id of the last platform.start: log lines without one belong to it
+	done      recentSet
+	reported  recentSet
+	changed   chan struct{} // closed whenever events arrive
+}
+
+func newBuffer(maxBytes int, idPrefix string, st *stats) *buffer {
+	return &buffer{
+		max: maxBytes, idPrefix: idPrefix, stats: st, changed: make(chan struct{}),
+		done: newRecentSet(256), reported: newRecentSet(256),
+	}
+}
+
+// add appends a decoded batch, attributing log lines to their invocation and making room by
+// dropping the oldest log lines when the buffer is full.
+func (b *buffer) add(evs []event, f *filter) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range evs {
+		e := &evs[i]
+		switch e.typ {
+		case "platform.start":
+			if e.requestID != "" {
+				b.lastStart = e.requestID
+			}
+		case "platform.runtimeDone":
+			b.done.add(e.requestID, now)
+		case "platform.report":
+			b.reported.add(e.requestID, now)
+		case "platform.restoreStart":
+			// A SnapStart restore clones this process: ids must not repeat across clones.
+			b.idPrefix = newIDPrefix()
+		case "platform.logsDropped":
+			b.stats.lambdaDropped(e.raw)
+		}
+		if e.requestID == "" && isLogType(e.typ) {
+			e.requestID = b.lastStart
+		}
+		if !f.keep(e, b.stats) {
+			continue
+		}
+		e.seq, e.idPrefix, e.arrived = b.seq, b.idPrefix, now
+		b.seq++
+		if e.isPlatform() {
+			b.platform.push(*e)
+		} else {
+			b.logs.push(*e)
+		}
+		b.bytes += e.size()
+	}
+	b.makeRoom()
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// makeRoom drops the oldest log lines, and only when there are none the oldest platform events,
+// until the buffer fits its cap.
+func (b *buffer) makeRoom() {
+	for b.bytes+b.inFlight > b.max {
+		q := &b.logs
+		if q.len() == 0 {
+			q = &b.platform
+		}
+		e, ok := q.popFront()
+		if !ok {
+			return
+		}
+		b.bytes -= e.size()
+		b.stats.droppedFull.Add(1)
+	}
+}
+
+// take removes and returns the oldest events, at most n of them and, by the size function, at
+// most maxBytes (but always at least one). They count as in flight until confirmed or put back.
+func (b *buffer) take(n, maxBytes int, size func(*event) int) []event {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []event
+	total := 0
+	for len(out) < n {
+		q := b.oldestQueue()
+		if q == nil {
+			break
+		}
+		s := size(q.front())
+		if len(out) > 0 && total+s > maxBytes {
+			break
+		}
+		e, _ := q.popFront()
+		total += s
+		b.bytes -= e.size()
+		b.inFlight += e.size()
+		out = append(out, e)
+	}
+	return out
+}
+
+// oldestQueue is the queue whose front arrived first, or nil when both are empty.
+func (b *buffer) oldestQueue() *eventQueue {
+	switch {
+	case b.platform.len() == 0 && b.logs.len() == 0:
+		return nil
+	case b.logs.len() == 0:
+		return &b.platform
+	case b.platform.len() == 0:
+		return &b.logs
+	case b.platform.front().seq < b.logs.front().seq:
+		return &b.platform
+	}
+	return &b.logs
+}
+
+// putBack returns taken events, in their order, to the front of the buffer.
+func (b *buffer) putBack(evs []event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := len(evs) - 1; i >= 0; i-- {
+		e := evs[i]
+		if e.isPlatform() {
+			b.platform.pushFront(e)
+		} else {
+			b.logs.pushFront(e)
+		}
+		b.inFlight -= e.size()
+		b.bytes += e.size()
+	}
+	b.makeRoom()
+}
+
+// release forgets taken events that were delivered or dropped.
+func (b *buffer) release(evs []event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range evs {
+		b.inFlight -= evs[i].size()
+	}
+}
+
+// addOwn buffers a record the extension makes itself (the counts record).
+func (b *buffer) addOwn(e event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e.seq, e.idPrefix, e.arrived = b.seq, b.idPrefix, time.Now()
+	b.seq++
+	b.platform.push(e)
+	b.bytes += e.size()
+	b.makeRoom()
+}
+
+// state reports how many events wait and when the oldest of them arrived.
+func (b *buffer) state() (n int, oldest time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if q := b.oldestQueue(); q != nil {
+		oldest = q.front().arrived
+	}
+	return b.platform.len() + b.logs.len(), oldest
+}
+
+// waitRuntimeDone waits until platform.runtimeDone for the request has arrived and returns when
+// it did, or false when ctx ends first.
+func (b *buffer) waitRuntimeDone(ctx context.Context, requestID string) (time.Time, bool) {
+	return b.wait(ctx, &b.done, requestID)
+}
+
+// waitReport waits until platform.report for the request has arrived.
+func (b *buffer) waitReport(ctx context.Context, requestID string) bool {
+	_, ok := b.wait(ctx, &b.reported, requestID)
+	return ok
+}
+
+func (b *buffer) wait(ctx context.Context, set *recentSet, requestID string) (time.Time, bool) {
+	for {
+		b.mu.Lock()
+		at, ok := set.get(requestID)
+		changed := b.changed
+		b.mu.Unlock()
+		if ok {
+			return at, true
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return time.Time{}, false
+		}
+	}
+}
+
+// waitQuiet returns once no telemetry has arrived for the quiet period, or when ctx ends.
+func (b *buffer) waitQuiet(ctx context.Context, quiet time.Duration) {
+	t := time.NewTimer(quiet)
+	defer t.Stop()
+	for {
+		b.mu.Lock()
+		changed := b.changed
+		b.mu.Unlock()
+		select {
+		case <-changed:
+			t.Reset(quiet)
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// runtimeDoneAt returns when platform.runtimeDone for the request arrived, if it has.
+func (b *buffer) runtimeDoneAt(requestID string) (time.Time, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.done.get(requestID)
+}
+
+// eventQueue is a FIFO that can also push to its front (for events put back after a failed send).
+type eventQueue struct {
+	items []event
+	head  int
+}
+
+func (q *eventQueue) len() int      { return len(q.items) - q.head }
+func (q *eventQueue) front() *event { return &q.items[q.head] }
+
+func (q *eventQueue) push(e event) {
+	if q.head > 0 && q.head >= len(q.items)/2 {
+		// Reuse the consumed half instead of growing forever.
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
+	}
+	q.items = append(q.items, e)
+}
+
+func (q *eventQueue) pushFront(e event) {
+	if q.head == 0 {
+		grown := make([]event, len(q.items)+1, 2*len(q.items)+8)
+		copy(grown[1:], q.items)
+		q.items, q.head = grown, 1
+	}
+	q.head--
+	q.items[q.head] = e
+}
+
+func (q *eventQueue) popFront() (event, bool) {
+	if q.len() == 0 {
+		return event{}, false
+	}
+	e := q.items[q.head]
+	q.items[q.head] = event{}
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+	return e, true
+}
+
+// recentSet remembers the last n request ids seen with a time, forgetting the oldest.
+type recentSet struct {
+	at    map[string]time.Time
+	order []string
+	n     int
+}
+
+func newRecentSet(n int) recentSet { return recentSet{at: map[string]time.Time{}, n: n} }
+
+func (s *recentSet) add(id string, t time.Time) {
+	if id == "" {
+		return
+	}
+	if _, ok := s.at[id]; ok {
+		return
+	}
+	if len(s.order) >= s.n {
+		delete(s.at, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.at[id] = t
+	s.order = append(s.order, id)
+}
+
+func (s *recentSet) get(id string) (time.Time, bool) {
+	t, ok := s.at[id]
+	return t, ok
+}
+
+// eventFields is what scanBatch finds in one element of a batch. Token fields hold the raw JSON
+// string token (with quotes), or nil when absent or not a string.
+type eventFields struct {
+	raw        []byte
+	object     bool // the element is a JSON object
+	typ        []byte
+	requestID  []byte // record.requestId
+	level      []byte // record.level (JSON-format log lines)
+	recordText bool   // record is a string
+	badUTF8    bool
+}
+
+// errSyntax is wrapped by every scanBatch error.
+var errSyntax = errors.New("not valid JSON")
+
+// scanBatch validates body as a JSON array and calls fn for each element, in one pass and
+// without building values: a batch is parsed once and every event is kept byte for byte. Nesting
+// is tracked with an explicit stack, so deeply nested records cannot exhaust the goroutine stack.
+// Invalid UTF-8 inside strings is reported through badUTF8, not rejected.
+func scanBatch(body []byte, fn func(eventFields)) error {
+	s := scanner{data: body}
+	s.ws()
+	if !s.consume('[') {
+		return s.fail("a telemetry batch must be a JSON array")
+	}
+	s.ws()
+	if s.consume(']') {
+		return s.end()
+	}
+	for {
+		s.ws()
+		start := s.pos
+		var f eventFields
+		var err error
+		if s.peek() == '{' {
+			f, err = s.event()
+		} else {
+			err = s.value()
+		}
+		if err != nil {
+			return err
+		}
+		f.raw = body[start:s.pos]
+		f.badUTF8 = s.badUTF8
+		s.badUTF8 = false
+		fn(f)
+		s.ws()
+		if s.consume(']') {
+			return s.end()
+		}
+		if !s.consume(',') {
+			return s.fail("expected , or ] after an array element")
+		}
+	}
+}
+
+type scanner struct {
+	data    []byte
+	pos     int
+	badUTF8 bool
+	stack   []byte
+}
+
+func (s *scanner) fail(msg string) error {
+	return fmt.Errorf("%w: %s at byte %d", errSyntax, msg, s.pos)
+}
+
+func (s *scanner) end() error {
+	s.ws()
+	if s.pos != len(s.data) {
+		return s.fail("unexpected data after the array")
+	}
+	return nil
+}
+
+func (s *scanner) peek() byte {
+	if s.pos < len(s.data) {
+		return s.data[s.pos]
+	}
+	return 0
+}
+
+func (s *scanner) consume(c byte) bool {
+	if s.peek() == c && s.pos < len(s.data) {
+		s.pos++
+		return true
+	}
+	return false
+}
+
+func (s *scanner) ws() {
+	for s.pos < len(s.data) {
+		switch s.data[s.pos] {
+		case ' ', '\t', '\n', '\r':
+			s.pos++
+		default:
+			return
+		}
+	}
+}
+
+// event scans an object, noting its "type" and "record" members.
+func (s *scanner) event() (eventFields, error) {
+	var f eventFields
+	f.object = true
+	err := s.members(func(key []byte) error {
+		switch string(key) {
+		case `"type"`:
+			if s.peek() == '"' {
+				start := s.pos
+				if err := s.str(); err != nil {
+					return err
+				}
+				f.typ = s.data[start:s.pos]
+				return nil
+			}
+		case `"record"`:
+			switch s.peek() {
+			case '"':
+				f.recordText = true
+				f.requestID, f.level = nil, nil
+			case '{':
+				f.recordText = false
+				f.requestID, f.level = nil, nil
+				return s.members(func(key []byte) error {
+					if s.peek() != '"' || (string(key) != `"requestId"` && string(key) != `"level"`) {
+						return s.value()
+					}
+					start := s.pos
+					if err := s.str(); err != nil {
+						return err
+					}
+					if string(key) == `"requestId"` {
+						f.requestID = s.data[start:s.pos]
+					} else {
+						f.level = s.data[start:s.pos]
+					}
+					return nil
+				})
+			}
+		}
+		return s.value()
+	})
+	return f, err
+}
+
+// members scans an object, calling member with each key with the position at its value; member
+// must consume the value.
+func (s *scanner) members(member func(key []byte) error) error {
+	if !s.consume('{') {
+		return s.fail("expected {")
+	}
+	s.ws()
+	if s.consume('}') {
+		return nil
+	}
+	for {
+		s.ws()
+		start := s.pos
+		if s.peek() != '"' {
+			return s.fail("expected a string key")
+		}
+		if err := s.str(); err != nil {
+			return err
+		}
+		key := s.data[start:s.pos]
+		s.ws()
+		if !s.consume(':') {
+			return s.fail("expected :")
+		}
+		s.ws()
+		if err := member(key); err != nil {
+			return err
+		}
+		s.ws()
+		if s.consume('}') {
+			return nil
+		}
+		if !s.consume(',') {
+			return s.fail("expected , or } in an object")
+		}
+	}
+}
+
+// value scans any JSON value without recursion.
+func (s *scanner) value() error {
+	s.stack = s.stack[:0]
+	for {
+		// A value is expected here.
+		s.ws()
+		switch c := s.peek(); {
+		case c == '{':
+			s.pos++
+			s.ws()
+			if s.consume('}') {
+				break
+			}
+			s.stack = append(s.stack, '{')
+			if err := s.key(); err != nil {
+				return err
+			}
+			continue
+		case c == '[':
+			s.pos++
+			s.ws()
+			if s.consume(']') {
+				break
+			}
+			s.stack = append(s.stack, '[')
+			continue
+		case c == '"':
+			if err := s.str(); err != nil {
+				return err
+			}
+		case c == 't':
+			if err := s.literal("true"); err != nil {
+				return err
+			}
+		case c == 'f':
+			if err := s.literal("false"); err != nil {
+				return err
+			}
+		case c == 'n':
+			if err := s.literal("null"); err != nil {
+				return err
+			}
+		case c == '-' || (c >= '0' && c <= '9'):
+			if err := s.number(); err != nil {
+				return err
+			}
+		default:
+			return s.fail("expected a value")
+		}
+		// A value ended: close containers until one expects another element.
+		for {
+			if len(s.stack) == 0 {
+				return nil
+			}
+			s.ws()
+			top := s.stack[len(s.stack)-1]
+			if s.consume(',') {
+				if top == '{' {
+					s.ws()
+					if err := s.key(); err != nil {
+						return err
+					}
+				}
+				break
+			}
+			if (top == '{' && s.consume('}')) || (top == '[' && s.consume(']')) {
+				s.stack = s.stack[:len(s.stack)-1]
+				continue
+			}
+			return s.fail("expected , or a closing bracket")
+		}
+	}
+}
+
+// key scans `"key" :` inside an object.
+func (s *scanner) key() error {
+	if s.peek() != '"' {
+		return s.fail("expected a string key")
+	}
+	if err := s.str(); err != nil {
+		return err
+	}
+	s.ws()
+	if !s.consume(':') {
+		return s.fail("expected :")
+	}
+	return nil
+}
+
+func (s *scanner) literal(lit string) error {
+	if !bytes.HasPrefix(s.data[s.pos:], []byte(lit)) {
+		return s.fail("invalid literal")
+	}
+	s.pos += len(lit)
+	return nil
+}
+
+func (s *scanner) number() error {
+	d := s.data
+	i := s.pos
+	if i < len(d) && d[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(d) && d[i] == '0':
+		i++
+	case i < len(d) && d[i] >= '1' && d[i] <= '9':
+		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
+			i++
+		}
+	default:
+		s.pos = i
+		return s.fail("invalid number")
+	}
+	if i < len(d) && d[i] == '.' {
+		i++
+		if i >= len(d) || d[i] < '0' || d[i] > '9' {
+			s.pos = i
+			return s.fail("invalid number")
+		}
+		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
+			i++
+		}
+	}
+	if i < len(d) && (d[i] == 'e' || d[i] == 'E') {
+		i++
+		if i < len(d) && (d[i] == '+' || d[i] == '-') {
+			i++
+		}
+		if i >= len(d) || d[i] < '0' || d[i] > '9' {
+			s.pos = i
+			return s.fail("invalid number")
+		}
+		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
+			i++
+		}
+	}
+	s.pos = i
+	return nil
+}
+
+// plainByte marks the bytes a string can hold as they are: printable ASCII but " and \.
+var plainByte = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// str scans a string token, validating escapes and noting invalid UTF-8.
+func (s *scanner) str() error {
+	d := s.data
+	i := s.pos + 1 // past the opening quote
+	for {
+		for i < len(d) && plainByte[d[i]] {
+			i++
+		}
+		if i >= len(d) {
+			s.pos = i
+			return s.fail("unterminated string")
+		}
+		switch c := d[i]; {
+		case c == '"':
+			s.pos = i + 1
+			return nil
+		case c == '\\':
+			if i+1 >= len(d) {
+				s.pos = i
+				return s.fail("unterminated escape")
+			}
+			switch d[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(d) || !isHex4(d[i+2:i+6]) {
+					s.pos = i
+					return s.fail(`invalid \u escape`)
+				}
+				i += 6
+			default:
+				s.pos = i
+				return s.fail("invalid escape")
+			}
+		case c < 0x20:
+			s.pos = i
+			return s.fail("control character in string")
+		default:
+			r, n := utf8.DecodeRune(d[i:])
+			if r == utf8.RuneError && n == 1 {
+				s.badUTF8 = true
+			}
+			i += n
+		}
+	}
+}
+
+func isHex4(b []byte) bool {
+	for _, c := range b {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// serveListener serves l on ln. Its goroutine is owned by the caller through the returned stop
+// function, which closes the server and waits for the goroutine.
+func serveListener(ln net.Listener, l *listener, errorLog *log.Logger) (stop func()) {
+	srv := &http.Server{Handler: l, ReadHeaderTimeout: 5 * time.Second, ErrorLog: errorLog}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln) // returns http.ErrServerClosed after Close
+	}()
+	return func() {
+		_ = srv.Close()
+		<-done
+	}
+}
+
+// filter applies the user's controls to each event before it is buffered: exclusion by type,
+// a minimum level for JSON log lines, per-invocation sampling of function logs, redaction. It also
+// keeps the extension's own log lines out of the stream when the extension type is subscribed.
+type filter struct {
+	exclude  map[string]bool
+	minLevel int
+	sample   float64
+	redact   []*regexp.Regexp
+}
+
+func newFilter(cfg config) *filter {
+	return &filter{exclude: cfg.Exclude, minLevel: cfg.MinLevel, sample: cfg.Sample, redact: cfg.Redact}
+}
+
+// ownLogMarker is how the extension's own lines look inside an extension event's record.
+var ownLogMarker = []byte(`"` + logPrefix)
+
+// keep reports whether e is shipped, counting why not; it may redact e.raw.
+func (f *filter) keep(e *event, st *stats) bool {
+	switch {
+	case e.typ == "extension" && bytes.Contains(e.raw, ownLogMarker):
+		st.filteredOwn.Add(1)
+		return false
+	case f.exclude[e.typ]:
+		st.filteredExcluded.Add(1)
+		return false
+	case isLogType(e.typ) && e.level >= 0 && int(e.level) < f.minLevel:
+		st.filteredLevel.Add(1)
+		return false
+	case e.typ == "function" && f.sample < 1 && e.level < levelError && !sampled(e.requestID, f.sample):
+		st.filteredSampled.Add(1)
+		return false
+	}
+	if len(f.redact) > 0 && isLogType(e.typ) {
+		e.raw = redactRecord(e.raw, f.redact)
+	}
+	return true
+}
+
+// levelError is the index of ERROR in logLevels: error lines survive sampling.
+const levelError = 4
+
+// sampled decides per invocation, so that an invocation's log lines are kept or dropped whole.
+// Lines printed outside any invocation (init) are always kept.
+func sampled(requestID string, fraction float64) bool {
+	if requestID == "" {
+		return true
+	}
+	h := fnv.New64a()
+	h.Write([]byte(requestID))
+	return float64(h.Sum64()>>11)/(1<<53) < fraction
+}
+
+const redacted = "[REDACTED]"
+
+// redactRecord replaces matches in every string value of the event's record (log line text, or
+// the string fields of a JSON log line). Events whose text cannot match are returned unchanged,
+// byte for byte; a changed event is re-encoded with its members in their original order.
+func redactRecord(raw []byte, res []*regexp.Regexp) []byte {
+	if bytes.IndexByte(raw, '\\') < 0 {
+		// Without escapes the raw text is the decoded text: no match here, no match anywhere.
+		hit := false
+		for _, re := range res {
+			if re.Match(raw) {
+				hit = true
+				break
+			}
+		}
+		if !hit {
+			return raw
+		}
+	}
+	out, changed, err := rewriteRecordStrings(raw, func(s string) string {
+		for _, re := range res {
+			s = re.ReplaceAllLiteralString(s, redacted)
+		}
+		return s
+	})
+	if err != nil || !changed {
+		return raw
+	}
+	return out
+}
+
+// rewriteRecordStrings re-encodes a JSON event token by token, passing every string value inside
+// its "record" member through fn. Numbers keep their text; member order is kept.
+func rewriteRecordStrings(raw []byte, fn func(string) string) ([]byte, bool, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	type frame struct {
+		object, inRecord bool
+		n                int // tokens written in this container
+	}
+	var stack []frame
+	var out []byte
+	changed := false
+	key := "" // the last top-level key
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return out, changed, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			out = append(out, byte(d))
+			continue
+		}
+		isKey, inRecord := false, false
+		if len(stack) > 0 {
+			top := &stack[len(stack)-1]
+			switch {
+			case top.n > 0 && top.object && top.n%2 == 1:
+				out = append(out, ':')
+			case top.n > 0:
+				out = append(out, ',')
+			}
+			isKey = top.object && top.n%2 == 0
+			inRecord = top.inRecord || (len(stack) == 1 && !isKey && key == "record")
+			top.n++
+		}
+		switch t := tok.(type) {
+		case json.Delim: // { or [
+			stack = append(stack, frame{object: t == '{', inRecord: inRecord})
+			out = append(out, byte(t))
+		case string:
+			switch {
+			case isKey && len(stack) == 1:
+				key = t
+			case !isKey && inRecord:
+				if r := fn(t); r != t {
+					t, changed = r, true
+				}
+			}
+			out = appendJSONString(out, t)
+		case json.Number:
+			out = append(out, t...)
+		case bool:
+			out = strconv.AppendBool(out, t)
+		case nil:
+			out = append(out, "null"...)
+		}
+	}
+}

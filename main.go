@@ -1,0 +1,455 @@
+// Command kinesis-telemetry-extension is an AWS Lambda external extension that subscribes to the
+// Lambda Telemetry API and ships every platform event and function log line into an Amazon
+// Kinesis data stream.
+//
+// This file reads the configuration and wires the parts together: the Extensions API client and
+// event loop (lifecycle.go), the Telemetry API listener and buffer (listener.go), and the Kinesis
+// sender (kinesis.go).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// extensionName is the name the extension registers under. Lambda requires it to be the file
+// name of the executable in /opt/extensions.
+const extensionName = "kinesis-telemetry-extension"
+
+func main() {
+	os.Exit(run(os.Getenv, os.Stderr))
+}
+
+// run is main without the process: it returns the exit code. It never panics out: a panic is
+// reported to Lambda as an exit error, because an extension that dies during an invocation fails
+// that invocation.
+func run(getenv func(string) string, stderr io.Writer) (code int) {
+	logs := newLogger(stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	runtimeAPI := getenv("AWS_LAMBDA_RUNTIME_API")
+	if runtimeAPI == "" {
+		logs.printf("AWS_LAMBDA_RUNTIME_API is not set: this program runs as a Lambda extension, in /opt/extensions of a function's layer")
+		return 1
+	}
+	cfg, cfgErr := parseConfig(getenv)
+
+	// Resolving sandbox.localdomain may wait on DNS; do it while the register call is in flight.
+	listenHost := make(chan string, 1)
+	go func() { listenHost <- resolveListenHost(ctx) }()
+
+	api := newExtensionsClient(runtimeAPI)
+	events := []string{"INVOKE", "SHUTDOWN"}
+	if cfg.Managed {
+		// Lambda Managed Instances let extensions register for SHUTDOWN only.
+		events = []string{"SHUTDOWN"}
+	}
+	name := filepath.Base(os.Args[0])
+	reg, err := api.register(ctx, name, events)
+	if err != nil {
+		logs.printf("register with the Extensions API: %v", err)
+		return 1
+	}
+
+	ext := &extension{cfg: cfg, api: api, logs: logs, reg: reg}
+	defer func() {
+		if p := recover(); p != nil {
+			logs.printf("internal error: %v", p)
+			_ = api.exitError(context.Background(), "Extension.Crash", fmt.Errorf("internal error: %v", p))
+			code = 1
+		}
+	}()
+
+	if cfgErr != nil {
+		if cfg.FailOnError {
+			logs.printf("configuration: %v", cfgErr)
+			_ = api.initError(ctx, "Extension.ConfigInvalid", cfgErr)
+			return 1
+		}
+		logs.printf("configuration: %v; telemetry is NOT shipped: the extension stays registered and does nothing until the configuration is fixed", cfgErr)
+		return ext.runIdle(ctx)
+	}
+	if err := ext.start(ctx, <-listenHost, getenv); err != nil {
+		if cfg.FailOnError {
+			logs.printf("start: %v", err)
+			_ = api.initError(ctx, "Extension.StartFailed", err)
+			return 1
+		}
+		logs.printf("start: %v; telemetry is NOT shipped: the extension stays registered and does nothing", err)
+		return ext.runIdle(ctx)
+	}
+	return ext.run(ctx)
+}
+
+// config is the whole configuration, parsed and validated in one place. README.md mirrors it.
+type config struct {
+	Stream    string // stream name; empty when StreamARN is set
+	StreamARN string
+	Endpoint  string // endpoint URL override; empty means the public regional endpoint
+
+	Port            int
+	Types           []string
+	BufferItems     int
+	BufferBytes     int
+	BufferTimeoutMS int
+
+	Flush          flushStrategy
+	FlushBudget    time.Duration
+	MaxDelay       time.Duration
+	RequestTimeout time.Duration
+	MaxBufferBytes int
+
+	Exclude      map[string]bool
+	MinLevel     int // index into logLevels; 0 keeps everything
+	Redact       []*regexp.Regexp
+	RecordFormat string // "event" or "ndjson"
+	RecordBytes  int    // upper bound of an aggregated (ndjson) record
+	PartitionKey string // "request", "function" or "random"
+	Sample       float64
+
+	Managed     bool // Lambda Managed Instances: SHUTDOWN-only registration, schema 2025-01-29
+	FailOnError bool
+}
+
+// flushStrategy says when buffered telemetry is sent; see lifecycle.go.
+type flushStrategy struct {
+	Mode   string // "adaptive", "end", "background" or "periodic"
+	Period time.Duration
+}
+
+// Limits of the Telemetry API's buffering configuration.
+const (
+	minBufferItems, maxBufferItems = 1000, 10000
+	minBufferBytes, maxBufferBytes = 262144, 1048576
+	minBufferTimeout, maxBufferTO  = 25, 30000
+)
+
+// logLevels orders the levels of JSON-format function logs for KINESIS_TELEMETRY_MIN_LEVEL.
+var logLevels = []string{"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"}
+
+// parseConfig reads every KINESIS_TELEMETRY_* variable, with its default beside it. All problems
+// are reported together, each naming the variable and how to fix it. The returned config is
+// usable for the fields that parsed (Managed and FailOnError in particular) even on error.
+func parseConfig(getenv func(string) string) (config, error) {
+	p := envParser{getenv: getenv}
+	c := config{
+		Managed:     getenv("AWS_LAMBDA_INITIALIZATION_TYPE") == "lambda-managed-instances",
+		FailOnError: p.boolean("KINESIS_TELEMETRY_FAIL_ON_ERROR", false),
+	}
+
+	c.Stream, c.StreamARN = p.stream("KINESIS_TELEMETRY_STREAM")
+	c.Endpoint = p.endpoint("KINESIS_TELEMETRY_ENDPOINT")
+	c.Port = p.port("KINESIS_TELEMETRY_PORT", 4243)
+	c.Types = p.list("KINESIS_TELEMETRY_TYPES", "platform,function", []string{"platform", "function", "extension"})
+	c.BufferItems = p.integer("KINESIS_TELEMETRY_BUFFER_ITEMS", 1000, minBufferItems, maxBufferItems)
+	c.BufferBytes = p.integer("KINESIS_TELEMETRY_BUFFER_BYTES", 262144, minBufferBytes, maxBufferBytes)
+	c.BufferTimeoutMS = p.integer("KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS", 25, minBufferTimeout, maxBufferTO)
+
+	c.Flush = p.flush("KINESIS_TELEMETRY_FLUSH", "adaptive")
+	c.FlushBudget = p.millis("KINESIS_TELEMETRY_FLUSH_BUDGET_MS", 1000, 10, 60000)
+	c.MaxDelay = p.millis("KINESIS_TELEMETRY_MAX_DELAY_MS", 10000, 100, 3600000)
+	c.RequestTimeout = p.millis("KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS", 2000, 100, 60000)
+	c.MaxBufferBytes = p.integer("KINESIS_TELEMETRY_MAX_BUFFER_BYTES", defaultMaxBuffer(getenv), 1<<20, 1<<30)
+
+	c.Exclude = p.set("KINESIS_TELEMETRY_EXCLUDE")
+	c.MinLevel = p.level("KINESIS_TELEMETRY_MIN_LEVEL")
+	c.Redact = p.redact("KINESIS_TELEMETRY_REDACT", p.boolean("KINESIS_TELEMETRY_REDACT_SECRETS", false))
+	c.RecordFormat = p.choice("KINESIS_TELEMETRY_RECORD_FORMAT", "event", "event", "ndjson")
+	c.RecordBytes = p.integer("KINESIS_TELEMETRY_RECORD_MAX_BYTES", 262144, 1024, maxRecordBytes-4096)
+	c.PartitionKey = p.choice("KINESIS_TELEMETRY_PARTITION_KEY", "request", "request", "function", "random")
+	c.Sample = p.fraction("KINESIS_TELEMETRY_SAMPLE", 1)
+
+	if c.Managed {
+		// Managed instances never freeze and send no platform.runtimeDone: only a timer can
+		// decide when to ship.
+		if c.Flush.Mode != "periodic" {
+			c.Flush = flushStrategy{Mode: "periodic", Period: time.Second}
+		}
+	}
+	return c, errors.Join(p.errs...)
+}
+
+// defaultMaxBuffer is a sixteenth of the function's memory (8 MiB for 128 MB), between 4 and 64 MiB.
+func defaultMaxBuffer(getenv func(string) string) int {
+	mb, err := strconv.Atoi(getenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"))
+	if err != nil || mb <= 0 {
+		return 8 << 20
+	}
+	return min(max(mb<<20/16, 4<<20), 64<<20)
+}
+
+// envParser collects configuration errors so that all of them are reported at once.
+type envParser struct {
+	getenv func(string) string
+	errs   []error
+}
+
+func (p *envParser) fail(name, value, format string, args ...any) {
+	p.errs = append(p.errs, fmt.Errorf("%s=%q: %s", name, value, fmt.Sprintf(format, args...)))
+}
+
+func (p *envParser) integer(name string, def, lo, hi int) int {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		p.fail(name, s, "set a whole number from %d to %d, or unset it for the default %d", lo, hi, def)
+		return def
+	}
+	return n
+}
+
+func (p *envParser) millis(name string, def, lo, hi int) time.Duration {
+	return time.Duration(p.integer(name, def, lo, hi)) * time.Millisecond
+}
+
+func (p *envParser) port(name string, def int) int {
+	n := p.integer(name, def, 1024, 65535)
+	if n == 9001 {
+		p.fail(name, "9001", "port 9001 is reserved by Lambda; choose another port from 1024 to 65535")
+		return def
+	}
+	return n
+}
+
+func (p *envParser) boolean(name string, def bool) bool {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		p.fail(name, s, "set true or false")
+		return def
+	}
+	return b
+}
+
+func (p *envParser) fraction(name string, def float64) float64 {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return def
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(f >= 0 && f <= 1) {
+		p.fail(name, s, "set a fraction from 0 to 1 (for example 0.1 ships one invocation in ten), or unset it to ship all")
+		return def
+	}
+	return f
+}
+
+func (p *envParser) choice(name, def string, allowed ...string) string {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return def
+	}
+	for _, a := range allowed {
+		if s == a {
+			return s
+		}
+	}
+	p.fail(name, s, "set one of %s (default %s)", strings.Join(allowed, ", "), def)
+	return def
+}
+
+// list parses a comma-separated list whose items must be in allowed.
+func (p *envParser) list(name, def string, allowed []string) []string {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		s = def
+	}
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		ok := false
+		for _, a := range allowed {
+			ok = ok || item == a
+		}
+		if !ok {
+			p.fail(name, s, "%q is not a telemetry type; use a comma-separated list of %s", item, strings.Join(allowed, ", "))
+			return strings.Split(def, ",")
+		}
+		out = append(out, item)
+	}
+	if len(out) == 0 {
+		p.fail(name, s, "list at least one of %s", strings.Join(allowed, ", "))
+		return strings.Split(def, ",")
+	}
+	return out
+}
+
+// set parses a comma-separated list of event types (any name: Lambda adds types over time).
+func (p *envParser) set(name string) map[string]bool {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return nil
+	}
+	m := map[string]bool{}
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			m[item] = true
+		}
+	}
+	return m
+}
+
+func (p *envParser) level(name string) int {
+	s := strings.ToUpper(strings.TrimSpace(p.getenv(name)))
+	if s == "" {
+		return 0
+	}
+	for i, l := range logLevels {
+		if s == l {
+			return i
+		}
+	}
+	p.fail(name, s, "set one of %s", strings.Join(logLevels, ", "))
+	return 0
+}
+
+var (
+	streamNamePattern = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,128}$`)
+	streamARNPattern  = regexp.MustCompile(`^arn:aws[a-zA-Z-]*:kinesis:([a-z0-9-]+):(\d{12}):stream/([a-zA-Z0-9_.-]{1,128})$`)
+)
+
+// stream returns the stream's name, or its ARN when the value is one.
+func (p *envParser) stream(name string) (streamName, streamARN string) {
+	s := strings.TrimSpace(p.getenv(name))
+	switch {
+	case s == "":
+		p.fail(name, s, "set it to the name or ARN of the Kinesis data stream to ship telemetry to")
+	case strings.HasPrefix(s, "arn:"):
+		if !streamARNPattern.MatchString(s) {
+			p.fail(name, s, "not a Kinesis stream ARN; expected arn:aws:kinesis:<region>:<account>:stream/<name>")
+			break
+		}
+		return "", s
+	case !streamNamePattern.MatchString(s):
+		p.fail(name, s, "not a stream name (1-128 of a-z, A-Z, 0-9, _ . -) or a stream ARN")
+	default:
+		return s, ""
+	}
+	return "", ""
+}
+
+// endpoint validates an endpoint override. Signed requests carry credentials-derived signatures
+// and the telemetry itself, so plain HTTP is accepted only to this machine (emulators, tests).
+func (p *envParser) endpoint(name string) string {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return ""
+	}
+	if err := checkEndpoint(s); err != nil {
+		p.fail(name, s, "%v", err)
+		return ""
+	}
+	return strings.TrimRight(s, "/")
+}
+
+func (p *envParser) flush(name, def string) flushStrategy {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		s = def
+	}
+	mode, arg, hasArg := strings.Cut(s, ",")
+	switch {
+	case (mode == "adaptive" || mode == "end" || mode == "background") && !hasArg:
+		return flushStrategy{Mode: mode}
+	case mode == "periodic":
+		ms, err := strconv.Atoi(strings.TrimSpace(arg))
+		if err == nil && ms >= 100 && ms <= 3600000 {
+			return flushStrategy{Mode: mode, Period: time.Duration(ms) * time.Millisecond}
+		}
+	}
+	p.fail(name, s, "set adaptive (default), end, background, or periodic,<ms> with ms from 100 to 3600000")
+	return flushStrategy{Mode: def}
+}
+
+// builtinSecrets are the opt-in patterns of KINESIS_TELEMETRY_REDACT_SECRETS.
+var builtinSecrets = []string{
+	`\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{16}\b`,                                                       // AWS access key ids
+	`(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*`,                                                          // bearer tokens
+	`(?i)\b(?:password|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*("[^"]*"|'[^']*'|[^\s,;&"']+)`, // key=value secrets
+}
+
+// redact compiles KINESIS_TELEMETRY_REDACT: one RE2 expression, or a JSON array of them.
+func (p *envParser) redact(name string, secrets bool) []*regexp.Regexp {
+	var exprs []string
+	if secrets {
+		exprs = append(exprs, builtinSecrets...)
+	}
+	s := strings.TrimSpace(p.getenv(name))
+	switch {
+	case s == "":
+	case strings.HasPrefix(s, "["):
+		var list []string
+		if err := json.Unmarshal([]byte(s), &list); err != nil {
+			p.fail(name, s, "a value starting with [ must be a JSON array of strings: %v", err)
+			return nil
+		}
+		exprs = append(exprs, list...)
+	default:
+		exprs = append(exprs, s)
+	}
+	var res []*regexp.Regexp
+	for _, e := range exprs {
+		re, err := regexp.Compile(e)
+		if err != nil {
+			p.fail(name, s, "invalid regular expression (Go RE2 syntax): %v", err)
+			continue
+		}
+		res = append(res, re)
+	}
+	return res
+}
+
+// logger writes the extension's own log lines to stderr, which Lambda sends to CloudWatch Logs.
+// Every line starts with logPrefix so that, when the extension subscribes to its own log type,
+// its lines can be recognised and never shipped back into the stream. Lines about a recurring
+// problem are written once per key.
+type logger struct {
+	mu   sync.Mutex
+	out  *log.Logger
+	said map[string]bool
+}
+
+const logPrefix = "[kinesis-telemetry-extension] "
+
+func newLogger(w io.Writer) *logger {
+	return &logger{out: log.New(w, logPrefix, log.Lmsgprefix), said: map[string]bool{}}
+}
+
+func (l *logger) printf(format string, args ...any) {
+	l.out.Printf(format, args...)
+}
+
+// once logs the line the first time key is seen and reports whether it did.
+func (l *logger) once(key, format string, args ...any) bool {
+	l.mu.Lock()
+	seen := l.said[key]
+	l.said[key] = true
+	l.mu.Unlock()
+	if !seen {
+		l.out.Printf(format, args...)
+	}
+	return !seen
+}
