@@ -2,7 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -82,5 +90,209 @@ func TestParseConfigValues(t *testing.T) {
 	if c.StreamARN == "" || c.Stream != "" || c.Flush.Period != 250*time.Millisecond || len(c.Types) != 3 ||
 		len(c.Redact) != 2+len(builtinSecrets) || !c.Managed {
 		t.Errorf("parsed %+v", c)
+	}
+}
+
+// extensionBinary is the extension, built once for the tests that run it as a process.
+var extensionBinary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kinesis-telemetry-extension-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	extensionBinary = filepath.Join(dir, "kinesis-telemetry-extension")
+	if out, err := exec.Command("go", "build", "-o", extensionBinary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build the extension: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// testEnv is the environment of an extension under test shipping to endpoint.
+func testEnv(endpoint string, extra ...string) map[string]string {
+	env := map[string]string{
+		"KINESIS_TELEMETRY_STREAM":        "telemetry",
+		"KINESIS_TELEMETRY_ENDPOINT":      endpoint,
+		"KINESIS_TELEMETRY_PORT":          fmt.Sprint(freePort()),
+		"AWS_REGION":                      "eu-west-1",
+		"AWS_ACCESS_KEY_ID":               "AKIDTESTTESTTESTTEST",
+		"AWS_SECRET_ACCESS_KEY":           testSecret,
+		"AWS_SESSION_TOKEN":               "test-session-token",
+		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+		"AWS_LAMBDA_LOG_STREAM_NAME":      "2024/05/01/[$LATEST]0123456789abcdef0123456789abcdef",
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
+	}
+	return env
+}
+
+// testSecret must never appear in the extension's output.
+const testSecret = "SECRET-never-logged-0123456789"
+
+// freePort returns a port that was free on 127.0.0.1 a moment ago.
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// shipped is one record read back from the stream, decoded.
+type shipped struct {
+	envelopeOf
+	key  string
+	Type string
+}
+
+func decodeRecords(t *testing.T, data [][]byte, keys []string) (events []shipped, counts []map[string]any) {
+	t.Helper()
+	for i, d := range data {
+		var s shipped
+		if err := json.Unmarshal(d, &s.envelopeOf); err != nil {
+			t.Fatalf("record %d is not an envelope: %v: %.200s", i, err, d)
+		}
+		var ev struct {
+			Type   string
+			Record map[string]any
+		}
+		json.Unmarshal(s.Event, &ev)
+		s.Type, s.key = ev.Type, keys[i]
+		if ev.Type == countsType {
+			counts = append(counts, ev.Record)
+			continue
+		}
+		events = append(events, s)
+	}
+	return events, counts
+}
+
+// checkExactlyOnce asserts that every posted event was shipped exactly once, byte for byte, with
+// the right request id, and in posting order within each partition key.
+func checkExactlyOnce(t *testing.T, posted []postedEvent, got []shipped) {
+	t.Helper()
+	want := map[string]postedEvent{}
+	for _, p := range posted {
+		want[p.raw] = p
+	}
+	seen := map[string]int{}
+	ids := map[string]bool{}
+	for _, s := range got {
+		seen[string(s.Event)]++
+		p, ok := want[string(s.Event)]
+		switch {
+		case !ok:
+			t.Errorf("shipped an event that was never posted: %.200s", s.Event)
+		case s.RequestID != p.requestID:
+			t.Errorf("event %.120s shipped with requestId %q, want %q", s.Event, s.RequestID, p.requestID)
+		}
+		if ids[s.ID] {
+			t.Errorf("id %s used twice", s.ID)
+		}
+		ids[s.ID] = true
+	}
+	missing, dup := 0, 0
+	for _, p := range posted {
+		switch n := seen[p.raw]; {
+		case n == 0:
+			missing++
+			if missing <= 3 {
+				t.Errorf("event never shipped: %.200s", p.raw)
+			}
+		case n > 1:
+			dup++
+			t.Errorf("event shipped %d times: %.200s", n, p.raw)
+		}
+	}
+	if missing > 0 || dup > 0 {
+		t.Errorf("%d of %d events missing, %d duplicated", missing, len(posted), dup)
+	}
+	// Order: within a partition key, the stream must hold events in the order they were posted.
+	pos := map[string]int{}
+	for i, p := range posted {
+		pos[p.raw] = i
+	}
+	last := map[string]int{}
+	for _, s := range got {
+		i, ok := pos[string(s.Event)]
+		if !ok {
+			continue
+		}
+		if prev, ok := last[s.key]; ok && i < prev {
+			t.Errorf("partition %s: event %d shipped after event %d", s.key, i, prev)
+		}
+		last[s.key] = i
+	}
+}
+
+// callsData decodes the records of every call a fake Kinesis received.
+func (f *fakeKinesis) callsData() (data [][]byte, keys []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.calls {
+		for _, r := range c.Records {
+			d, _ := base64.StdEncoding.DecodeString(r.Data)
+			data, keys = append(data, d), append(keys, r.PartitionKey)
+		}
+	}
+	return data, keys
+}
+
+// TestLifecycleEndToEnd drives the built extension through init, invocations and shutdown with
+// the fake Lambda side, against a Kinesis fake that checks nothing is sent while the extension
+// waits in /event/next.
+func TestLifecycleEndToEnd(t *testing.T) {
+	for _, flush := range []string{"end", "background", "adaptive", "periodic,100"} {
+		t.Run(flush, func(t *testing.T) {
+			var inFlight atomic.Int32
+			fk := newFakeKinesis(t, func(call int, req putRecordsRequest) (int, string) {
+				inFlight.Add(1)
+				defer inFlight.Add(-1)
+				time.Sleep(5 * time.Millisecond)
+				return allOK(call, req)
+			})
+			fl := newFakeLambda(t)
+			var violations atomic.Int32
+			fl.onNext = func() {
+				if inFlight.Load() > 0 {
+					violations.Add(1)
+				}
+			}
+			ext := startExtension(t, fl, testEnv(fk.URL, "KINESIS_TELEMETRY_FLUSH", flush))
+			fl.init()
+			for i := range 8 {
+				fl.invoke(invocation{requestID: fmt.Sprintf("req-%d", i), textLines: 3, jsonLines: 2, logsDropped: map[bool]int{true: 7}[i == 3], runFor: 10 * time.Millisecond})
+			}
+			fl.shutdown("spindown", 2*time.Second)
+			if code := ext.wait(3 * time.Second); code != 0 {
+				t.Fatalf("exit code %d, want 0", code)
+			}
+			if v := violations.Load(); v > 0 {
+				t.Errorf("/event/next called %d times while a PutRecords was in flight", v)
+			}
+			data, keys := fk.callsData()
+			events, counts := decodeRecords(t, data, keys)
+			checkExactlyOnce(t, fl.postedEvents(), events)
+			if len(counts) == 0 {
+				t.Fatal("no counts record shipped")
+			}
+			last := counts[len(counts)-1]
+			if ld := last["lambdaDropped"].(map[string]any)["records"].(float64); ld != 7 {
+				t.Errorf("counts record reports %v records dropped by Lambda, want 7", ld)
+			}
+			if d := last["dropped"].(map[string]any)["total"].(float64); d != 0 {
+				t.Errorf("counts record reports %v dropped, want 0", d)
+			}
+			if strings.Contains(ext.stderr.String(), testSecret) {
+				t.Error("the extension logged the secret access key")
+			}
+		})
 	}
 }
