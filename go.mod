@@ -2,6 +2,8 @@ module kinesis-telemetry-extension
 
 go 1.26.6
 
+toolchain go1.26.10
+
 require (
 	github.com/aws/aws-lambda-go v1.55.1 // indirect
 	github.com/aws/aws-lambda-runtime-interface-emulator v0.0.0-20261030222936-bef5c4ba774d // indirect
