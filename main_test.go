@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -294,5 +295,134 @@ func TestLifecycleEndToEnd(t *testing.T) {
 				t.Error("the extension logged the secret access key")
 			}
 		})
+	}
+}
+
+// TestErrorPathsNeverBreakTheFunction runs the extension with broken configuration or a refusing
+// Lambda: it must stay registered, answer every event, say what is wrong once, and exit 0.
+func TestErrorPathsNeverBreakTheFunction(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := fmt.Sprint(busy.Addr().(*net.TCPAddr).Port)
+
+	for _, tt := range []struct {
+		name         string
+		env          []string // changes to testEnv; a value "-" unsets
+		subscribe    int      // subscription answer status
+		subscribeMsg string
+		wantLog      string
+		wantShipping bool
+	}{
+		{name: "missing stream", env: []string{"KINESIS_TELEMETRY_STREAM", "-"}, wantLog: "KINESIS_TELEMETRY_STREAM"},
+		{name: "bad port", env: []string{"KINESIS_TELEMETRY_PORT", "http"}, wantLog: `KINESIS_TELEMETRY_PORT="http"`},
+		{name: "port in use", env: []string{"KINESIS_TELEMETRY_PORT", busyPort}, wantLog: "KINESIS_TELEMETRY_PORT=" + busyPort},
+		{name: "several problems at once", env: []string{"KINESIS_TELEMETRY_BUFFER_ITEMS", "5", "KINESIS_TELEMETRY_FLUSH", "never"}, wantLog: "KINESIS_TELEMETRY_FLUSH"},
+		{name: "subscription not supported (local emulators)", subscribe: 202, subscribeMsg: `{"errorMessage":"Telemetry API is not supported","errorType":"Telemetry.NotSupported"}`, wantLog: "Telemetry.NotSupported"},
+		{name: "subscription refused", subscribe: 400, subscribeMsg: `{"errorMessage":"bad buffering","errorType":"ValidationError"}`, wantLog: "ValidationError"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fk := newFakeKinesis(t, allOK)
+			fl := newFakeLambda(t)
+			fl.subscribeStatus, fl.subscribeBody = tt.subscribe, tt.subscribeMsg
+			env := testEnv(fk.URL)
+			for i := 0; i+1 < len(tt.env); i += 2 {
+				if tt.env[i+1] == "-" {
+					delete(env, tt.env[i])
+				} else {
+					env[tt.env[i]] = tt.env[i+1]
+				}
+			}
+			ext := startExtension(t, fl, env)
+			fl.awaitNext()
+			for i := range 3 {
+				fl.deliver(fmt.Sprintf(`{"eventType":"INVOKE","deadlineMs":%d,"requestId":"r%d"}`, time.Now().Add(3*time.Second).UnixMilli(), i))
+				fl.awaitNext()
+			}
+			fl.deliver(fmt.Sprintf(`{"eventType":"SHUTDOWN","shutdownReason":"spindown","deadlineMs":%d}`, time.Now().Add(2*time.Second).UnixMilli()))
+			if code := ext.wait(3 * time.Second); code != 0 {
+				t.Fatalf("exit code %d, want 0", code)
+			}
+			out := ext.stderr.String()
+			if !strings.Contains(out, tt.wantLog) {
+				t.Errorf("log does not mention %q:\n%s", tt.wantLog, out)
+			}
+			if n := strings.Count(out, tt.wantLog); n != 1 {
+				t.Errorf("the problem is logged %d times, want once:\n%s", n, out)
+			}
+			if len(fl.errorsSeen) != 0 {
+				t.Errorf("reported %v to Lambda: that would fail the function", fl.errorsSeen)
+			}
+		})
+	}
+}
+
+// TestFailOnErrorReportsInitError: with KINESIS_TELEMETRY_FAIL_ON_ERROR the same configuration
+// problem is reported to Lambda as an init error, for users who prefer a failing deployment.
+func TestFailOnErrorReportsInitError(t *testing.T) {
+	fl := newFakeLambda(t)
+	env := testEnv("http://127.0.0.1:1", "KINESIS_TELEMETRY_FAIL_ON_ERROR", "true", "KINESIS_TELEMETRY_PORT", "9001")
+	ext := startExtension(t, fl, env)
+	if code := ext.wait(5 * time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	if len(fl.errorsSeen) != 1 || fl.errorsSeen[0] != "/2020-01-01/extension/init/error Extension.ConfigInvalid" {
+		t.Errorf("errors reported: %v, want one init error Extension.ConfigInvalid", fl.errorsSeen)
+	}
+}
+
+// TestMalformedAndOversizedTelemetry posts a malformed batch and an event too large for a record
+// in the middle of normal traffic: the first is refused and counted, the second truncated and
+// shipped, and everything else arrives.
+func TestMalformedAndOversizedTelemetry(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, testEnv(fk.URL, "KINESIS_TELEMETRY_FLUSH", "end", "KINESIS_TELEMETRY_MAX_BUFFER_BYTES", "67108864"))
+	fl.init()
+	fl.invoke(invocation{requestID: "r1", textLines: 2})
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/", fl.listenerPort), "application/json", strings.NewReader(`[{"time":"x","type":"function","record":"cut`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("malformed batch: HTTP %d, want 400", resp.StatusCode)
+	}
+	huge := fl.ev("function", `"`+strings.Repeat("a", 1200000)+`"`)
+	fl.post("r1", huge)
+	fl.invoke(invocation{requestID: "r2", textLines: 2})
+	fl.shutdown("spindown", 2*time.Second)
+	if code := ext.wait(3 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	data, keys := fk.callsData()
+	events, counts := decodeRecords(t, data, keys)
+	var posted []postedEvent
+	var truncated *shipped
+	for _, p := range fl.postedEvents() {
+		if p.raw != huge.raw {
+			posted = append(posted, p)
+		}
+	}
+	var rest []shipped
+	for i := range events {
+		if events[i].TruncatedBytes != nil {
+			truncated = &events[i]
+			continue
+		}
+		rest = append(rest, events[i])
+	}
+	checkExactlyOnce(t, posted, rest)
+	if truncated == nil {
+		t.Fatal("the oversized event was not shipped")
+	}
+	if len(data[0]) > maxRecordBytes || *truncated.TruncatedBytes < 1200000-maxRecordBytes {
+		t.Errorf("truncated record: %d bytes cut", *truncated.TruncatedBytes)
+	}
+	last := counts[len(counts)-1]
+	if m := last["malformed"].(map[string]any)["batches"].(float64); m != 1 {
+		t.Errorf("counts record: %v malformed batches, want 1", m)
 	}
 }
