@@ -42,16 +42,21 @@ type fakeLambda struct {
 	events    chan string   // the event the pending /event/next answers with
 	nextReady bool          // a next call has been seen and not yet answered (test goroutine only)
 
-	posted  []postedEvent // every event posted to the listener: the ground truth
-	freeze  *os.Process   // when set, the extension is stopped (SIGSTOP) while Lambda would freeze it
-	seq     int
-	lastReq string
+	posted     []postedEvent // every event posted to the listener: the ground truth
+	runtimeEnd []time.Time   // per invocation, when the function finished
+	// telemetryDelay is how long Lambda takes to deliver platform.runtimeDone after the function
+	// finishes (its buffering timeout); 0 posts it at once.
+	telemetryDelay time.Duration
+	freeze         *os.Process // when set, the extension is stopped (SIGSTOP) while Lambda would freeze it
+	seq            int
+	lastReq        string
 }
 
 // postedEvent is one telemetry event the fake delivered, with the request id its record should carry.
 type postedEvent struct {
 	raw       string
 	requestID string
+	at        time.Time
 }
 
 func newFakeLambda(t testing.TB) *fakeLambda {
@@ -277,6 +282,10 @@ func (f *fakeLambda) invoke(inv invocation) {
 	}
 	f.post(inv.requestID, batch...)
 	time.Sleep(inv.runFor)
+	f.mu.Lock()
+	f.runtimeEnd = append(f.runtimeEnd, time.Now())
+	f.mu.Unlock()
+	time.Sleep(f.telemetryDelay)
 	f.post(inv.requestID, f.ev("platform.runtimeDone", fmt.Sprintf(`{"requestId":%q,"status":"success","metrics":{"durationMs":%d,"producedBytes":12},"spans":[{"name":"responseLatency","start":"2024-05-01T10:00:00.000Z","durationMs":1.1}]}`, inv.requestID, inv.runFor.Milliseconds())))
 	f.lastReq = inv.requestID
 }
@@ -312,6 +321,10 @@ func (f *fakeLambda) post(requestID string, evs ...postedEvent) {
 	for i := range evs {
 		raws = append(raws, evs[i].raw)
 		evs[i].requestID = expectedRequestID(evs[i].raw, requestID)
+	}
+	now := time.Now()
+	for i := range evs {
+		evs[i].at = now
 	}
 	f.postRaw("[" + strings.Join(raws, ",") + "]")
 	f.mu.Lock()
@@ -359,4 +372,19 @@ func (f *fakeLambda) postedEvents() []postedEvent {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]postedEvent(nil), f.posted...)
+}
+
+// addedTimes returns, per completed invocation, how long the extension took to call /event/next
+// after the function finished: what it added to the invocation's billed duration.
+func (f *fakeLambda) addedTimes() []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []time.Duration
+	for i, end := range f.runtimeEnd {
+		// nextAt[0] is the next call that ended init; invocation i ends with nextAt[i+1].
+		if i+1 < len(f.nextAt) {
+			out = append(out, max(0, f.nextAt[i+1].Sub(end)))
+		}
+	}
+	return out
 }

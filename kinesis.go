@@ -190,7 +190,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 func (s *shipper) delivered(r pendingRecord) {
-	s.stats.delivered.Add(uint64(len(r.events)))
+	s.stats.delivered.Add(telemetryEvents(r.events))
 	s.stats.records.Add(1)
 	s.buf.release(r.events)
 }
@@ -199,12 +199,12 @@ func (s *shipper) delivered(r pendingRecord) {
 // once per code.
 func (s *shipper) drop(recs []pendingRecord, err error) {
 	code := errorCode(err)
-	n := 0
+	var n uint64
 	for _, r := range recs {
-		n += len(r.events)
+		n += telemetryEvents(r.events)
 		s.buf.release(r.events)
 	}
-	s.stats.dropRejected(code, uint64(n))
+	s.stats.dropRejected(code, n)
 	s.logs.once("drop:"+code, "kinesis: PutRecords rejected %d events, which are dropped and counted: %v%s", n, err, hint(code, s.cfg, s.meta.region))
 }
 
@@ -216,8 +216,20 @@ func (s *shipper) dropRemaining(st *stats) {
 			return
 		}
 		s.buf.release(evs)
-		st.droppedShutdown.Add(uint64(len(evs)))
+		st.droppedShutdown.Add(telemetryEvents(evs))
 	}
+}
+
+// telemetryEvents counts the events that came from Lambda, leaving out the extension's own
+// counts records, so that received = delivered + dropped + filtered holds.
+func telemetryEvents(evs []event) uint64 {
+	var n uint64
+	for i := range evs {
+		if evs[i].typ != countsType {
+			n++
+		}
+	}
+	return n
 }
 
 // hint tells the reader of a log line what to do about a permanent error.

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,6 +255,15 @@ type fakeKinesis struct {
 	answer  func(call int, req putRecordsRequest) (status int, body string)
 	calls   []putRecordsRequest
 	headers []http.Header
+	stored  []storedEntry // entries answered as successful, in the order Kinesis stored them
+
+	inFlight atomic.Int32 // calls being answered
+}
+
+type storedEntry struct {
+	data []byte
+	key  string
+	at   time.Time
 }
 
 type putRecordsRequest struct {
@@ -262,7 +272,7 @@ type putRecordsRequest struct {
 	Records    []struct{ Data, PartitionKey string }
 }
 
-func newFakeKinesis(t *testing.T, answer func(call int, req putRecordsRequest) (int, string)) *fakeKinesis {
+func newFakeKinesis(t testing.TB, answer func(call int, req putRecordsRequest) (int, string)) *fakeKinesis {
 	f := &fakeKinesis{answer: answer}
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -275,7 +285,21 @@ func newFakeKinesis(t *testing.T, answer func(call int, req putRecordsRequest) (
 		f.calls = append(f.calls, req)
 		f.headers = append(f.headers, r.Header.Clone())
 		f.mu.Unlock()
+		f.inFlight.Add(1)
+		defer f.inFlight.Add(-1)
 		status, out := f.answer(call, req)
+		if status == http.StatusOK {
+			var answer struct{ Records []putResult }
+			json.Unmarshal([]byte(out), &answer)
+			f.mu.Lock()
+			for i, r := range answer.Records {
+				if r.ErrorCode == "" && i < len(req.Records) {
+					d, _ := base64.StdEncoding.DecodeString(req.Records[i].Data)
+					f.stored = append(f.stored, storedEntry{d, req.Records[i].PartitionKey, time.Now()})
+				}
+			}
+			f.mu.Unlock()
+		}
 		w.WriteHeader(status)
 		io.WriteString(w, out)
 	}))

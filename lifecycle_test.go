@@ -1,0 +1,224 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// slowKinesis answers every call after d.
+func slowKinesis(d time.Duration) func(int, putRecordsRequest) (int, string) {
+	return func(call int, req putRecordsRequest) (int, string) {
+		time.Sleep(d)
+		return allOK(call, req)
+	}
+}
+
+// flakyKinesis fails its first calls whole, then throttles a share of the entries of every call.
+func flakyKinesis(failCalls int, share float64) func(int, putRecordsRequest) (int, string) {
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(1, 2))
+	return func(call int, req putRecordsRequest) (int, string) {
+		if call < failCalls {
+			return 500, `{"__type":"InternalFailure","message":"try again"}`
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		var rs []string
+		failed := 0
+		for range req.Records {
+			if rng.Float64() < share {
+				failed++
+				rs = append(rs, `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard"}`)
+			} else {
+				rs = append(rs, `{"SequenceNumber":"1","ShardId":"shardId-000000000000","ErrorCode":null}`)
+			}
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, failed, strings.Join(rs, ","))
+	}
+}
+
+// TestFreezeProofShipping freezes the extension for real (SIGSTOP) between invocations, as Lambda
+// does, with dense and sparse invocations and a fast, slow or failing Kinesis. Whatever the
+// strategy: nothing is lost, nothing is duplicated, /event/next is never called while a
+// PutRecords is in flight, and data waits at most MAX_DELAY plus one invocation gap.
+func TestFreezeProofShipping(t *testing.T) {
+	kinesis := map[string]func(int, putRecordsRequest) (int, string){
+		"fast":    allOK,
+		"slow":    slowKinesis(150 * time.Millisecond),
+		"failing": flakyKinesis(3, 0.3),
+	}
+	type pattern struct {
+		name        string
+		gap         time.Duration
+		invocations int
+	}
+	patterns := []pattern{{"dense", 10 * time.Millisecond, 12}, {"sparse", 400 * time.Millisecond, 5}}
+	const maxDelay = 200 * time.Millisecond
+	for _, flush := range []string{"adaptive", "end", "background", "periodic,300"} {
+		for _, p := range patterns {
+			for _, kname := range []string{"fast", "slow", "failing"} {
+				t.Run(flush+"/"+p.name+"/"+kname, func(t *testing.T) {
+					t.Parallel()
+					fk := newFakeKinesis(t, kinesis[kname])
+					fl := newFakeLambda(t)
+					var violations atomic.Int32
+					fl.onNext = func() {
+						if fk.inFlight.Load() > 0 {
+							violations.Add(1)
+						}
+					}
+					ext := startExtension(t, fl, testEnv(fk.URL, "KINESIS_TELEMETRY_FLUSH", flush,
+						"KINESIS_TELEMETRY_MAX_DELAY_MS", fmt.Sprint(maxDelay.Milliseconds())))
+					fl.freeze = ext.cmd.Process
+					fl.init()
+					for i := range p.invocations {
+						fl.invoke(invocation{requestID: fmt.Sprintf("r%d", i), textLines: 4, jsonLines: 2, runFor: 20 * time.Millisecond, pause: p.gap})
+					}
+					fl.shutdown("spindown", 2*time.Second)
+					if code := ext.wait(4 * time.Second); code != 0 {
+						t.Fatalf("exit code %d", code)
+					}
+					if v := violations.Load(); v > 0 {
+						t.Errorf("/event/next called %d times with a PutRecords in flight", v)
+					}
+					data, keys := fk.callsData()
+					events, _ := decodeRecords(t, data, keys)
+					checkDelivery(t, fl.postedEvents(), events, kname != "failing")
+					checkIDsOrdered(t, fl.postedEvents(), events)
+
+					// Delay: from posting to storing, for all but the last invocation's events,
+					// which are shipped at shutdown.
+					storedAt := map[string]time.Time{}
+					fk.mu.Lock()
+					for _, s := range fk.stored {
+						var env envelopeOf
+						json.Unmarshal(s.data, &env)
+						storedAt[string(env.Event)] = s.at
+					}
+					fk.mu.Unlock()
+					bound := maxDelay + p.gap + 1500*time.Millisecond // + a slow, failing call's retries and the flush budget
+					if flush == "periodic,300" {
+						bound += 300 * time.Millisecond
+					}
+					if kname == "failing" {
+						bound += 2 * time.Second // failed rounds wait for a later invocation
+					}
+					worst := time.Duration(0)
+					for _, e := range fl.postedEvents() {
+						if at, ok := storedAt[e.raw]; ok && at.Sub(e.at) > worst {
+							worst = at.Sub(e.at)
+						}
+					}
+					if worst > bound {
+						t.Errorf("an event waited %v to be stored, bound %v", worst, bound)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestManagedInstances runs the extension as Lambda Managed Instances see it: SHUTDOWN-only
+// registration, schema 2025-01-29, no INVOKE events and no platform.runtimeDone, telemetry
+// arriving while the extension waits in /event/next. It must ship on its own timer.
+func TestManagedInstances(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, testEnv(fk.URL, "AWS_LAMBDA_INITIALIZATION_TYPE", "lambda-managed-instances",
+		"KINESIS_TELEMETRY_FLUSH", "periodic,200"))
+	fl.init()
+	if got := fl.registerBody["events"]; strings.Join(got, ",") != "SHUTDOWN" {
+		t.Errorf("registered for %v, want SHUTDOWN only", got)
+	}
+	if got := fl.subscription["schemaVersion"]; got != "2025-01-29" {
+		t.Errorf("subscribed with schema %v, want 2025-01-29", got)
+	}
+	for i := range 5 {
+		req := fmt.Sprintf("m%d", i)
+		fl.post(req, fl.ev("platform.start", fmt.Sprintf(`{"requestId":%q,"version":"$LATEST"}`, req)), fl.ev("function", `"a text line"`))
+		fl.post(req, fl.ev("platform.report", fmt.Sprintf(`{"requestId":%q,"status":"success","metrics":{"durationMs":1}}`, req)))
+	}
+	// Shipped in the background, before any SHUTDOWN.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		data, _ := fk.callsData()
+		if len(data) >= len(fl.postedEvents()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d events shipped without a SHUTDOWN: no background timer?", len(data), len(fl.postedEvents()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fl.deliver(fmt.Sprintf(`{"eventType":"SHUTDOWN","shutdownReason":"spindown","deadlineMs":%d}`, time.Now().Add(2*time.Second).UnixMilli()))
+	if code := ext.wait(3 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	data, keys := fk.callsData()
+	events, _ := decodeRecords(t, data, keys)
+	checkExactlyOnce(t, fl.postedEvents(), events)
+}
+
+// BenchmarkFlushCost reports what each strategy adds to an invocation: the time from the
+// function finishing to the extension's /event/next, with Lambda's 25 ms telemetry buffering and
+// a Kinesis that answers in 20 ms. Run: ./build.sh bench -bench FlushCost -benchtime 40x
+func BenchmarkFlushCost(b *testing.B) {
+	for _, flush := range []string{"end", "background", "adaptive", "periodic,1000"} {
+		for _, p := range []struct {
+			name string
+			gap  time.Duration
+		}{{"dense", 20 * time.Millisecond}, {"sparse", 250 * time.Millisecond}} {
+			b.Run(flush+"/"+p.name, func(b *testing.B) {
+				fk := newFakeKinesis(b, slowKinesis(20*time.Millisecond))
+				fl := newFakeLambda(b)
+				fl.telemetryDelay = 25 * time.Millisecond
+				ext := startExtension(b, fl, testEnv(fk.URL, "KINESIS_TELEMETRY_FLUSH", flush, "KINESIS_TELEMETRY_MAX_DELAY_MS", "200"))
+				fl.init()
+				for i := 0; i < b.N; i++ {
+					fl.invoke(invocation{requestID: fmt.Sprintf("r%d", i), textLines: 5, jsonLines: 5, runFor: 30 * time.Millisecond, pause: p.gap})
+				}
+				fl.awaitNext()
+				added := fl.addedTimes()
+				fl.shutdown("spindown", 2*time.Second)
+				ext.wait(3 * time.Second)
+				sort.Slice(added, func(i, j int) bool { return added[i] < added[j] })
+				var sum time.Duration
+				for _, d := range added {
+					sum += d
+				}
+				b.ReportMetric(float64(sum.Microseconds())/1000/float64(len(added)), "added-ms/op")
+				b.ReportMetric(float64(added[len(added)/2].Microseconds())/1000, "median-added-ms")
+				b.ReportMetric(float64(added[len(added)*9/10].Microseconds())/1000, "p90-added-ms")
+			})
+		}
+	}
+}
+
+// checkIDsOrdered asserts that the sequence in each event's id follows the order in which the
+// events were posted, so that a consumer can always restore the order.
+func checkIDsOrdered(t *testing.T, posted []postedEvent, got []shipped) {
+	t.Helper()
+	pos := map[string]int{}
+	for i, p := range posted {
+		pos[p.raw] = i
+	}
+	sort.Slice(got, func(i, j int) bool { return idSeq(got[i].ID) < idSeq(got[j].ID) })
+	for i := 1; i < len(got); i++ {
+		if pos[string(got[i].Event)] < pos[string(got[i-1].Event)] {
+			t.Fatalf("id %s orders before %s, but its event was posted later", got[i-1].ID, got[i].ID)
+		}
+	}
+}
+
+func idSeq(id string) int {
+	var n int
+	fmt.Sscanf(id[strings.LastIndexByte(id, '-')+1:], "%d", &n)
+	return n
+}
