@@ -66,9 +66,9 @@ func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMet
 	return s
 }
 
-// ship sends buffered events until the buffer is empty or ctx ends. Events not confirmed by
-// Kinesis when ctx ends go back to the front of the buffer.
-func (s *shipper) ship(ctx context.Context) error {
+// ship sends the events buffered before the mark until none is left or ctx ends. Events not
+// confirmed by Kinesis when ctx ends go back to the front of the buffer.
+func (s *shipper) ship(ctx context.Context, before uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n, _ := s.buf.state(); n == 0 {
@@ -85,7 +85,7 @@ func (s *shipper) ship(ctx context.Context) error {
 		s.client = c
 	}
 	for ctx.Err() == nil {
-		evs := s.buf.take(s.eventsPerCall(), maxCallBytes, s.recordSize)
+		evs := s.buf.take(before, s.eventsPerCall(), maxCallBytes, s.recordSize)
 		if len(evs) == 0 {
 			return nil
 		}
@@ -211,7 +211,7 @@ func (s *shipper) drop(recs []pendingRecord, err error) {
 // dropRemaining empties the buffer at shutdown, counting what could not be sent in time.
 func (s *shipper) dropRemaining(st *stats) {
 	for {
-		evs := s.buf.take(1<<20, 1<<62, func(*event) int { return 0 })
+		evs := s.buf.take(everything, 1<<20, 1<<62, func(*event) int { return 0 })
 		if len(evs) == 0 {
 			return
 		}

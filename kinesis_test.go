@@ -367,7 +367,7 @@ func TestShipRetriesOnlyFailedEntries(t *testing.T) {
 	})
 	s, buf, st := testShipper(t, config{}, fk.URL)
 	addLogs(buf, 6)
-	if err := s.ship(context.Background()); err != nil {
+	if err := s.ship(context.Background(), everything); err != nil {
 		t.Fatal(err)
 	}
 	if len(fk.calls) != 2 {
@@ -412,7 +412,7 @@ func TestShipClassifiesWholeCallErrors(t *testing.T) {
 			})
 			s, buf, st := testShipper(t, config{}, fk.URL)
 			addLogs(buf, 4)
-			if err := s.ship(context.Background()); err != nil {
+			if err := s.ship(context.Background(), everything); err != nil {
 				t.Fatal(err)
 			}
 			st.mu.Lock()
@@ -439,7 +439,7 @@ func TestShipPutsBackWhatIsNotConfirmedWhenTimeRunsOut(t *testing.T) {
 	addLogs(buf, 10)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	if err := s.ship(ctx); err == nil {
+	if err := s.ship(ctx, everything); err == nil {
 		t.Fatal("ship reported success against a failing Kinesis")
 	}
 	if n, _ := buf.state(); n != 10 || buf.inFlight != 0 {
@@ -448,7 +448,7 @@ func TestShipPutsBackWhatIsNotConfirmedWhenTimeRunsOut(t *testing.T) {
 	if len(fk.calls) < 2 || st.delivered.Load() != 0 {
 		t.Errorf("calls %d delivered %d: want retries with backoff and nothing delivered", len(fk.calls), st.delivered.Load())
 	}
-	all := buf.take(100, 1<<30, func(*event) int { return 1 })
+	all := buf.take(everything, 100, 1<<30, func(*event) int { return 1 })
 	for i := 1; i < len(all); i++ {
 		if all[i].seq != all[i-1].seq+1 {
 			t.Fatal("events put back out of order")
@@ -469,7 +469,7 @@ func TestShipSplitsIntoCallsWithinLimits(t *testing.T) {
 		evs = append(evs, logEvent(msg))
 	}
 	buf.add(evs, &filter{sample: 1})
-	if err := s.ship(context.Background()); err != nil {
+	if err := s.ship(context.Background(), everything); err != nil {
 		t.Fatal(err)
 	}
 	total := 0
@@ -503,7 +503,7 @@ func TestNDJSONAggregation(t *testing.T) {
 		evs = append(evs, e)
 	}
 	buf.add(evs, &filter{sample: 1})
-	if err := s.ship(context.Background()); err != nil {
+	if err := s.ship(context.Background(), everything); err != nil {
 		t.Fatal(err)
 	}
 	var lines, records int

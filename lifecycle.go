@@ -314,13 +314,15 @@ func (e *extension) flushBeforeNext(requestID string, deadline time.Time) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), earliest(time.Now().Add(e.cfg.FlushBudget), deadline))
 	defer cancel()
-	e.shipNow(ctx)
+	e.shipNow(ctx, everything)
 }
 
-// shipWhileInvoked ships what is buffered while the function runs. The sending stops, and its
-// unconfirmed records go back to the buffer, at the latest a flush budget after the invocation's
-// runtimeDone arrives, so the extension never holds the environment for long after the function.
+// shipWhileInvoked ships what was buffered when the invocation began, while the function runs;
+// the invocation's own telemetry waits for the next one. The sending stops, and its unconfirmed
+// records go back to the buffer, at the latest a flush budget after the invocation's runtimeDone
+// arrives, so the extension never holds the environment for long after the function.
 func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
+	before := e.buf.mark()
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if e.sub.Active {
@@ -337,7 +339,7 @@ func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
 			}
 		}()
 	}
-	e.shipNow(ctx)
+	e.shipNow(ctx, before)
 }
 
 // shipPeriodically ships every period in the background (managed instances). The returned stop
@@ -355,7 +357,7 @@ func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline t
 			case <-quit:
 				return
 			case <-t.C:
-				e.shipNow(ctx)
+				e.shipNow(ctx, everything)
 			}
 		}
 	}()
@@ -368,10 +370,10 @@ func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline t
 	}
 }
 
-func (e *extension) shipNow(ctx context.Context) {
+func (e *extension) shipNow(ctx context.Context, before uint64) {
 	e.lastShip = time.Now()
 	e.ship.emitCountsIfDue(e.lastShip)
-	if err := e.ship.ship(ctx); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+	if err := e.ship.ship(ctx, before); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 		e.logs.once("ship:"+err.Error(), "ship: %v", err)
 	}
 }
@@ -407,12 +409,12 @@ func (e *extension) onShutdown(ev lifecycleEvent) {
 		cancel()
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), final.Add(-countsReserve))
-	e.shipNow(ctx)
+	e.shipNow(ctx, everything)
 	cancel()
 	e.ship.dropRemaining(e.stats)
 	e.ship.emitCounts(time.Now())
 	ctx, cancel = context.WithDeadline(context.Background(), final)
-	_ = e.ship.ship(ctx)
+	_ = e.ship.ship(ctx, everything)
 	cancel()
 	e.logs.printf("shutdown (%s): %s", ev.ShutdownReason, e.stats.summary())
 }

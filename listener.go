@@ -12,6 +12,7 @@ import (
 	"hash/fnv"
 	"io"
 	"log"
+	"math"
 	"net"
 	"net/http"
 	"regexp"
@@ -320,16 +321,17 @@ func (b *buffer) makeRoom() {
 	}
 }
 
-// take removes and returns the oldest events, at most n of them and, by the size function, at
-// most maxBytes (but always at least one). They count as in flight until confirmed or put back.
-func (b *buffer) take(n, maxBytes int, size func(*event) int) []event {
+// take removes and returns the oldest events that arrived before the mark, at most n of them
+// and, by the size function, at most maxBytes (but always at least one). They count as in flight
+// until confirmed or put back.
+func (b *buffer) take(before uint64, n, maxBytes int, size func(*event) int) []event {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var out []event
 	total := 0
 	for len(out) < n {
 		q := b.oldestQueue()
-		if q == nil {
+		if q == nil || q.front().seq >= before {
 			break
 		}
 		s := size(q.front())
@@ -359,6 +361,16 @@ func (b *buffer) oldestQueue() *eventQueue {
 	}
 	return &b.logs
 }
+
+// mark returns a position in the arrival order: the events buffered so far are before it.
+func (b *buffer) mark() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.seq
+}
+
+// everything is a mark after every event.
+const everything = math.MaxUint64
 
 // putBack returns taken events, in their order, to the front of the buffer.
 func (b *buffer) putBack(evs []event) {

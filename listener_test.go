@@ -173,7 +173,7 @@ func TestBufferAttributesLogLinesToTheInvocation(t *testing.T) {
 	b.add([]event{platformEvent("platform.runtimeDone", "r1"), logEvent("after r1")}, f)
 	b.add([]event{platformEvent("platform.start", "r2"), logEvent("in r2")}, f)
 
-	got := b.take(100, 1<<30, func(*event) int { return 1 })
+	got := b.take(everything, 100, 1<<30, func(*event) int { return 1 })
 	var reqs []string
 	for _, e := range got {
 		reqs = append(reqs, e.typ+"="+e.requestID)
@@ -199,7 +199,7 @@ func TestBufferDropsOldestLogLinesFirst(t *testing.T) {
 	}
 	b.add([]event{platformEvent("platform.runtimeDone", "r1")}, f)
 
-	got := b.take(100, 1<<30, func(*event) int { return 1 })
+	got := b.take(everything, 100, 1<<30, func(*event) int { return 1 })
 	var kept []string
 	platforms := 0
 	for _, e := range got {
@@ -227,10 +227,10 @@ func TestBufferPutBackKeepsOrder(t *testing.T) {
 	b, _ := newTestBuffer(1 << 20)
 	f := &filter{sample: 1}
 	b.add([]event{platformEvent("platform.start", "r"), logEvent("a"), logEvent("b"), platformEvent("platform.runtimeDone", "r"), logEvent("c")}, f)
-	first := b.take(3, 1<<30, func(*event) int { return 1 })
+	first := b.take(everything, 3, 1<<30, func(*event) int { return 1 })
 	b.add([]event{logEvent("d")}, f)
 	b.putBack(first)
-	all := b.take(100, 1<<30, func(*event) int { return 1 })
+	all := b.take(everything, 100, 1<<30, func(*event) int { return 1 })
 	if len(all) != 6 {
 		t.Fatalf("got %d events, want 6", len(all))
 	}
@@ -262,11 +262,11 @@ func TestBufferTakeRespectsSize(t *testing.T) {
 	for range 10 {
 		b.add([]event{logEvent("x")}, f)
 	}
-	got := b.take(100, 35, func(*event) int { return 10 })
+	got := b.take(everything, 100, 35, func(*event) int { return 10 })
 	if len(got) != 3 {
 		t.Errorf("took %d events of size 10 under 35 bytes, want 3", len(got))
 	}
-	got = b.take(100, 5, func(*event) int { return 10 })
+	got = b.take(everything, 100, 5, func(*event) int { return 10 })
 	if len(got) != 1 {
 		t.Errorf("took %d events larger than the limit, want 1 (always at least one)", len(got))
 	}
@@ -347,7 +347,7 @@ func TestListenerReplacesInvalidUTF8(t *testing.T) {
 	if err := l.accept([]byte("[{\"type\":\"function\",\"record\":\"bad \xff\xfe byte\"}]")); err != nil {
 		t.Fatal(err)
 	}
-	evs := b.take(10, 1<<30, func(*event) int { return 1 })
+	evs := b.take(everything, 10, 1<<30, func(*event) int { return 1 })
 	if len(evs) != 1 || !json.Valid(evs[0].raw) || !strings.Contains(string(evs[0].raw), "bad \uFFFD byte") {
 		t.Fatalf("got %q, want valid JSON with U+FFFD", evs[0].raw)
 	}
