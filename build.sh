@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Builds the kinesis-telemetry-extension Lambda layer zips and runs the tests.
+# Run ./build.sh help for the subcommands.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+readonly NAME=kinesis-telemetry-extension
+# Where the zips go; build_test.go points it at temporary folders.
+readonly DIST_DIR="${DIST_DIR:-dist}"
+# Lambda's architecture name, then Go's.
+readonly ARCHES=("x86_64:amd64" "arm64:arm64")
+
+usage() {
+	cat <<EOF
+usage: ./build.sh [SUBCOMMAND] [ARGS...]
+
+  build (default)  build the layer zips $DIST_DIR/$NAME-{x86_64,arm64}.zip,
+                   each holding extensions/$NAME (static, stripped, mode 0755,
+                   fixed timestamps; byte-identical for the same commit)
+  test [FLAGS]     npm ci (test peers), build, gofmt and go vet checks, then
+                   TEST_REQUIRE_PEERS=1 go test -count=1 -timeout 30m [FLAGS] ./...
+                   e.g. ./build.sh test -run Template -v
+  demo [FLAGS]     build, then TEST_DEMO=1 go test -count=1 -run '^TestDemo\$' -v [FLAGS] .
+  bench [FLAGS]    go test -run '^\$' -bench . -benchmem -count=1 [FLAGS] .
+  help             this text
+
+Needs Go; test and demo also need Node.js and npm. DIST_DIR overrides the
+output folder (default: dist).
+EOF
+}
+
+die() {
+	printf 'build.sh: %s\n' "$*" >&2
+	exit 1
+}
+
+# need CMD HINT fails with HINT unless CMD is on PATH.
+need() {
+	command -v "$1" >/dev/null 2>&1 || die "$1 not found in PATH; $2"
+}
+
+need_go() {
+	need go "install Go $(sed -n 's/^go //p' go.mod) or newer (https://go.dev/dl/) and put its bin folder on PATH"
+}
+
+need_node() {
+	need node "install Node.js 20 or newer; the tests run the Kinesis emulators and cfn-lint from npm"
+	need npm "install npm (it comes with Node.js)"
+}
+
+# npm_ci installs the pinned test peers from package-lock.json. Install
+# scripts are skipped on purpose: only leveldown (kinesalite's on-disk store;
+# the tests keep kinesalite in memory with memdown) and core-js (a donation
+# banner) have any, and npm 11 would skip them anyway with a warning.
+npm_ci() {
+	echo "build.sh: npm ci (kinesalite, kinesis-local, cfn-lint)"
+	npm ci --ignore-scripts --no-audit --no-fund
+}
+
+build() {
+	need_go
+	mkdir -p "$DIST_DIR"
+	local tmp
+	tmp="$(mktemp -d)"
+	# The zip writer runs here, so it is built for this machine even when the
+	# caller exported GOOS or GOARCH.
+	env -u GOOS -u GOARCH go build -o "$tmp/mkzip" ./testdata/mkzip
+
+	local pair arch goarch bin zip
+	for pair in "${ARCHES[@]}"; do
+		arch="${pair%%:*}"
+		goarch="${pair##*:}"
+		bin="$tmp/$arch/extensions/$NAME"
+		# GOAMD64/GOARM64 are pinned so that a caller's environment cannot
+		# change the machine code (and break reproducibility or old CPUs);
+		# -buildvcs=false keeps the bytes independent of whether this is a git
+		# checkout, a tarball or a tree with uncommitted files.
+		CGO_ENABLED=0 GOOS=linux GOARCH="$goarch" GOAMD64=v1 GOARM64=v8.0 \
+			go build -trimpath -buildvcs=false -ldflags='-s -w -buildid=' -o "$bin" .
+		zip="$DIST_DIR/$NAME-$arch.zip"
+		"$tmp/mkzip" -o "$zip" -name "extensions/$NAME" "$bin"
+		printf '%s %d bytes\n' "$zip" "$(wc -c <"$zip")"
+	done
+	rm -rf "$tmp"
+}
+
+# style fails when a Go file is not gofmt-formatted or go vet complains.
+style() {
+	local files unformatted
+	files="$(find . -name '*.go' -not -path './node_modules/*' -not -path './.git/*')"
+	# shellcheck disable=SC2086 # one file per word
+	unformatted="$(gofmt -l $files)"
+	[[ -z "$unformatted" ]] || die "not gofmt-formatted (run gofmt -w):"$'\n'"$unformatted"
+	go vet ./... ./testdata/mkzip
+}
+
+cmd="${1:-build}"
+[[ $# -gt 0 ]] && shift
+
+case "$cmd" in
+build)
+	[[ $# -eq 0 ]] || die "build takes no arguments (got: $*)"
+	build
+	;;
+test)
+	need_go
+	need_node
+	npm_ci
+	build
+	style
+	TEST_REQUIRE_PEERS=1 exec go test -count=1 -timeout 30m "$@" ./...
+	;;
+demo)
+	need_go
+	need_node
+	# Reinstall only when package-lock.json changed since the last install.
+	if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+		npm_ci
+	fi
+	build
+	TEST_DEMO=1 exec go test -count=1 -run '^TestDemo$' -v "$@" .
+	;;
+bench)
+	need_go
+	exec go test -run '^$' -bench . -benchmem -count=1 "$@" .
+	;;
+help | -h | --help)
+	usage
+	;;
+*)
+	usage >&2
+	die "unknown subcommand: $cmd"
+	;;
+esac
