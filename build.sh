@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 readonly NAME=kinesis-telemetry-extension
+# Build and test with the Go release go.mod names: it carries security fixes the
+# machine's Go may lack, and the same compiler keeps the zips byte-identical.
+# Go itself fetches that release through the module proxy when needed.
+GOTOOLCHAIN="$(sed -n 's/^toolchain //p' go.mod)"
+export GOTOOLCHAIN
 # Where the zips go; build_test.go points it at temporary folders.
 readonly DIST_DIR="${DIST_DIR:-dist}"
 # Lambda's architecture name, then Go's.
