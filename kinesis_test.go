@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -696,4 +697,16 @@ func TestLoadKinesisClientEndpoints(t *testing.T) {
 			t.Errorf("%+v: url %s region %s, want %s %s", tt.cfg, k.url, k.region, tt.wantURL, tt.wantRegion)
 		}
 	}
+}
+
+func FuzzAppendBase64(f *testing.F) {
+	f.Add([]byte("kinesis"), []byte{})
+	f.Add(bytes.Repeat([]byte{0xff, 0, 0x7f}, 40), []byte("prefix"))
+	f.Fuzz(func(t *testing.T, src, prefix []byte) {
+		got := appendBase64(bytes.Clone(prefix), src)
+		want := base64.StdEncoding.AppendEncode(bytes.Clone(prefix), src)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("appendBase64(%x) = %s, want %s", src, got, want)
+		}
+	})
 }

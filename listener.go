@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -883,6 +884,10 @@ func (s *scanner) str() error {
 	d := s.data
 	i := s.pos + 1 // past the opening quote
 	for {
+		// Eight bytes at a time while none needs a closer look, then byte by byte.
+		for i+8 <= len(d) && plainWord(binary.LittleEndian.Uint64(d[i:])) {
+			i += 8
+		}
 		for i < len(d) && plainByte[d[i]] {
 			i++
 		}
@@ -923,6 +928,16 @@ func (s *scanner) str() error {
 			i += n
 		}
 	}
+}
+
+// plainWord reports whether all eight bytes of w are plain (see plainByte), with the usual
+// bit tricks: a byte below 0x20, a quote, a backslash or a non-ASCII byte sets its high bit in
+// the result.
+func plainWord(w uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	hasLess := func(x uint64, n uint64) uint64 { return (x - ones*n) & ^x & highs }
+	hasZero := func(x uint64) uint64 { return (x - ones) & ^x & highs }
+	return (hasLess(w, 0x20) | hasZero(w^(ones*'"')) | hasZero(w^(ones*'\\')) | w&highs) == 0
 }
 
 func isHex4(b []byte) bool {
