@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -75,4 +78,47 @@ func BenchmarkScanBatch(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkBatching ships a burst of 100,000 small events and reports how many PutRecords calls
+// it took, against the minimum the 500-record and 5 MiB limits allow.
+// Run: ./build.sh bench -bench Batching -benchtime 3x
+func BenchmarkBatching(b *testing.B) {
+	const n = 100000
+	fk := newFakeKinesis(b, allOK)
+	var calls, records, bytes, minCalls float64
+	for i := 0; i < b.N; i++ {
+		s, buf, _ := testShipper(b, config{}, fk.URL)
+		before := len(fk.calls)
+		evs := make([]event, n)
+		total := 0
+		for k := range evs {
+			evs[k] = logEvent(fmt.Sprintf("order %06d processed in %d ms", k, k%97))
+			evs[k].requestID = fmt.Sprintf("79b4f56e-95b1-4643-9700-%012d", k/100)
+		}
+		buf.add(evs, &filter{sample: 1})
+		for k := range evs {
+			key := s.meta.partitionKey(&evs[k])
+			total += s.meta.dataSize(&evs[k], len(key)) + len(key)
+		}
+		if err := s.ship(context.Background(), everything); err != nil {
+			b.Fatal(err)
+		}
+		fk.mu.Lock()
+		got := fk.calls[before:]
+		for _, c := range got {
+			records += float64(len(c.Records))
+			for _, r := range c.Records {
+				bytes += float64(base64.StdEncoding.DecodedLen(len(r.Data)) + len(r.PartitionKey))
+			}
+		}
+		fk.mu.Unlock()
+		calls += float64(len(got))
+		minCalls += math.Max(math.Ceil(n/float64(maxRecordsPerCall)), math.Ceil(float64(total)/maxCallBytes))
+	}
+	b.ReportMetric(calls/float64(b.N), "calls")
+	b.ReportMetric(minCalls/float64(b.N), "min-calls")
+	b.ReportMetric(records/calls, "records/call")
+	b.ReportMetric(bytes/calls, "bytes/call")
+	b.ReportMetric(100*(calls-minCalls)/minCalls, "%-over-min")
 }

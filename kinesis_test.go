@@ -317,7 +317,7 @@ func allOK(_ int, req putRecordsRequest) (int, string) {
 	return 200, `{"FailedRecordCount":0,"Records":[` + strings.Join(rs, ",") + `]}`
 }
 
-func testShipper(t *testing.T, cfg config, endpoint string) (*shipper, *buffer, *stats) {
+func testShipper(t testing.TB, cfg config, endpoint string) (*shipper, *buffer, *stats) {
 	t.Helper()
 	if cfg.Stream == "" && cfg.StreamARN == "" {
 		cfg.Stream = "s"
