@@ -141,9 +141,19 @@ type extProcess struct {
 // cleanup if it is still running.
 func startExtension(t testing.TB, f *fakeLambda, env map[string]string) *extProcess {
 	t.Helper()
+	return startExtensionIn(t, f, env, "")
+}
+
+// startExtensionIn is startExtension with the working directory dir.
+func startExtensionIn(t testing.TB, f *fakeLambda, env map[string]string, dir string) *extProcess {
+	t.Helper()
 	cmd := exec.Command(extensionBinary)
-	cmd.Env = []string{"AWS_LAMBDA_RUNTIME_API=" + f.runtimeAPI(), "PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(),
+	cmd.Dir = dir
+	cmd.Env = []string{"AWS_LAMBDA_RUNTIME_API=" + f.runtimeAPI(), "PATH=" + os.Getenv("PATH"),
 		"AWS_CONFIG_FILE=/nonexistent", "AWS_SHARED_CREDENTIALS_FILE=/nonexistent", "AWS_EC2_METADATA_DISABLED=true"}
+	if env["HOME"] == "" {
+		cmd.Env = append(cmd.Env, "HOME="+t.TempDir())
+	}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

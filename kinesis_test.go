@@ -710,3 +710,52 @@ func FuzzAppendBase64(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRecordBuilding builds records from arbitrary (valid) events and request ids: the data is
+// always one valid JSON envelope within the record limit, carrying the event unchanged unless it
+// had to be truncated, and dataSize predicts its length.
+func FuzzRecordBuilding(f *testing.F) {
+	f.Add(`{"time":"2024-05-01T10:00:00.000Z","type":"function","record":"hello\n"}`, "79b4f56e-95b1-4643-9700-2807f4e68189", 0)
+	f.Add(`{"type":"platform.report","record":{"requestId":"r","metrics":{"durationMs":1.000}}}`, "r\"\x00é", 3)
+	f.Add(`{"type":"function","record":{"level":"INFO","message":"\u00e9\ud83d\ude00"}}`, "", 1100000)
+	f.Fuzz(func(t *testing.T, raw, requestID string, pad int) {
+		if pad > 0 && pad < 3<<20 && strings.HasSuffix(raw, `"}`) {
+			// Grow a string near the end so that some inputs exceed a record.
+			raw = raw[:len(raw)-2] + strings.Repeat("x", pad) + `"}`
+		}
+		var e event
+		ok := false
+		if scanBatch([]byte("["+raw+"]"), func(ef eventFields) {
+			if ef.object && ef.typ != nil && !ok {
+				e, ok = newEvent(ef), true
+			}
+		}) != nil || !ok {
+			return
+		}
+		e.requestID, e.idPrefix, e.seq = requestID, "p", 7
+		for _, mode := range []string{"request", "random"} {
+			m := testMeta(config{PartitionKey: mode})
+			key := m.partitionKey(&e)
+			if key == "" || len(key) > 256 {
+				t.Fatalf("partition key %q", key)
+			}
+			data := m.appendData(nil, &e, len(key))
+			if len(data) != m.dataSize(&e, len(key)) {
+				t.Fatalf("dataSize %d, wrote %d", m.dataSize(&e, len(key)), len(data))
+			}
+			if len(data)+len(key) > maxRecordBytes {
+				t.Fatalf("record of %d bytes over the limit", len(data)+len(key))
+			}
+			var env envelopeOf
+			if err := json.Unmarshal(data, &env); err != nil {
+				t.Fatalf("not JSON: %v: %.300s", err, data)
+			}
+			if env.TruncatedBytes == nil && string(env.Event) != string(e.raw) {
+				t.Fatalf("event changed: %s, want %s", env.Event, e.raw)
+			}
+			if env.ID != "p-7" || !strings.HasPrefix(string(data), `{"id":"p-7",`) {
+				t.Fatalf("id %q", env.ID)
+			}
+		}
+	})
+}
