@@ -102,3 +102,33 @@ func TestWritesNothingToDisk(t *testing.T) {
 		}
 	}
 }
+
+// TestListenerBindsLoopbackOnly reads the kernel's socket table: the telemetry listener must
+// listen on 127.0.0.1 here (where sandbox.localdomain does not resolve), never on all interfaces.
+func TestListenerBindsLoopbackOnly(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	fl := newFakeLambda(t)
+	env := testEnv(fk.URL)
+	ext := startExtension(t, fl, env)
+	fl.init()
+	table, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", ext.cmd.Process.Pid))
+	if err != nil {
+		t.Skipf("no /proc socket table here: %v", err)
+	}
+	port := fmt.Sprintf("%04X", fl.listenerPort)
+	var found []string
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && f[3] == "0A" && strings.HasSuffix(f[1], ":"+port) { // 0A: LISTEN
+			found = append(found, f[1])
+		}
+	}
+	if len(found) != 1 || found[0] != "0100007F:"+port {
+		t.Errorf("listening sockets on port %d: %v, want only 127.0.0.1 (0100007F)", fl.listenerPort, found)
+	}
+	if tcp6, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp6", ext.cmd.Process.Pid)); err == nil && strings.Contains(string(tcp6), ":"+port+" 00000000000000000000000000000000:0000 0A") {
+		t.Errorf("listening on an IPv6 address on port %d", fl.listenerPort)
+	}
+	fl.shutdown("spindown", 2*time.Second)
+	ext.wait(3 * time.Second)
+}
