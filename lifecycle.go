@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -260,7 +261,7 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 		e.shipWhileInvoked(ev.RequestID, deadline)
 	}
 	e.lastRequest = ev.RequestID
-	if e.sub.Active {
+	if e.platformTelemetry() {
 		// What the extension adds to the invocation: from the runtime being done (as far as the
 		// extension can see) to its own /event/next.
 		if at, ok := e.buf.runtimeDoneAt(ev.RequestID); ok {
@@ -296,7 +297,7 @@ func (e *extension) flushMode(now time.Time) string {
 		return "skip"
 	}
 	switch {
-	case !e.sub.Active:
+	case !e.platformTelemetry():
 		return "background"
 	case e.gap == 0, e.gap > e.cfg.MaxDelay, n > 0 && now.Sub(oldest) > e.cfg.MaxDelay:
 		return "end"
@@ -307,7 +308,7 @@ func (e *extension) flushMode(now time.Time) string {
 // flushBeforeNext waits until the invocation's platform.runtimeDone has arrived (so that its log
 // lines are in the buffer), then ships everything within the flush budget.
 func (e *extension) flushBeforeNext(requestID string, deadline time.Time) {
-	if e.sub.Active {
+	if e.platformTelemetry() {
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		e.buf.waitRuntimeDone(ctx, requestID)
 		cancel()
@@ -325,7 +326,7 @@ func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
 	before := e.buf.mark()
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	if e.sub.Active {
+	if e.platformTelemetry() {
 		go func() {
 			if _, ok := e.buf.waitRuntimeDone(ctx, requestID); !ok {
 				return
@@ -378,6 +379,12 @@ func (e *extension) shipNow(ctx context.Context, before uint64) {
 	}
 }
 
+// platformTelemetry reports whether platform events (runtimeDone, report) will arrive: without
+// them there is nothing to wait for.
+func (e *extension) platformTelemetry() bool {
+	return e.sub.Active && slices.Contains(e.cfg.Types, "platform")
+}
+
 // Shutdown timing: Lambda allows 2,000 ms in all; the extension keeps a margin before the
 // deadline, and reserves the last part of its time for the counts record.
 const (
@@ -397,7 +404,7 @@ func shutdownDeadline(ev lifecycleEvent) time.Time {
 // produces only after the extension's last /event/next, and finally the counts record.
 func (e *extension) onShutdown(ev lifecycleEvent) {
 	final := shutdownDeadline(ev)
-	if e.sub.Active {
+	if e.platformTelemetry() || (e.sub.Active && e.cfg.Managed) {
 		half := time.Now().Add(time.Until(final) / 2)
 		ctx, cancel := context.WithDeadline(context.Background(), half)
 		if e.lastRequest != "" {

@@ -226,3 +226,24 @@ func idSeq(id string) int {
 	fmt.Sscanf(id[strings.LastIndexByte(id, '-')+1:], "%d", &n)
 	return n
 }
+
+// TestNoPlatformTelemetryNoWaiting: subscribed to function logs only, no platform.runtimeDone
+// will come, so the end strategy must not wait for one (it would hold every invocation until
+// its deadline).
+func TestNoPlatformTelemetryNoWaiting(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, testEnv(fk.URL, "KINESIS_TELEMETRY_TYPES", "function", "KINESIS_TELEMETRY_FLUSH", "end"))
+	fl.awaitNext()
+	start := time.Now()
+	fl.deliver(fmt.Sprintf(`{"eventType":"INVOKE","deadlineMs":%d,"requestId":"r1"}`, time.Now().Add(5*time.Second).UnixMilli()))
+	fl.nextReady = false
+	fl.awaitNext()
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the invocation took %v: the extension waited for a runtimeDone that cannot come", took)
+	}
+	fl.deliver(fmt.Sprintf(`{"eventType":"SHUTDOWN","shutdownReason":"spindown","deadlineMs":%d}`, time.Now().Add(2*time.Second).UnixMilli()))
+	if code := ext.wait(3 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
