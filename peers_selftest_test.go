@@ -178,15 +178,15 @@ func checkLoopbackOnly(t *testing.T, endpoint string) {
 // ---------------------------------------------------------------------------------------------
 // The proxy against a fake backend: exact, fast, and independent of node.
 
-// fakeKinesis answers PutRecords like kinesis-mock does ("ErrorCode":null on success); an entry
+// proxyBackend answers PutRecords like kinesis-mock does ("ErrorCode":null on success); an entry
 // whose partition key starts with "peer-fail" fails with InternalFailure. It records what it got.
-type fakeKinesis struct {
+type proxyBackend struct {
 	mu    sync.Mutex
 	puts  [][]string // partition keys of each PutRecords call received
 	other []string   // X-Amz-Target of every other call
 }
 
-func (f *fakeKinesis) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (f *proxyBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	if r.Header.Get("X-Amz-Target") != "Kinesis_20131202.PutRecords" {
 		f.mu.Lock()
@@ -222,20 +222,20 @@ func (f *fakeKinesis) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(map[string]any{"EncryptionType": "NONE", "FailedRecordCount": failed, "Records": entries})
 }
 
-func (f *fakeKinesis) received() [][]string {
+func (f *proxyBackend) received() [][]string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.puts)
 }
 
-func (f *fakeKinesis) otherTargets() []string {
+func (f *proxyBackend) otherTargets() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.other)
 }
 
-func startFakeKinesisProxy(t *testing.T) (*fakeKinesis, *faultProxy) {
-	f := &fakeKinesis{}
+func startFakeKinesisProxy(t *testing.T) (*proxyBackend, *faultProxy) {
+	f := &proxyBackend{}
 	srv := httptest.NewServer(f) // httptest binds 127.0.0.1
 	t.Cleanup(srv.Close)
 	return f, startFaultProxy(t, srv.URL)
