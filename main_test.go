@@ -433,3 +433,30 @@ func TestMalformedAndOversizedTelemetry(t *testing.T) {
 		t.Errorf("counts record: %v malformed batches, want 1", m)
 	}
 }
+
+func TestParseStreamARN(t *testing.T) {
+	for _, tt := range []struct {
+		arn  string
+		want streamARN
+		ok   bool
+	}{
+		{"arn:aws:kinesis:eu-west-1:123456789012:stream/my.stream_1-x", streamARN{"eu-west-1", "123456789012", "my.stream_1-x"}, true},
+		{"arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s", streamARN{"cn-north-1", "123456789012", "s"}, true},
+		{"arn:aws-us-gov:kinesis:us-gov-west-1:123456789012:stream/s", streamARN{"us-gov-west-1", "123456789012", "s"}, true},
+		{"arn:aws:kinesis:eu-west-1:12345678901:stream/s", streamARN{}, false},
+		{"arn:aws:kinesis:eu-west-1:123456789012:stream/", streamARN{}, false},
+		{"arn:aws:kinesis:eu-west-1:123456789012:stream/a/b", streamARN{}, false},
+		{"arn:aws:kinesis:eu-west-1:123456789012:consumer/s", streamARN{}, false},
+		{"arn:aws:firehose:eu-west-1:123456789012:stream/s", streamARN{}, false},
+		{"arn:aws:kinesis:EU:123456789012:stream/s", streamARN{}, false},
+		{"arn:aws:kinesis:eu-west-1:123456789012:stream/" + strings.Repeat("x", 129), streamARN{}, false},
+	} {
+		got, ok := parseStreamARN(tt.arn)
+		if ok != tt.ok || got != tt.want {
+			t.Errorf("parseStreamARN(%q) = %+v, %v; want %+v, %v", tt.arn, got, ok, tt.want, tt.ok)
+		}
+	}
+	if !validStreamName(strings.Repeat("a", 128)) || validStreamName(strings.Repeat("a", 129)) || validStreamName("") || validStreamName("a b") {
+		t.Error("validStreamName limits")
+	}
+}
