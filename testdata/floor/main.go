@@ -41,8 +41,14 @@ func run() error {
 	}
 	id := resp.Header.Get("Lambda-Extension-Identifier")
 
-	// The listener must be up before subscribing: Lambda posts as soon as it accepts.
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", port))
+	// The listener must be up before subscribing: Lambda posts as soon as it accepts. Like any
+	// correct extension, it listens where sandbox.localdomain resolves (the destination it
+	// subscribes with), or on 127.0.0.1 where the name does not resolve (here).
+	host := "127.0.0.1"
+	if addrs, err := net.LookupHost("sandbox.localdomain"); err == nil && len(addrs) > 0 {
+		host = addrs[0]
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, port))
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
