@@ -1142,14 +1142,33 @@ func rieProductEnv(p *kinesisPeer, stream string, port int) map[string]string {
 // Events are compared semantically (rieCanonicalJSON: key order and white space ignored, every
 // value including number literals kept): "exactly as received" is about content, and a
 // re-encoding that keeps every value is not a loss. How many were also byte-identical is logged.
+// It runs against both Kinesis emulators: kinesalite with the stream by name, kinesis-mock (an
+// independent implementation) with the stream by ARN.
 func TestRIEManaged(t *testing.T) {
 	requireRIE(t)
 	const stream = "rie-managed"
-	kinesis := startKinesalite(t, streamSpec{Name: stream, Shards: 2})
+	for _, tt := range []struct {
+		name  string
+		start func(t *testing.T) *kinesisPeer
+		byARN bool
+	}{
+		{"kinesalite", func(t *testing.T) *kinesisPeer { return startKinesalite(t, streamSpec{Name: stream, Shards: 2}) }, false},
+		{"kinesis-mock by ARN", func(t *testing.T) *kinesisPeer {
+			return startKinesisMock(t, "eu-west-1", "123456789012", streamSpec{Name: stream, Shards: 2})
+		}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) { testRIEManaged(t, tt.start(t), stream, tt.byARN) })
+	}
+}
+
+func testRIEManaged(t *testing.T, kinesis *kinesisPeer, stream string, byARN bool) {
 	product := rieProductBinary(t)
 	probe := rieBuild(t, "./testdata/probe", t.TempDir(), "probe")
 	out := rieSharedDir(t)
 	env := rieProductEnv(kinesis, stream, rieFreePort(t))
+	if byARN {
+		env["KINESIS_TELEMETRY_STREAM"] = kinesis.streamARN(stream)
+	}
 	env["PROBE_OUT"] = filepath.Join(out, "probe.jsonl")
 	env["PROBE_PORT"] = strconv.Itoa(rieFreePort(t))
 	r := startRIE(t, rieOptions{
