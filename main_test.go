@@ -460,3 +460,93 @@ func TestParseStreamARN(t *testing.T) {
 		t.Error("validStreamName limits")
 	}
 }
+
+// emulatorCase is one real Kinesis implementation and how the extension addresses the stream.
+type emulatorCase struct {
+	name  string
+	start func(t *testing.T, streams ...streamSpec) *kinesisPeer
+	byARN bool
+}
+
+var emulators = []emulatorCase{
+	{"kinesalite", func(t *testing.T, s ...streamSpec) *kinesisPeer { return startKinesalite(t, s...) }, false},
+	{"kinesis-mock", func(t *testing.T, s ...streamSpec) *kinesisPeer {
+		return startKinesisMock(t, "eu-west-1", "123456789012", s...)
+	}, false},
+	{"kinesis-mock by ARN", func(t *testing.T, s ...streamSpec) *kinesisPeer {
+		return startKinesisMock(t, "eu-west-1", "123456789012", s...)
+	}, true},
+}
+
+// extensionEnvFor is the extension's environment for a stream on a real emulator, reached at endpoint
+// (the emulator itself, or a proxy in front of it).
+func extensionEnvFor(p *kinesisPeer, stream, endpoint string, byARN bool, extra ...string) map[string]string {
+	env := testEnv(endpoint, extra...)
+	env["KINESIS_TELEMETRY_STREAM"] = stream
+	if byARN {
+		env["KINESIS_TELEMETRY_STREAM"] = p.streamARN(stream)
+	}
+	// kinesis-mock keeps streams per region and per account, taken from a 12-digit access key.
+	env["AWS_REGION"], env["AWS_ACCESS_KEY_ID"] = p.Region, p.Account
+	return env
+}
+
+func storedData(recs []storedRecord) (data [][]byte, keys []string) {
+	for _, r := range recs {
+		data, keys = append(data, r.Data), append(keys, r.PartitionKey)
+	}
+	return data, keys
+}
+
+// TestEndToEndOnEmulators: the same end-to-end run against both real Kinesis implementations:
+// init, invocations with text and JSON lines, Lambda-reported loss, an event too large for a
+// record, shutdown; every event lands exactly once, in per-request order, read back with the SDK.
+func TestEndToEndOnEmulators(t *testing.T) {
+	for _, em := range emulators {
+		t.Run(em.name, func(t *testing.T) {
+			const stream = "telemetry"
+			peer := em.start(t, streamSpec{Name: stream, Shards: 2})
+			fl := newFakeLambda(t)
+			ext := startExtension(t, fl, extensionEnvFor(peer, stream, peer.Endpoint, em.byARN))
+			fl.init()
+			for i := range 6 {
+				fl.invoke(invocation{requestID: fmt.Sprintf("req-%d", i), textLines: 4, jsonLines: 3, logsDropped: map[bool]int{true: 5}[i == 2]})
+				if i == 3 {
+					fl.post(fmt.Sprintf("req-%d", i), fl.ev("function", `"`+strings.Repeat("big ", 300000)+`"`))
+				}
+			}
+			fl.shutdown("spindown", 2*time.Second)
+			if code := ext.wait(3 * time.Second); code != 0 {
+				t.Fatalf("exit code %d", code)
+			}
+			recs := peer.waitForRecords(t, stream, len(fl.postedEvents()), 10*time.Second)
+			data, keys := storedData(recs)
+			events, counts := decodeRecords(t, data, keys)
+			var normal []postedEvent
+			for _, p := range fl.postedEvents() {
+				if len(p.raw) < maxRecordBytes {
+					normal = append(normal, p)
+				}
+			}
+			var small []shipped
+			truncated := 0
+			for _, e := range events {
+				if e.TruncatedBytes != nil {
+					truncated++
+					if e.RequestID != "req-3" || *e.TruncatedBytes <= 0 {
+						t.Errorf("truncated event: requestId %q, %d bytes cut", e.RequestID, *e.TruncatedBytes)
+					}
+					continue
+				}
+				small = append(small, e)
+			}
+			checkExactlyOnce(t, normal, small)
+			if truncated != 1 {
+				t.Errorf("%d truncated events in the stream, want 1", truncated)
+			}
+			if len(counts) == 0 || counts[len(counts)-1]["lambdaDropped"].(map[string]any)["records"].(float64) != 5 {
+				t.Errorf("counts record missing or wrong: %v", counts)
+			}
+		})
+	}
+}
