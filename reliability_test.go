@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -131,4 +132,197 @@ func TestListenerBindsLoopbackOnly(t *testing.T) {
 	}
 	fl.shutdown("spindown", 2*time.Second)
 	ext.wait(3 * time.Second)
+}
+
+// faultStep changes the proxy's plan at a moment of a fault-matrix run.
+type faultStep struct {
+	at   time.Duration
+	plan faultPlan
+}
+
+// faultCase is one row of the fault matrix.
+type faultCase struct {
+	name      string
+	steps     []faultStep
+	run       time.Duration // how long invocations go on
+	dupsOK    bool          // Kinesis may have stored a record whose answer was lost
+	permanent string        // an error code that must be counted, said once and not retried
+	// shutdownPlan, when set, applies from the last part of the run through SHUTDOWN, so that
+	// SHUTDOWN finds data waiting in a backoff; shutdownRecover replaces it shutdownAfter later.
+	shutdownPlan, shutdownRecover *faultPlan
+	shutdownAfter                 time.Duration
+}
+
+// TestFaultMatrix runs the extension against kinesalite through the fault-injecting proxy, one
+// fault per row, and checks the invariant: every event produced is either in the stream or
+// counted as dropped — nothing vanishes uncounted. Duplicates are allowed only where Kinesis
+// stored a call whose answer never arrived, and then carry the same id. It prints the table.
+func TestFaultMatrix(t *testing.T) {
+	throttled := faultPlan{FailEntries: 1, FailCodes: []string{"ProvisionedThroughputExceededException"}}
+	clear := faultPlan{}
+	cases := []faultCase{
+		{name: "no fault", run: time.Second},
+		{name: "all entries throttled 2 s", steps: []faultStep{{0, throttled}, {2 * time.Second, clear}}, run: 3 * time.Second},
+		{name: "30% entries fail", steps: []faultStep{{0, faultPlan{FailEntries: 0.3, FailCodes: []string{"ProvisionedThroughputExceededException", "InternalFailure"}}}}, run: 2 * time.Second},
+		{name: "HTTP 500 and 503 bursts", steps: []faultStep{{0, faultPlan{FailCallStatus: 500, FailCallCode: "InternalFailure", FailCalls: 4}}, {time.Second, faultPlan{FailCallStatus: 503, FailCallCode: "ServiceUnavailable", FailCalls: 4}}}, run: 2 * time.Second},
+		{name: "connections reset mid-request", steps: []faultStep{{0, faultPlan{ResetBeforeForward: true}}, {1500 * time.Millisecond, clear}}, run: 2 * time.Second},
+		{name: "reset after Kinesis stored", steps: []faultStep{{0, faultPlan{ResetAfterForward: true}}, {time.Second, clear}}, run: 2 * time.Second, dupsOK: true},
+		{name: "answers delayed past the timeout", steps: []faultStep{{0, faultPlan{Delay: 700 * time.Millisecond}}, {1500 * time.Millisecond, clear}}, run: 2500 * time.Millisecond, dupsOK: true},
+		{name: "Kinesis unreachable 10 s", steps: []faultStep{{0, faultPlan{Unreachable: true}}, {10 * time.Second, clear}}, run: 11 * time.Second},
+		{name: "AccessDeniedException", steps: []faultStep{{0, faultPlan{FailCallStatus: 400, FailCallCode: "AccessDeniedException"}}}, run: time.Second, permanent: "AccessDeniedException"},
+		{name: "ResourceNotFoundException", steps: []faultStep{{0, faultPlan{FailCallStatus: 400, FailCallCode: "ResourceNotFoundException"}}}, run: time.Second, permanent: "ResourceNotFoundException"},
+		{name: "KMSDisabledException", steps: []faultStep{{0, faultPlan{FailCallStatus: 400, FailCallCode: "KMSDisabledException"}}}, run: time.Second, permanent: "KMSDisabledException"},
+		{name: "SHUTDOWN in a backoff, then recovery", run: 2 * time.Second, shutdownPlan: &throttled, shutdownRecover: &clear, shutdownAfter: 600 * time.Millisecond},
+		{name: "SHUTDOWN in a backoff, no recovery", run: 2 * time.Second, shutdownPlan: &faultPlan{FailCallStatus: 500, FailCallCode: "InternalFailure"}},
+	}
+	results := make([]string, len(cases))
+	t.Cleanup(func() {
+		t.Logf("fault matrix (events):\n%-40s %8s %9s %10s %7s %17s\n%s", "case", "produced", "delivered", "duplicated", "dropped", "counted-as-dropped", strings.Join(results, "\n"))
+	})
+	for i, fc := range cases {
+		t.Run(fc.name, func(t *testing.T) {
+			t.Parallel()
+			results[i] = runFaultCase(t, fc)
+		})
+	}
+}
+
+func runFaultCase(t *testing.T, fc faultCase) string {
+	const stream = "telemetry"
+	peer := startKinesalite(t, streamSpec{Name: stream, Shards: 2})
+	proxy := startFaultProxy(t, peer.Endpoint)
+	fl := newFakeLambda(t)
+	var violations atomic.Int32
+	fl.onNext = func() {
+		if proxy.inFlight() > 0 {
+			violations.Add(1)
+		}
+	}
+	ext := startExtension(t, fl, extensionEnvFor(peer, stream, proxy.URL, false,
+		"KINESIS_TELEMETRY_FLUSH", "end", "KINESIS_TELEMETRY_FLUSH_BUDGET_MS", "1000", "KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS", "400"))
+	fl.init()
+	start := time.Now()
+	var timers []*time.Timer
+	for _, s := range fc.steps {
+		timers = append(timers, time.AfterFunc(s.at, func() { proxy.set(s.plan) }))
+	}
+	if fc.shutdownPlan != nil {
+		timers = append(timers, time.AfterFunc(fc.run/2, func() { proxy.set(*fc.shutdownPlan) }))
+	}
+	for i := 0; time.Since(start) < fc.run; i++ {
+		fl.invoke(invocation{requestID: fmt.Sprintf("r%03d", i), textLines: 6, jsonLines: 4, pause: 50 * time.Millisecond})
+	}
+	for _, tm := range timers {
+		tm.Stop()
+	}
+	if len(fc.steps) > 0 && fc.permanent == "" {
+		proxy.set(faultPlan{}) // recovered before shutdown, unless the case says otherwise
+	}
+	if fc.shutdownPlan != nil {
+		if fc.shutdownRecover != nil {
+			defer time.AfterFunc(fc.shutdownAfter, func() { proxy.set(*fc.shutdownRecover) }).Stop()
+		}
+	}
+	fl.shutdown("spindown", 2*time.Second)
+	if code := ext.wait(3 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	proxy.set(faultPlan{})
+	if v := violations.Load(); v > 0 {
+		t.Errorf("/event/next called %d times with a PutRecords in flight", v)
+	}
+
+	// What landed, once each or more.
+	posted := fl.postedEvents()
+	data, keys := storedData(peer.readAll(t, stream))
+	events, _ := decodeRecords(t, data, keys)
+	copies := map[string][]string{} // event -> ids of its copies
+	for _, e := range events {
+		copies[string(e.Event)] = append(copies[string(e.Event)], e.ID)
+	}
+	delivered, duplicated := 0, 0
+	for _, p := range posted {
+		ids := copies[p.raw]
+		if len(ids) > 0 {
+			delivered++
+		}
+		duplicated += max(0, len(ids)-1)
+		for _, id := range ids[min(1, len(ids)):] {
+			if id != ids[0] {
+				t.Errorf("copies of one event carry different ids: %v", ids)
+			}
+		}
+	}
+	if duplicated > 0 && !fc.dupsOK {
+		t.Errorf("%d duplicates where no answer was lost", duplicated)
+	}
+
+	// What the extension counted, from its shutdown line (the counts record cannot reach a
+	// stream that refuses everything).
+	out := ext.stderr.String()
+	var received, got, dropped, full, rejected, atShutdown, lambda, malformed, calls, retries int
+	line := out[strings.LastIndex(out, "shutdown (spindown): "):]
+	if _, err := fmt.Sscanf(line, "shutdown (spindown): received %d, delivered %d, dropped %d (buffer full %d, rejected %d, shutdown %d), Lambda dropped %d, malformed %d, %d PutRecords calls, %d retries",
+		&received, &got, &dropped, &full, &rejected, &atShutdown, &lambda, &malformed, &calls, &retries); err != nil {
+		t.Fatalf("no shutdown summary in the log (%v):\n%s", err, out)
+	}
+	if received != len(posted) {
+		t.Errorf("extension received %d events, %d were produced", received, len(posted))
+	}
+	if len(posted) != delivered+dropped || len(posted)-delivered != dropped {
+		t.Errorf("produced %d = delivered %d + counted-as-dropped %d does not hold (missing %d)", len(posted), delivered, dropped, len(posted)-delivered)
+	}
+	if got != delivered {
+		t.Errorf("extension counted %d delivered, the stream holds %d", got, delivered)
+	}
+	if fc.permanent != "" {
+		if n := strings.Count(out, fc.permanent); n != 1 {
+			t.Errorf("%s said %d times, want once:\n%s", fc.permanent, n, out)
+		}
+		if retries != 0 || rejected != len(posted) {
+			t.Errorf("permanent error: %d retries, %d rejected of %d; want no retries and all counted", retries, rejected, len(posted))
+		}
+	}
+	if fc.shutdownPlan != nil && fc.shutdownRecover == nil && atShutdown < 20 {
+		t.Errorf("%d events counted as dropped at shutdown against a failing Kinesis: the case tests too little", atShutdown)
+	}
+	if len(fc.steps) > 0 && fc.permanent == "" && fc.shutdownPlan == nil && dropped != 0 {
+		t.Errorf("%d events dropped although Kinesis recovered before shutdown", dropped)
+	}
+	return fmt.Sprintf("%-40s %8d %9d %10d %7d %17d", fc.name, len(posted), delivered, duplicated, len(posted)-delivered, dropped)
+}
+
+// TestManagedShutdownDuringBackoff: on managed instances the timer's send runs while the
+// extension waits in /event/next, so SHUTDOWN can arrive in the middle of its backoff. The round
+// must give way in time, and what Kinesis accepts after recovering within the deadline must land.
+func TestManagedShutdownDuringBackoff(t *testing.T) {
+	const stream = "telemetry"
+	peer := startKinesalite(t, streamSpec{Name: stream, Shards: 1})
+	proxy := startFaultProxy(t, peer.Endpoint)
+	proxy.set(faultPlan{FailEntries: 1, FailCodes: []string{"ProvisionedThroughputExceededException"}})
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, extensionEnvFor(peer, stream, proxy.URL, false,
+		"AWS_LAMBDA_INITIALIZATION_TYPE", "lambda-managed-instances", "KINESIS_TELEMETRY_FLUSH", "periodic,100"))
+	fl.init()
+	for i := range 5 {
+		req := fmt.Sprintf("m%d", i)
+		fl.post(req, fl.ev("platform.start", fmt.Sprintf(`{"requestId":%q}`, req)), fl.ev("function", `"line"`),
+			fl.ev("platform.report", fmt.Sprintf(`{"requestId":%q,"status":"success","metrics":{"durationMs":1}}`, req)))
+	}
+	time.Sleep(700 * time.Millisecond) // several throttled rounds: the timer's send is backing off
+	if len(proxy.calls()) < 2 {
+		t.Fatalf("%d calls before SHUTDOWN: the background send is not retrying", len(proxy.calls()))
+	}
+	start := time.Now()
+	defer time.AfterFunc(300*time.Millisecond, func() { proxy.set(faultPlan{}) }).Stop()
+	fl.deliver(fmt.Sprintf(`{"eventType":"SHUTDOWN","shutdownReason":"spindown","deadlineMs":%d}`, start.Add(2*time.Second).UnixMilli()))
+	if code := ext.wait(3 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("shutdown took %v, past the 2 s deadline", took)
+	}
+	data, keys := storedData(peer.readAll(t, stream))
+	events, _ := decodeRecords(t, data, keys)
+	checkDelivery(t, fl.postedEvents(), events, false)
 }
