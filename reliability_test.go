@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -325,4 +326,134 @@ func TestManagedShutdownDuringBackoff(t *testing.T) {
 	data, keys := storedData(peer.readAll(t, stream))
 	events, _ := decodeRecords(t, data, keys)
 	checkDelivery(t, fl.postedEvents(), events, false)
+}
+
+// TestFlood posts telemetry for 60 s far faster than Kinesis accepts it (the proxy holds every
+// call 500 ms): the extension's memory stays under its cap plus a constant, the listener keeps
+// answering promptly, platform events all survive, the log lines dropped for room are counted,
+// and the newest lines are the ones kept.
+func TestFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("60 s flood; skipped with -short")
+	}
+	const (
+		stream   = "telemetry"
+		capBytes = 4 << 20
+		floodFor = 60 * time.Second
+		// overhead is what the process needs besides the buffer: the Go runtime and the AWS SDK
+		// (about 10 MiB idle), a PutRecords body being sent (base64 of up to the cap) and the
+		// garbage collector's headroom.
+		overhead = 28 << 20
+	)
+	peer := startKinesalite(t, streamSpec{Name: stream, Shards: 4})
+	proxy := startFaultProxy(t, peer.Endpoint)
+	proxy.set(faultPlan{Hold: 500 * time.Millisecond})
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, extensionEnvFor(peer, stream, proxy.URL, false,
+		"AWS_LAMBDA_INITIALIZATION_TYPE", "lambda-managed-instances", "KINESIS_TELEMETRY_FLUSH", "periodic,100",
+		"KINESIS_TELEMETRY_MAX_BUFFER_BYTES", fmt.Sprint(capBytes)))
+	fl.init()
+
+	var maxRSS int
+	var latencies []time.Duration
+	var platform, logs []string
+	start := time.Now()
+	next := start
+	for batch := 0; time.Since(start) < floodFor; batch++ {
+		var evs []string
+		req := fmt.Sprintf("flood-%05d", batch)
+		p := fl.ev("platform.start", fmt.Sprintf(`{"requestId":%q}`, req))
+		evs, platform = append(evs, p.raw), append(platform, p.raw)
+		for i := range 400 {
+			l := fl.ev("function", fmt.Sprintf(`"batch %d line %d %s"`, batch, i, strings.Repeat("x", 300)))
+			evs, logs = append(evs, l.raw), append(logs, l.raw)
+		}
+		t0 := time.Now()
+		fl.postRaw("[" + strings.Join(evs, ",") + "]")
+		latencies = append(latencies, time.Since(t0))
+		if time.Now().After(next) {
+			next = next.Add(500 * time.Millisecond)
+			maxRSS = max(maxRSS, rss(t, ext.cmd.Process.Pid))
+		}
+	}
+	maxRSS = max(maxRSS, rss(t, ext.cmd.Process.Pid))
+	posted := len(platform) + len(logs)
+	t.Logf("posted %d events (%d platform) in %d batches, %.0f events/s", posted, len(platform), len(latencies), float64(posted)/floodFor.Seconds())
+
+	// Let the backlog drain at full speed, then shut down.
+	proxy.set(faultPlan{})
+	time.Sleep(3 * time.Second)
+	fl.deliver(fmt.Sprintf(`{"eventType":"SHUTDOWN","shutdownReason":"spindown","deadlineMs":%d}`, time.Now().Add(2*time.Second).UnixMilli()))
+	if code := ext.wait(3 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+
+	sortDurations(latencies)
+	p99, worst := latencies[len(latencies)*99/100], latencies[len(latencies)-1]
+	t.Logf("listener answer times: median %v, p99 %v, max %v; max RSS %.1f MiB (cap %d MiB + %d MiB)",
+		latencies[len(latencies)/2], p99, worst, float64(maxRSS)/(1<<20), capBytes>>20, overhead>>20)
+	if maxRSS > capBytes+overhead {
+		t.Errorf("RSS reached %.1f MiB, over the cap plus %d MiB", float64(maxRSS)/(1<<20), overhead>>20)
+	}
+	if p99 > 100*time.Millisecond || worst > time.Second {
+		t.Errorf("the listener stalled: p99 %v, max %v", p99, worst)
+	}
+
+	data, keys := storedData(peer.readAll(t, stream))
+	events, counts := decodeRecords(t, data, keys)
+	landed := map[string]bool{}
+	for _, e := range events {
+		landed[string(e.Event)] = true
+	}
+	all := append(append([]string(nil), platform...), logs...)
+	for _, p := range fl.postedEvents() { // the init events before the flood
+		all = append(all, p.raw)
+	}
+	missing := 0
+	for _, raw := range all {
+		switch {
+		case landed[raw]:
+		case strings.Contains(raw, `"type":"platform.`):
+			t.Fatalf("a platform event was lost in the flood: %s", raw)
+		default:
+			missing++
+		}
+	}
+	for _, l := range logs[len(logs)-2000:] {
+		if !landed[l] {
+			t.Fatalf("one of the newest log lines was dropped: the oldest must go first")
+		}
+	}
+	last := counts[len(counts)-1]
+	full := int(last["dropped"].(map[string]any)["bufferFull"].(float64))
+	total := int(last["dropped"].(map[string]any)["total"].(float64))
+	t.Logf("log lines dropped for room: %d of %d; counts record: bufferFull %d, total %d", missing, len(logs), full, total)
+	if missing == 0 {
+		t.Error("nothing was dropped: the flood did not outrun Kinesis, the test proves nothing")
+	}
+	if total != missing || full != missing {
+		t.Errorf("counts record says %d dropped (%d for room), %d are missing", total, full, missing)
+	}
+}
+
+// rss returns a process's resident set size in bytes.
+func rss(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("read RSS: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int
+			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kb)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+func sortDurations(d []time.Duration) {
+	slices.Sort(d)
 }
