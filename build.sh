@@ -23,8 +23,9 @@ usage: ./build.sh [SUBCOMMAND] [ARGS...]
   build (default)  build the layer zips $DIST_DIR/$NAME-{x86_64,arm64}.zip,
                    each holding extensions/$NAME (static, stripped, mode 0755,
                    fixed timestamps; byte-identical for the same commit)
-  test [FLAGS]     npm ci (test peers), build, gofmt and go vet checks, then
-                   TEST_REQUIRE_PEERS=1 go test -count=1 -timeout 30m [FLAGS] ./...
+  test [FLAGS]     npm ci (test peers), build, gofmt and go vet checks, each fuzz
+                   target for FUZZTIME (10s), then
+                   TEST_REQUIRE_PEERS=1 go test -count=1 -timeout 30m -v [FLAGS] ./...
                    e.g. ./build.sh test -run Template -v
   demo [FLAGS]     build, then TEST_DEMO=1 go test -count=1 -run '^TestDemo\$' -v [FLAGS] .
   bench [FLAGS]    go test -run '^\$' -bench . -benchmem -count=1 [FLAGS] .
@@ -90,6 +91,19 @@ build() {
 	rm -rf "$tmp"
 }
 
+# fuzz_briefly runs each fuzz target for a few seconds (FUZZTIME, default 10s); run them
+# longer by hand, e.g. go test -run '^$' -fuzz FuzzScanBatch -fuzztime 10m .
+fuzz_briefly() {
+	local target out
+	for target in FuzzScanBatch FuzzRecordBuilding FuzzAppendBase64; do
+		echo "build.sh: fuzzing $target for ${FUZZTIME:-10s}"
+		if ! out="$(go test -run '^$' -fuzz "^$target\$" -fuzztime "${FUZZTIME:-10s}" . 2>&1)"; then
+			printf '%s\n' "$out"
+			die "$target found a failing input (saved under testdata/fuzz/$target)"
+		fi
+	done
+}
+
 # style fails when a Go file is not gofmt-formatted or go vet complains.
 style() {
 	local files unformatted
@@ -97,7 +111,7 @@ style() {
 	# shellcheck disable=SC2086 # one file per word
 	unformatted="$(gofmt -l $files)"
 	[[ -z "$unformatted" ]] || die "not gofmt-formatted (run gofmt -w):"$'\n'"$unformatted"
-	go vet ./... ./testdata/mkzip
+	go vet ./... ./testdata/mkzip ./testdata/floor ./testdata/function ./testdata/probe
 }
 
 cmd="${1:-build}"
@@ -114,7 +128,9 @@ test)
 	npm_ci
 	build
 	style
-	TEST_REQUIRE_PEERS=1 exec go test -count=1 -timeout 30m "$@" ./...
+	fuzz_briefly
+	# -v so that the fault matrix, the flood and the other reports print their tables.
+	TEST_REQUIRE_PEERS=1 exec go test -count=1 -timeout 30m -v "$@" ./...
 	;;
 demo)
 	need_go
