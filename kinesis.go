@@ -128,6 +128,7 @@ func (s *shipper) deliver(ctx context.Context, recs []pendingRecord) error {
 			// The call was cut short by the flush deadline: Kinesis may or may not have stored
 			// the records. Sending them again later risks a duplicate (same id); dropping them
 			// would risk a loss.
+			s.stats.unconfirmed.Add(telemetryEvents(eventsOf(recs)))
 			s.buf.putBack(eventsOf(recs))
 			return ctx.Err()
 		case err != nil && !isRetryable(err):
@@ -859,6 +860,7 @@ type stats struct {
 	badBatches, badEvents                            atomic.Uint64
 	lambdaDroppedRecords, lambdaDroppedBytes         atomic.Uint64
 	calls, retries, throttles, bytesSent             atomic.Uint64
+	unconfirmed                                      atomic.Uint64 // events of calls cut short: maybe stored, sent again
 	filteredExcluded, filteredLevel, filteredSampled atomic.Uint64
 	filteredOwn                                      atomic.Uint64
 	invocations, postRuntimeCount, postRuntimeMicros atomic.Uint64
@@ -981,7 +983,7 @@ func (s *stats) json(buf *buffer) []byte {
 		"lambdaDropped": map[string]uint64{"records": s.lambdaDroppedRecords.Load(), "bytes": s.lambdaDroppedBytes.Load()},
 		"kinesis": map[string]uint64{
 			"calls": s.calls.Load(), "records": s.records.Load(), "bytes": s.bytesSent.Load(),
-			"retries": s.retries.Load(), "throttles": s.throttles.Load(),
+			"retries": s.retries.Load(), "throttles": s.throttles.Load(), "unconfirmed": s.unconfirmed.Load(),
 		},
 		"invocations": s.invocations.Load(),
 		"postRuntimeMs": map[string]any{
@@ -994,6 +996,6 @@ func (s *stats) json(buf *buffer) []byte {
 // summary is the one-line account logged at shutdown.
 func (s *stats) summary() string {
 	m := s.marks()
-	return fmt.Sprintf("received %d, delivered %d, dropped %d (buffer full %d, rejected %d, shutdown %d), Lambda dropped %d, malformed %d, %d PutRecords calls, %d retries",
-		s.received.Load(), s.delivered.Load(), m.full+m.rejected+m.shutdown, m.full, m.rejected, m.shutdown, m.lambda, m.bad, s.calls.Load(), s.retries.Load())
+	return fmt.Sprintf("received %d, delivered %d, dropped %d (buffer full %d, rejected %d, shutdown %d), Lambda dropped %d, malformed %d, %d PutRecords calls, %d retries, %d events sent again after a call cut short",
+		s.received.Load(), s.delivered.Load(), m.full+m.rejected+m.shutdown, m.full, m.rejected, m.shutdown, m.lambda, m.bad, s.calls.Load(), s.retries.Load(), s.unconfirmed.Load())
 }

@@ -325,7 +325,7 @@ func TestManagedShutdownDuringBackoff(t *testing.T) {
 	}
 	data, keys := storedData(peer.readAll(t, stream))
 	events, _ := decodeRecords(t, data, keys)
-	checkDelivery(t, fl.postedEvents(), events, false)
+	checkDelivery(t, fl.postedEvents(), events, false, 0)
 }
 
 // TestFlood posts telemetry for 60 s far faster than Kinesis accepts it (the proxy holds every
