@@ -86,6 +86,7 @@ func (s *shipper) ship(ctx context.Context, before uint64) error {
 		}
 		s.client = c
 	}
+	defer s.stats.noteFlush(time.Now(), s.stats.flushCounters())
 	for ctx.Err() == nil {
 		evs := s.buf.take(before, s.eventsPerCall(), maxCallBytes, s.recordSize)
 		if len(evs) == 0 {
@@ -867,6 +868,34 @@ type stats struct {
 	postRuntimeMaxMicros, postRuntimeLastMicros      atomic.Uint64
 	mu                                               sync.Mutex
 	rejected                                         map[string]uint64 // dropped by error code
+	lastFlush                                        flushCounters     // what the last ship round did
+}
+
+// flushCounters describe one ship round (or, as a snapshot, the totals before it).
+type flushCounters struct {
+	Events, Records, Bytes, Calls, Retries, Throttles, Dropped uint64
+	Ms                                                         float64
+}
+
+func (s *stats) flushCounters() flushCounters {
+	m := s.marks()
+	return flushCounters{
+		Events: s.delivered.Load(), Records: s.records.Load(), Bytes: s.bytesSent.Load(), Calls: s.calls.Load(),
+		Retries: s.retries.Load(), Throttles: s.throttles.Load(), Dropped: m.full + m.rejected + m.shutdown,
+	}
+}
+
+// noteFlush records what a ship round that started at start with the totals before did.
+func (s *stats) noteFlush(start time.Time, before flushCounters) {
+	after := s.flushCounters()
+	f := flushCounters{
+		Events: after.Events - before.Events, Records: after.Records - before.Records, Bytes: after.Bytes - before.Bytes,
+		Calls: after.Calls - before.Calls, Retries: after.Retries - before.Retries, Throttles: after.Throttles - before.Throttles,
+		Dropped: after.Dropped - before.Dropped, Ms: float64(time.Since(start).Microseconds()) / 1000,
+	}
+	s.mu.Lock()
+	s.lastFlush = f
+	s.mu.Unlock()
 }
 
 func newStats() *stats { return &stats{start: time.Now(), rejected: map[string]uint64{}} }
@@ -951,6 +980,7 @@ func (s *shipper) emitCounts(now time.Time) {
 func (s *stats) json(buf *buffer) []byte {
 	n, _ := buf.state()
 	s.mu.Lock()
+	lastFlush := s.lastFlush
 	rejected := make(map[string]uint64, len(s.rejected))
 	var rejectedTotal uint64
 	for k, v := range s.rejected {
@@ -984,6 +1014,10 @@ func (s *stats) json(buf *buffer) []byte {
 		"kinesis": map[string]uint64{
 			"calls": s.calls.Load(), "records": s.records.Load(), "bytes": s.bytesSent.Load(),
 			"retries": s.retries.Load(), "throttles": s.throttles.Load(), "unconfirmed": s.unconfirmed.Load(),
+		},
+		"lastFlush": map[string]any{
+			"events": lastFlush.Events, "records": lastFlush.Records, "bytes": lastFlush.Bytes, "calls": lastFlush.Calls,
+			"retries": lastFlush.Retries, "throttles": lastFlush.Throttles, "dropped": lastFlush.Dropped, "ms": lastFlush.Ms,
 		},
 		"invocations": s.invocations.Load(),
 		"postRuntimeMs": map[string]any{

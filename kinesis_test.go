@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -758,4 +759,43 @@ func FuzzRecordBuilding(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestStaleConnectionsAreNotTrusted: after a pause as long as a freeze can be, the client opens a
+// fresh connection instead of writing into a pooled one the server (or a NAT) may have forgotten,
+// which would hang until the timeout; without a pause it reuses the connection.
+func TestStaleConnectionsAreNotTrusted(t *testing.T) {
+	var mu sync.Mutex
+	conns := 0
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, `{"FailedRecordCount":0,"Records":[{"SequenceNumber":"1","ShardId":"s"}]}`)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			conns++
+			mu.Unlock()
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	creds := aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider("AKIDTEST", "secret", ""))
+	k := newKinesisClient(srv.URL, "eu-west-1", creds, time.Second)
+	put := func() {
+		if _, err := k.putRecords(context.Background(), []byte(`{"StreamName":"s","Records":[{"Data":"e30=","PartitionKey":"k"}]}`), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newConns := func() int { mu.Lock(); defer mu.Unlock(); return conns }
+	put()
+	put()
+	if got := newConns(); got != 1 {
+		t.Fatalf("%d connections for two calls in a row, want 1 (reuse)", got)
+	}
+	k.lastDone = time.Now().Add(-staleAfter - time.Second) // as after a freeze
+	put()
+	if got := newConns(); got != 2 {
+		t.Errorf("%d connections after a long pause, want a fresh one (2)", got)
+	}
 }

@@ -250,3 +250,40 @@ func TestNoPlatformTelemetryNoWaiting(t *testing.T) {
 		t.Fatalf("exit code %d", code)
 	}
 }
+
+// TestCountsRecordMeasuresTheExtension: the counts record carries what the extension costs and
+// does: the time it added to invocations, and what its last flush sent.
+func TestCountsRecordMeasuresTheExtension(t *testing.T) {
+	fk := newFakeKinesis(t, slowKinesis(30*time.Millisecond))
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, testEnv(fk.URL, "KINESIS_TELEMETRY_FLUSH", "end"))
+	fl.init()
+	for i := range 4 {
+		fl.invoke(invocation{requestID: fmt.Sprintf("r%d", i), textLines: 5})
+	}
+	fl.shutdown("spindown", 2*time.Second)
+	if code := ext.wait(3 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	data, keys := fk.callsData()
+	_, counts := decodeRecords(t, data, keys)
+	var withFlush map[string]any
+	for _, c := range counts {
+		if c["lastFlush"].(map[string]any)["calls"].(float64) > 0 {
+			withFlush = c
+		}
+	}
+	if withFlush == nil {
+		t.Fatalf("no counts record describes a flush: %v", counts)
+	}
+	lf := withFlush["lastFlush"].(map[string]any)
+	if lf["records"].(float64) == 0 || lf["bytes"].(float64) == 0 || lf["ms"].(float64) < 30 {
+		t.Errorf("lastFlush %v: want records, bytes and at least one 30 ms call", lf)
+	}
+	last := counts[len(counts)-1]
+	pr := last["postRuntimeMs"].(map[string]any)
+	// end: each invocation waits for a 30 ms PutRecords after its runtimeDone.
+	if pr["count"].(float64) != 4 || pr["mean"].(float64) < 30 || pr["max"].(float64) < pr["mean"].(float64) {
+		t.Errorf("postRuntimeMs %v: want 4 invocations of at least 30 ms", pr)
+	}
+}
