@@ -287,8 +287,13 @@ func newFakeKinesis(t testing.TB, answer func(call int, req putRecordsRequest) (
 		f.calls = append(f.calls, req)
 		f.headers = append(f.headers, r.Header.Clone())
 		f.mu.Unlock()
+		// In flight until answered, or until the client gives up (closes the connection).
 		f.inFlight.Add(1)
-		defer f.inFlight.Add(-1)
+		var once sync.Once
+		done := func() { once.Do(func() { f.inFlight.Add(-1) }) }
+		defer done()
+		stop := context.AfterFunc(r.Context(), done)
+		defer stop()
 		status, out := f.answer(call, req)
 		if status == http.StatusOK {
 			var answer struct{ Records []putResult }
