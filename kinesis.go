@@ -163,7 +163,12 @@ func (s *shipper) deliver(ctx context.Context, recs []pendingRecord) error {
 			return nil
 		}
 		recs = retry
-		if !sleepCtx(ctx, backoff(attempt)) {
+		wait := backoff(attempt)
+		if deadline, ok := ctx.Deadline(); ok {
+			// Leave time for another attempt before the deadline rather than sleep through it.
+			wait = min(wait, time.Until(deadline)/2)
+		}
+		if !sleepCtx(ctx, wait) {
 			s.buf.putBack(eventsOf(recs))
 			return ctx.Err()
 		}

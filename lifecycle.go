@@ -212,7 +212,10 @@ func (e *extension) run(ctx context.Context) int {
 			e.onInvoke(ev)
 		case "SHUTDOWN":
 			if stopPeriodic != nil {
-				stopPeriodic(shutdownDeadline(ev).Add(-countsReserve))
+				// A round in flight gets a moment to finish; one waiting in a backoff (which can
+				// be seconds long) is cut, so that the shutdown flush starts afresh with short
+				// backoffs and sees a recovered Kinesis at once.
+				stopPeriodic(earliest(time.Now().Add(periodicGrace), shutdownDeadline(ev).Add(-countsReserve)))
 			}
 			e.onShutdown(ev)
 			return 0
@@ -391,6 +394,9 @@ const (
 	shutdownMargin = 150 * time.Millisecond
 	countsReserve  = 150 * time.Millisecond
 )
+
+// periodicGrace is how long a background round may go on once SHUTDOWN has arrived.
+const periodicGrace = 200 * time.Millisecond
 
 func shutdownDeadline(ev lifecycleEvent) time.Time {
 	d := time.UnixMilli(ev.DeadlineMs)
