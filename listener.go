@@ -137,8 +137,12 @@ func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // accept decodes one posted batch and adds its events to the buffer. A body that is not a JSON
 // array is refused whole; elements that are not event objects are counted and skipped.
 func (l *listener) accept(body []byte) error {
+	// One copy of the whole batch, instead of one allocation per event: log lines keep pointing
+	// into it (they are shipped and dropped oldest first, so batches are freed in order), while
+	// platform events, which may outlive the log lines around them, get copies of their own.
+	arena := bytes.Clone(body)
 	evs := make([]event, 0, 64)
-	err := scanBatch(body, func(f eventFields) {
+	err := scanBatch(arena, func(f eventFields) {
 		if !f.object || f.typ == nil {
 			l.stats.badEvents.Add(1)
 			return
@@ -173,14 +177,18 @@ func isLogType(t string) bool { return t == "function" || t == "extension" }
 // size is what the event costs the buffer: its bytes plus bookkeeping.
 func (e *event) size() int { return len(e.raw) + 128 }
 
+// newEvent makes the buffered event of a scanned one. Log lines keep f.raw's memory; other
+// events get their own copy.
 func newEvent(f eventFields) event {
-	raw := f.raw
-	if f.badUTF8 {
+	typ := internType(unquote(f.typ))
+	raw := f.raw[:len(f.raw):len(f.raw)]
+	switch {
+	case f.badUTF8:
 		raw = bytes.ToValidUTF8(raw, []byte("\uFFFD"))
-	} else {
+	case !isLogType(typ):
 		raw = bytes.Clone(raw)
 	}
-	e := event{raw: raw, typ: internType(unquote(f.typ)), level: -1, text: f.recordText}
+	e := event{raw: raw, typ: typ, level: -1, text: f.recordText}
 	if f.requestID != nil {
 		e.requestID = unquote(f.requestID)
 	}
@@ -936,9 +944,11 @@ func (s *scanner) str() error {
 // the result.
 func plainWord(w uint64) bool {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	hasLess := func(x uint64, n uint64) uint64 { return (x - ones*n) & ^x & highs }
-	hasZero := func(x uint64) uint64 { return (x - ones) & ^x & highs }
-	return (hasLess(w, 0x20) | hasZero(w^(ones*'"')) | hasZero(w^(ones*'\\')) | w&highs) == 0
+	quote, backslash := w^(ones*'"'), w^(ones*'\\')
+	control := (w - ones*0x20) & ^w // a byte below 0x20
+	quote = (quote - ones) & ^quote // a zero byte: a quote in w
+	backslash = (backslash - ones) & ^backslash
+	return (control|quote|backslash|w)&highs == 0
 }
 
 func isHex4(b []byte) bool {
