@@ -769,16 +769,8 @@ func (s *scanner) value() error {
 			if err := s.str(); err != nil {
 				return err
 			}
-		case c == 't':
-			if err := s.literal("true"); err != nil {
-				return err
-			}
-		case c == 'f':
-			if err := s.literal("false"); err != nil {
-				return err
-			}
-		case c == 'n':
-			if err := s.literal("null"); err != nil {
+		case c == 't' || c == 'f' || c == 'n':
+			if err := s.literal(literals[c]); err != nil {
 				return err
 			}
 		case c == '-' || (c >= '0' && c <= '9'):
@@ -827,6 +819,9 @@ func (s *scanner) key() error {
 	}
 	return nil
 }
+
+// literals maps the first byte of a JSON literal to the literal.
+var literals = [256]string{'t': "true", 'f': "false", 'n': "null"}
 
 func (s *scanner) literal(lit string) error {
 	if !bytes.HasPrefix(s.data[s.pos:], []byte(lit)) {
