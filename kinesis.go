@@ -55,6 +55,7 @@ type shipper struct {
 	scratch  []byte // reused record data
 	lastSent time.Time
 	countsAt time.Time
+	sending  atomic.Bool // a PutRecords call is on the wire (read without mu)
 	countsOf lossMarks
 
 	// newClient builds the Kinesis client on first use, so that loading the AWS configuration
@@ -121,7 +122,9 @@ func (s *shipper) deliver(ctx context.Context, recs []pendingRecord) error {
 		if attempt > 0 {
 			s.stats.retries.Add(1)
 		}
+		s.sending.Store(true)
 		results, err := s.client.putRecords(ctx, s.body, len(recs))
+		s.sending.Store(false)
 		s.lastSent = time.Now()
 		var retry []pendingRecord
 		switch {

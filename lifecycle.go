@@ -212,10 +212,7 @@ func (e *extension) run(ctx context.Context) int {
 			e.onInvoke(ev)
 		case "SHUTDOWN":
 			if stopPeriodic != nil {
-				// A round in flight gets a moment to finish; one waiting in a backoff (which can
-				// be seconds long) is cut, so that the shutdown flush starts afresh with short
-				// backoffs and sees a recovered Kinesis at once.
-				stopPeriodic(earliest(time.Now().Add(periodicGrace), shutdownDeadline(ev).Add(-countsReserve)))
+				stopPeriodic(shutdownDeadline(ev).Add(-countsReserve))
 			}
 			e.onShutdown(ev)
 			return 0
@@ -347,7 +344,7 @@ func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
 }
 
 // shipPeriodically ships every period in the background (managed instances). The returned stop
-// lets a round in progress run until deadline, then stops and waits for the goroutine.
+// ends the goroutine: a call in flight may finish until deadline, a backoff ends at once.
 func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline time.Time)) {
 	quit := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -367,10 +364,14 @@ func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline t
 	}()
 	return func(deadline time.Time) {
 		close(quit)
-		timer := time.AfterFunc(time.Until(deadline), cancel)
-		<-done
-		timer.Stop()
+		// A call on the wire may finish (cutting it could store its records twice); a round
+		// waiting in a backoff, which can last seconds, is stopped at once so that the shutdown
+		// flush starts afresh with short backoffs.
+		for e.ship.sending.Load() && time.Now().Before(deadline) {
+			time.Sleep(2 * time.Millisecond)
+		}
 		cancel()
+		<-done
 	}
 }
 
@@ -394,9 +395,6 @@ const (
 	shutdownMargin = 150 * time.Millisecond
 	countsReserve  = 150 * time.Millisecond
 )
-
-// periodicGrace is how long a background round may go on once SHUTDOWN has arrived.
-const periodicGrace = 200 * time.Millisecond
 
 func shutdownDeadline(ev lifecycleEvent) time.Time {
 	d := time.UnixMilli(ev.DeadlineMs)

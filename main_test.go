@@ -238,11 +238,13 @@ func checkDelivery(t *testing.T, posted []postedEvent, got []shipped, ordered bo
 		pos[p.raw] = i
 	}
 	last := map[string]int{}
+	first := map[string]bool{}
 	for _, s := range got {
 		i, ok := pos[string(s.Event)]
-		if !ok {
-			continue
+		if !ok || first[string(s.Event)] {
+			continue // a re-sent copy: the first one holds the event's place
 		}
+		first[string(s.Event)] = true
 		if prev, ok := last[s.key]; ok && i < prev {
 			t.Errorf("partition %s: event %d shipped after event %d", s.key, i, prev)
 		}
@@ -547,11 +549,17 @@ func TestEndToEndOnEmulators(t *testing.T) {
 				}
 				small = append(small, e)
 			}
-			checkExactlyOnce(t, normal, small)
-			if truncated != 1 {
-				t.Errorf("%d truncated events in the stream, want 1", truncated)
+			// A call cut short (kinesis-mock takes seconds for a 1 MiB record) is sent again: the
+			// extension counts those events as unconfirmed, the only ones that may be doubled.
+			if len(counts) == 0 {
+				t.Fatal("no counts record")
 			}
-			if len(counts) == 0 || counts[len(counts)-1]["lambdaDropped"].(map[string]any)["records"].(float64) != 5 {
+			unconfirmed := int(counts[len(counts)-1]["kinesis"].(map[string]any)["unconfirmed"].(float64))
+			checkDelivery(t, normal, small, true, unconfirmed)
+			if truncated < 1 || truncated > 1+unconfirmed {
+				t.Errorf("%d truncated events in the stream, want 1 (%d unconfirmed)", truncated, unconfirmed)
+			}
+			if counts[len(counts)-1]["lambdaDropped"].(map[string]any)["records"].(float64) != 5 {
 				t.Errorf("counts record missing or wrong: %v", counts)
 			}
 		})
