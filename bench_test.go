@@ -89,7 +89,7 @@ func BenchmarkBatching(b *testing.B) {
 	var calls, records, bytes, minCalls float64
 	for i := 0; i < b.N; i++ {
 		s, buf, _ := testShipper(b, config{}, fk.URL)
-		before := len(fk.calls)
+		before := len(fk.received())
 		evs := make([]event, n)
 		total := 0
 		for k := range evs {
@@ -104,15 +104,13 @@ func BenchmarkBatching(b *testing.B) {
 		if err := s.ship(context.Background(), everything); err != nil {
 			b.Fatal(err)
 		}
-		fk.mu.Lock()
-		got := fk.calls[before:]
+		got := fk.received()[before:]
 		for _, c := range got {
 			records += float64(len(c.Records))
 			for _, r := range c.Records {
 				bytes += float64(base64.StdEncoding.DecodedLen(len(r.Data)) + len(r.PartitionKey))
 			}
 		}
-		fk.mu.Unlock()
 		calls += float64(len(got))
 		minCalls += math.Max(math.Ceil(n/float64(maxRecordsPerCall)), math.Ceil(float64(total)/maxCallBytes))
 	}

@@ -66,6 +66,14 @@ func newFakeLambda(t testing.TB) *fakeLambda {
 	return f
 }
 
+// set changes the fake's settings (subscribeStatus, subscribeBody, onNext) under its lock: the
+// server's goroutines read them.
+func (f *fakeLambda) set(change func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change()
+}
+
 // runtimeAPI is the value for AWS_LAMBDA_RUNTIME_API.
 func (f *fakeLambda) runtimeAPI() string { return strings.TrimPrefix(f.srv.URL, "http://") }
 
@@ -117,10 +125,11 @@ func (f *fakeLambda) serve(w http.ResponseWriter, r *http.Request) {
 		dest, _ := sub["destination"].(map[string]any)
 		uri, _ := dest["URI"].(string)
 		fmt.Sscanf(uri[strings.LastIndex(uri, ":")+1:], "%d", &f.listenerPort)
+		status, answer := f.subscribeStatus, f.subscribeBody
 		f.mu.Unlock()
-		if f.subscribeStatus != 0 {
-			w.WriteHeader(f.subscribeStatus)
-			io.WriteString(w, f.subscribeBody)
+		if status != 0 {
+			w.WriteHeader(status)
+			io.WriteString(w, answer)
 			return
 		}
 		io.WriteString(w, `"OK"`)

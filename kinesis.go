@@ -528,23 +528,39 @@ func (m *recordMeta) appendTruncated(dst []byte, e *event, limit int) []byte {
 		inner = append(inner, '}')
 		return inner
 	}
-	// Escaping can make the text longer than its bytes: find the longest prefix that fits.
-	fits := func(keep int) bool {
-		return len(m.appendEnvelope(nil, e, build(keep), len(text)-keep)) <= limit
-	}
-	lo, hi := 0, len(text) // fits(lo) holds; the answer is in [lo, hi]
-	for lo < hi {
-		mid := (lo + hi + 1) / 2
-		if fits(mid) {
-			lo = mid
-		} else {
-			hi = mid - 1
+	// Escaping can make the text longer than its bytes: with the room the envelope leaves (its
+	// length with no text and the largest possible count of cut bytes), keep whole characters,
+	// in one pass, while their escaped form fits.
+	room := limit - len(m.appendEnvelope(nil, e, build(0), len(text)))
+	keep := 0
+	for keep < len(text) {
+		size, escaped := escapedRune(text[keep:])
+		if escaped > room {
+			break
 		}
+		room -= escaped
+		keep += size
 	}
-	for lo > 0 && lo < len(text) && !utf8.RuneStart(text[lo]) {
-		lo--
+	return m.appendEnvelope(dst, e, build(keep), len(text)-keep)
+}
+
+// escapedRune returns the length of the first character of b and of its form inside a JSON string
+// as appendJSONString writes it.
+func escapedRune(b []byte) (size, escaped int) {
+	c := b[0]
+	switch {
+	case c < utf8.RuneSelf && plainByte[c]:
+		return 1, 1
+	case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
+		return 1, 2
+	case c < utf8.RuneSelf:
+		return 1, 6
 	}
-	return m.appendEnvelope(dst, e, build(lo), len(text)-lo)
+	r, size := utf8.DecodeRune(b)
+	if r == utf8.RuneError && size == 1 {
+		return 1, 3 // becomes U+FFFD
+	}
+	return size, size
 }
 
 func orNull(b []byte) []byte {

@@ -314,6 +314,13 @@ func newFakeKinesis(t testing.TB, answer func(call int, req putRecordsRequest) (
 	return f
 }
 
+// received returns the PutRecords requests seen so far.
+func (f *fakeKinesis) received() []putRecordsRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]putRecordsRequest(nil), f.calls...)
+}
+
 // allOK answers every record with success.
 func allOK(_ int, req putRecordsRequest) (int, string) {
 	var rs []string
@@ -377,11 +384,12 @@ func TestShipRetriesOnlyFailedEntries(t *testing.T) {
 	if err := s.ship(context.Background(), everything); err != nil {
 		t.Fatal(err)
 	}
-	if len(fk.calls) != 2 {
-		t.Fatalf("%d calls, want 2", len(fk.calls))
+	calls := fk.received()
+	if len(calls) != 2 {
+		t.Fatalf("%d calls, want 2", len(calls))
 	}
-	if len(fk.calls[1].Records) != 3 || fk.calls[1].Records[0].Data != fk.calls[0].Records[1].Data ||
-		fk.calls[1].Records[1].Data != fk.calls[0].Records[3].Data || fk.calls[1].Records[2].Data != fk.calls[0].Records[4].Data {
+	if len(calls[1].Records) != 3 || calls[1].Records[0].Data != calls[0].Records[1].Data ||
+		calls[1].Records[1].Data != calls[0].Records[3].Data || calls[1].Records[2].Data != calls[0].Records[4].Data {
 		t.Errorf("second call should carry exactly entries 1, 3, 4 of the first, in order")
 	}
 	if st.delivered.Load() != 6 || st.throttles.Load() != 2 || st.retries.Load() != 1 {
@@ -428,8 +436,8 @@ func TestShipClassifiesWholeCallErrors(t *testing.T) {
 				rejected += n
 			}
 			st.mu.Unlock()
-			if len(fk.calls) != tt.wantCalls || st.delivered.Load() != tt.wantDelivered || rejected != tt.wantRejected {
-				t.Errorf("calls %d delivered %d rejected %d, want %d %d %d", len(fk.calls), st.delivered.Load(), rejected, tt.wantCalls, tt.wantDelivered, tt.wantRejected)
+			if n := len(fk.received()); n != tt.wantCalls || st.delivered.Load() != tt.wantDelivered || rejected != tt.wantRejected {
+				t.Errorf("calls %d delivered %d rejected %d, want %d %d %d", n, st.delivered.Load(), rejected, tt.wantCalls, tt.wantDelivered, tt.wantRejected)
 			}
 			if n, _ := buf.state(); n != 0 || buf.inFlight != 0 {
 				t.Errorf("buffer holds %d, in flight %d: every event must be delivered or counted", n, buf.inFlight)
@@ -452,8 +460,8 @@ func TestShipPutsBackWhatIsNotConfirmedWhenTimeRunsOut(t *testing.T) {
 	if n, _ := buf.state(); n != 10 || buf.inFlight != 0 {
 		t.Errorf("buffer holds %d (in flight %d) after the deadline, want all 10 back", n, buf.inFlight)
 	}
-	if len(fk.calls) < 2 || st.delivered.Load() != 0 {
-		t.Errorf("calls %d delivered %d: want retries with backoff and nothing delivered", len(fk.calls), st.delivered.Load())
+	if n := len(fk.received()); n < 2 || st.delivered.Load() != 0 {
+		t.Errorf("calls %d delivered %d: want retries with backoff and nothing delivered", n, st.delivered.Load())
 	}
 	all := buf.take(everything, 100, 1<<30, func(*event) int { return 1 })
 	for i := 1; i < len(all); i++ {
@@ -480,7 +488,8 @@ func TestShipSplitsIntoCallsWithinLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	total := 0
-	for i, c := range fk.calls {
+	calls := fk.received()
+	for i, c := range calls {
 		bytes := 0
 		for _, r := range c.Records {
 			d, _ := base64.StdEncoding.DecodeString(r.Data)
@@ -494,8 +503,8 @@ func TestShipSplitsIntoCallsWithinLimits(t *testing.T) {
 	if total != 1200 || st.delivered.Load() != 1200 {
 		t.Errorf("sent %d records, delivered %d, want 1200", total, st.delivered.Load())
 	}
-	if len(fk.calls) != 3 {
-		t.Errorf("%d calls for 1200 events, want 3", len(fk.calls))
+	if len(calls) != 3 {
+		t.Errorf("%d calls for 1200 events, want 3", len(calls))
 	}
 }
 
@@ -514,7 +523,7 @@ func TestNDJSONAggregation(t *testing.T) {
 		t.Fatal(err)
 	}
 	var lines, records int
-	for _, c := range fk.calls {
+	for _, c := range fk.received() {
 		for _, r := range c.Records {
 			records++
 			d, _ := base64.StdEncoding.DecodeString(r.Data)

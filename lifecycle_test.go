@@ -69,11 +69,13 @@ func TestFreezeProofShipping(t *testing.T) {
 					fk := newFakeKinesis(t, kinesis[kname])
 					fl := newFakeLambda(t)
 					var violations atomic.Int32
-					fl.onNext = func() {
-						if fk.inFlight.Load() > 0 {
-							violations.Add(1)
+					fl.set(func() {
+						fl.onNext = func() {
+							if fk.inFlight.Load() > 0 {
+								violations.Add(1)
+							}
 						}
-					}
+					})
 					ext := startExtension(t, fl, testEnv(fk.URL, "KINESIS_TELEMETRY_FLUSH", flush,
 						"KINESIS_TELEMETRY_MAX_DELAY_MS", fmt.Sprint(maxDelay.Milliseconds())))
 					fl.freeze = ext.cmd.Process

@@ -103,7 +103,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	extensionBinary = filepath.Join(dir, "kinesis-telemetry-extension")
-	if out, err := exec.Command("go", "build", "-o", extensionBinary, ".").CombinedOutput(); err != nil {
+	args := []string{"build", "-o", extensionBinary}
+	if os.Getenv("TEST_RACE") == "1" {
+		// The extension under the race detector: a race makes it exit 66, which tests see.
+		args = append(args, "-race")
+	}
+	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build the extension: %v\n%s", err, out)
 		os.RemoveAll(dir)
 		os.Exit(1)
@@ -277,11 +282,13 @@ func TestLifecycleEndToEnd(t *testing.T) {
 			})
 			fl := newFakeLambda(t)
 			var violations atomic.Int32
-			fl.onNext = func() {
-				if inFlight.Load() > 0 {
-					violations.Add(1)
+			fl.set(func() {
+				fl.onNext = func() {
+					if inFlight.Load() > 0 {
+						violations.Add(1)
+					}
 				}
-			}
+			})
 			ext := startExtension(t, fl, testEnv(fk.URL, "KINESIS_TELEMETRY_FLUSH", flush))
 			fl.init()
 			for i := range 8 {
@@ -342,7 +349,7 @@ func TestErrorPathsNeverBreakTheFunction(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			fk := newFakeKinesis(t, allOK)
 			fl := newFakeLambda(t)
-			fl.subscribeStatus, fl.subscribeBody = tt.subscribe, tt.subscribeMsg
+			fl.set(func() { fl.subscribeStatus, fl.subscribeBody = tt.subscribe, tt.subscribeMsg })
 			env := testEnv(fk.URL)
 			for i := 0; i+1 < len(tt.env); i += 2 {
 				if tt.env[i+1] == "-" {

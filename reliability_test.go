@@ -194,18 +194,20 @@ func runFaultCase(t *testing.T, fc faultCase) string {
 	proxy := startFaultProxy(t, peer.Endpoint)
 	fl := newFakeLambda(t)
 	var violations atomic.Int32
-	fl.onNext = func() {
-		// A call the extension abandoned (its timeout) stays in the proxy's count until the
-		// proxy notices the closed connection, a moment later; a call still awaited would stay
-		// for the whole fault (hundreds of ms).
-		for wait := 0; proxy.inFlight() > 0; wait++ {
-			if wait == 20 {
-				violations.Add(1)
-				return
+	fl.set(func() {
+		fl.onNext = func() {
+			// A call the extension abandoned (its timeout) stays in the proxy's count until the
+			// proxy notices the closed connection, a moment later; a call still awaited would stay
+			// for the whole fault (hundreds of ms).
+			for wait := 0; proxy.inFlight() > 0; wait++ {
+				if wait == 20 {
+					violations.Add(1)
+					return
+				}
+				time.Sleep(time.Millisecond)
 			}
-			time.Sleep(time.Millisecond)
 		}
-	}
+	})
 	ext := startExtension(t, fl, extensionEnvFor(peer, stream, proxy.URL, false,
 		"KINESIS_TELEMETRY_FLUSH", "end", "KINESIS_TELEMETRY_FLUSH_BUDGET_MS", "1000", "KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS", "400"))
 	fl.init()
