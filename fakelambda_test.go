@@ -29,6 +29,7 @@ type fakeLambda struct {
 	subscribeStatus int    // answer to the subscription; 0 means 200
 	subscribeBody   string // its body
 	onNext          func() // called at every /event/next, before it blocks
+	nextBroken      bool   // /event/next answers 500, as a broken Runtime API would
 
 	mu           sync.Mutex
 	registerHdr  http.Header
@@ -98,8 +99,12 @@ func (f *fakeLambda) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		f.mu.Lock()
 		f.nextAt = append(f.nextAt, time.Now())
-		hook := f.onNext
+		hook, broken := f.onNext, f.nextBroken
 		f.mu.Unlock()
+		if broken {
+			http.Error(w, `{"errorType":"Runtime.Unknown"}`, http.StatusInternalServerError)
+			return
+		}
 		if hook != nil {
 			hook()
 		}

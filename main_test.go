@@ -375,9 +375,11 @@ func TestErrorPathsNeverBreakTheFunction(t *testing.T) {
 			if n := strings.Count(out, tt.wantLog); n != 1 {
 				t.Errorf("the problem is logged %d times, want once:\n%s", n, out)
 			}
-			if len(fl.errorsSeen) != 0 {
-				t.Errorf("reported %v to Lambda: that would fail the function", fl.errorsSeen)
-			}
+			fl.set(func() {
+				if len(fl.errorsSeen) != 0 {
+					t.Errorf("reported %v to Lambda: that would fail the function", fl.errorsSeen)
+				}
+			})
 		})
 	}
 }
@@ -391,9 +393,11 @@ func TestFailOnErrorReportsInitError(t *testing.T) {
 	if code := ext.wait(5 * time.Second); code != 1 {
 		t.Fatalf("exit code %d, want 1", code)
 	}
-	if len(fl.errorsSeen) != 1 || fl.errorsSeen[0] != "/2020-01-01/extension/init/error Extension.ConfigInvalid" {
-		t.Errorf("errors reported: %v, want one init error Extension.ConfigInvalid", fl.errorsSeen)
-	}
+	fl.set(func() {
+		if len(fl.errorsSeen) != 1 || fl.errorsSeen[0] != "/2020-01-01/extension/init/error Extension.ConfigInvalid" {
+			t.Errorf("errors reported: %v, want one init error Extension.ConfigInvalid", fl.errorsSeen)
+		}
+	})
 }
 
 // TestMalformedAndOversizedTelemetry posts a malformed batch and an event too large for a record
@@ -571,4 +575,23 @@ func TestEndToEndOnEmulators(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBrokenRuntimeAPIIsReportedAsExitError: when /event/next itself fails, the extension cannot
+// go on; it tells Lambda with /extension/exit/error and exits non-zero.
+func TestBrokenRuntimeAPIIsReportedAsExitError(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, testEnv(fk.URL))
+	fl.awaitNext()
+	fl.set(func() { fl.nextBroken = true })
+	fl.deliver(fmt.Sprintf(`{"eventType":"INVOKE","deadlineMs":%d,"requestId":"r1"}`, time.Now().Add(3*time.Second).UnixMilli()))
+	if code := ext.wait(5 * time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	fl.set(func() {
+		if len(fl.errorsSeen) != 1 || fl.errorsSeen[0] != "/2020-01-01/extension/exit/error Extension.NextFailed" {
+			t.Errorf("reported %v, want one exit error Extension.NextFailed", fl.errorsSeen)
+		}
+	})
 }
