@@ -746,24 +746,18 @@ func (s *scanner) value() error {
 		// A value is expected here.
 		s.ws()
 		switch c := s.peek(); {
-		case c == '{':
+		case c == '{' || c == '[':
 			s.pos++
 			s.ws()
-			if s.consume('}') {
+			if s.consume(c + 2) { // '}' and ']' follow their openers by two in ASCII
 				break
 			}
-			s.stack = append(s.stack, '{')
-			if err := s.key(); err != nil {
-				return err
+			s.stack = append(s.stack, c)
+			if c == '{' {
+				if err := s.key(); err != nil {
+					return err
+				}
 			}
-			continue
-		case c == '[':
-			s.pos++
-			s.ws()
-			if s.consume(']') {
-				break
-			}
-			s.stack = append(s.stack, '[')
 			continue
 		case c == '"':
 			if err := s.str(); err != nil {

@@ -198,12 +198,17 @@ type envParser struct {
 	errs   []error
 }
 
+// value is the variable's value without surrounding space; "" means unset.
+func (p *envParser) value(name string) string {
+	return strings.TrimSpace(p.getenv(name))
+}
+
 func (p *envParser) fail(name, value, format string, args ...any) {
 	p.errs = append(p.errs, fmt.Errorf("%s=%q: %s", name, value, fmt.Sprintf(format, args...)))
 }
 
 func (p *envParser) integer(name string, def, lo, hi int) int {
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	if s == "" {
 		return def
 	}
@@ -229,7 +234,7 @@ func (p *envParser) port(name string, def int) int {
 }
 
 func (p *envParser) boolean(name string, def bool) bool {
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	if s == "" {
 		return def
 	}
@@ -242,7 +247,7 @@ func (p *envParser) boolean(name string, def bool) bool {
 }
 
 func (p *envParser) fraction(name string, def float64) float64 {
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	if s == "" {
 		return def
 	}
@@ -255,7 +260,7 @@ func (p *envParser) fraction(name string, def float64) float64 {
 }
 
 func (p *envParser) choice(name, def string, allowed ...string) string {
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	if s == "" {
 		return def
 	}
@@ -270,7 +275,7 @@ func (p *envParser) choice(name, def string, allowed ...string) string {
 
 // list parses a comma-separated list whose items must be in allowed.
 func (p *envParser) list(name, def string, allowed []string) []string {
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	if s == "" {
 		s = def
 	}
@@ -299,7 +304,7 @@ func (p *envParser) list(name, def string, allowed []string) []string {
 
 // set parses a comma-separated list of event types (any name: Lambda adds types over time).
 func (p *envParser) set(name string) map[string]bool {
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	if s == "" {
 		return nil
 	}
@@ -313,7 +318,7 @@ func (p *envParser) set(name string) map[string]bool {
 }
 
 func (p *envParser) level(name string) int {
-	s := strings.ToUpper(strings.TrimSpace(p.getenv(name)))
+	s := strings.ToUpper(p.value(name))
 	if s == "" {
 		return 0
 	}
@@ -358,7 +363,7 @@ func parseStreamARN(s string) (streamARN, bool) {
 
 // stream returns the stream's name, or its ARN when the value is one.
 func (p *envParser) stream(name string) (streamName, streamARN string) {
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	switch {
 	case s == "":
 		p.fail(name, s, "set it to the name or ARN of the Kinesis data stream to ship telemetry to")
@@ -379,7 +384,7 @@ func (p *envParser) stream(name string) (streamName, streamARN string) {
 // endpoint validates an endpoint override. Signed requests carry credentials-derived signatures
 // and the telemetry itself, so plain HTTP is accepted only to this machine (emulators, tests).
 func (p *envParser) endpoint(name string) string {
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	if s == "" {
 		return ""
 	}
@@ -391,7 +396,7 @@ func (p *envParser) endpoint(name string) string {
 }
 
 func (p *envParser) flush(name, def string) flushStrategy {
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	if s == "" {
 		s = def
 	}
@@ -422,7 +427,7 @@ func (p *envParser) redact(name string, secrets bool) []*regexp.Regexp {
 	if secrets {
 		exprs = append(exprs, builtinSecrets...)
 	}
-	s := strings.TrimSpace(p.getenv(name))
+	s := p.value(name)
 	switch {
 	case s == "":
 	case strings.HasPrefix(s, "["):
