@@ -23,10 +23,15 @@ usage: ./build.sh [SUBCOMMAND] [ARGS...]
   build (default)  build the layer zips $DIST_DIR/$NAME-{x86_64,arm64}.zip,
                    each holding extensions/$NAME (static, stripped, mode 0755,
                    fixed timestamps; byte-identical for the same commit)
-  test [FLAGS]     npm ci (test peers), build, gofmt and go vet checks, each fuzz
-                   target for FUZZTIME (10s), then
-                   TEST_REQUIRE_PEERS=1 go test -count=1 -timeout 30m -v [FLAGS] ./...
-                   e.g. ./build.sh test -run Template -v
+  test             what CI runs: npm ci (test peers), build, gofmt and go vet
+                   checks, each fuzz target for FUZZTIME (10s), BenchmarkFleet
+                   once, then
+                   TEST_REQUIRE_PEERS=1 go test -count=1 -timeout 30m -v ./...
+  test FLAGS...    the fast path for focused reruns: npm ci only when
+                   package-lock.json changed since the last install, build,
+                   gofmt and go vet, no fuzzing and no benchmark, then
+                   TEST_REQUIRE_PEERS=1 go test -count=1 -timeout 30m -v FLAGS ./...
+                   e.g. ./build.sh test -run Template
   demo [FLAGS]     build, then TEST_DEMO=1 go test -count=1 -run '^TestDemo\$' -v [FLAGS] .
   bench [FLAGS]    go test -run '^\$' -bench . -benchmem -count=1 [FLAGS] .
   help             this text
@@ -64,6 +69,16 @@ npm_ci() {
 	npm ci --ignore-scripts --no-audit --no-fund
 }
 
+# npm_ci_if_changed reinstalls only when package-lock.json changed since the last
+# install (npm writes node_modules/.package-lock.json at each install).
+npm_ci_if_changed() {
+	if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+		npm_ci
+	else
+		echo "build.sh: test peers up to date with package-lock.json (no npm ci)"
+	fi
+}
+
 build() {
 	need_go
 	mkdir -p "$DIST_DIR"
@@ -94,9 +109,16 @@ build() {
 # fuzz_briefly runs each fuzz target for a few seconds (FUZZTIME, default 10s); run them
 # longer by hand, e.g. go test -run '^$' -fuzz FuzzScanBatch -fuzztime 10m .
 fuzz_briefly() {
-	local target out
+	local target out first=1
 	for target in FuzzScanBatch FuzzRecordBuilding FuzzAppendBase64; do
-		echo "build.sh: fuzzing $target for ${FUZZTIME:-10s}"
+		if ((first)); then
+			# go test -fuzz builds its own coverage-instrumented test binary; later
+			# targets reuse it from the build cache.
+			echo "build.sh: fuzzing $target for ${FUZZTIME:-10s}, after compiling the instrumented test binary (about a minute when not cached)"
+			first=0
+		else
+			echo "build.sh: fuzzing $target for ${FUZZTIME:-10s}"
+		fi
 		if ! out="$(go test -run '^$' -fuzz "^$target\$" -fuzztime "${FUZZTIME:-10s}" . 2>&1)"; then
 			printf '%s\n' "$out"
 			die "$target found a failing input (saved under testdata/fuzz/$target)"
@@ -111,6 +133,7 @@ style() {
 	# shellcheck disable=SC2086 # one file per word
 	unformatted="$(gofmt -l $files)"
 	[[ -z "$unformatted" ]] || die "not gofmt-formatted (run gofmt -w):"$'\n'"$unformatted"
+	echo "build.sh: go vet (about 30 s when not cached; silent unless it finds something)"
 	go vet ./... ./testdata/mkzip ./testdata/floor ./testdata/function ./testdata/probe
 }
 
@@ -125,20 +148,30 @@ build)
 test)
 	need_go
 	need_node
-	npm_ci
-	build
-	style
-	fuzz_briefly
+	if [[ $# -eq 0 ]]; then
+		# The full run, what CI (.ci/run) calls.
+		npm_ci
+		build
+		style
+		fuzz_briefly
+		# The fleet benchmark once, as a check that it still runs; its figures are
+		# in BENCHMARKS.md. (-run '^$' runs no test.)
+		echo "build.sh: BenchmarkFleet once"
+		go test -run '^$' -bench '^BenchmarkFleet$' -benchtime 1x .
+	else
+		# The fast path for focused reruns (./build.sh test -run X).
+		npm_ci_if_changed
+		build
+		style
+	fi
+	echo "build.sh: go test: compiling the tests and building the extension they run (about 25 s when not cached) before the first test"
 	# -v so that the fault matrix, the flood and the other reports print their tables.
 	TEST_REQUIRE_PEERS=1 exec go test -count=1 -timeout 30m -v "$@" ./...
 	;;
 demo)
 	need_go
 	need_node
-	# Reinstall only when package-lock.json changed since the last install.
-	if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
-		npm_ci
-	fi
+	npm_ci_if_changed
 	build
 	TEST_DEMO=1 exec go test -count=1 -run '^TestDemo$' -v "$@" .
 	;;

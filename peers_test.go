@@ -205,6 +205,13 @@ func (p *kinesisPeer) readAll(t testing.TB, stream string) []storedRecord {
 	return recs
 }
 
+// decoded reads the whole stream back (readAll) and decodes it.
+func (p *kinesisPeer) decoded(t testing.TB, stream string) (events []shipped, counts []countsRecord) {
+	t.Helper()
+	data, keys := storedData(p.readAll(t, stream))
+	return decodeShipped(t, data, keys)
+}
+
 // waitForRecords polls the stream until it holds at least n records or timeout has passed, and
 // returns what it holds then (the caller checks the count).
 func (p *kinesisPeer) waitForRecords(t testing.TB, stream string, n int, timeout time.Duration) []storedRecord {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -341,6 +342,11 @@ func TestManagedShutdownDuringBackoff(t *testing.T) {
 // call 500 ms): the extension's memory stays under its cap plus a constant, the listener keeps
 // answering promptly, platform events all survive, the log lines dropped for room are counted,
 // and the newest lines are the ones kept.
+//
+// The test keeps its own memory bounded too: it posts about ten million log lines, so it does
+// not keep them. Each line is a function of its batch and index (floodLine), so a line read back
+// from the stream is checked byte for byte by building it again, and a set of the (few) lines
+// that landed is all it stores. Platform events, a few per second, are kept and each one checked.
 func TestFlood(t *testing.T) {
 	if testing.Short() {
 		t.Skip("60 s flood; skipped with -short")
@@ -352,7 +358,9 @@ func TestFlood(t *testing.T) {
 		// overhead is what the process needs besides the buffer: the Go runtime and the AWS SDK
 		// (about 10 MiB idle), a PutRecords body being sent (base64 of up to the cap) and the
 		// garbage collector's headroom.
-		overhead = 28 << 20
+		overhead     = 28 << 20
+		linesPerPost = 400
+		newest       = 2000 // the newest log lines, which must all land
 	)
 	peer := startKinesalite(t, streamSpec{Name: stream, Shards: 4})
 	proxy := startFaultProxy(t, peer.Endpoint)
@@ -365,32 +373,41 @@ func TestFlood(t *testing.T) {
 
 	var maxRSS int
 	var latencies []time.Duration
-	var platform, logs []string
+	var platform []string
+	batches := 0
 	start := time.Now()
-	next := start
-	for batch := 0; time.Since(start) < floodFor; batch++ {
-		var evs []string
-		req := fmt.Sprintf("flood-%05d", batch)
+	next, report := start, start.Add(10*time.Second)
+	t.Logf("flooding for %v (progress every 10 s)", floodFor)
+	for ; time.Since(start) < floodFor; batches++ {
+		req := fmt.Sprintf("flood-%05d", batches)
 		p := fl.ev("platform.start", fmt.Sprintf(`{"requestId":%q}`, req))
-		evs, platform = append(evs, p.raw), append(platform, p.raw)
-		for i := range 400 {
-			l := fl.ev("function", fmt.Sprintf(`"batch %d line %d %s"`, batch, i, strings.Repeat("x", 300)))
-			evs, logs = append(evs, l.raw), append(logs, l.raw)
+		platform = append(platform, p.raw)
+		var body strings.Builder
+		body.WriteString("[" + p.raw)
+		for i := range linesPerPost {
+			body.WriteString("," + floodLine(batches, i))
 		}
+		body.WriteString("]")
 		t0 := time.Now()
-		fl.postRaw("[" + strings.Join(evs, ",") + "]")
+		fl.postRaw(body.String())
 		latencies = append(latencies, time.Since(t0))
-		if time.Now().After(next) {
+		if now := time.Now(); now.After(next) {
 			next = next.Add(500 * time.Millisecond)
 			maxRSS = max(maxRSS, rss(t, ext.cmd.Process.Pid))
+			if now.After(report) {
+				report = report.Add(10 * time.Second)
+				t.Logf("flood: %v of %v, %d batches posted, extension RSS max %.1f MiB", now.Sub(start).Round(time.Second), floodFor, batches+1, float64(maxRSS)/(1<<20))
+			}
 		}
 	}
 	maxRSS = max(maxRSS, rss(t, ext.cmd.Process.Pid))
-	posted := len(platform) + len(logs)
-	t.Logf("posted %d events (%d platform) in %d batches, %.0f events/s", posted, len(platform), len(latencies), float64(posted)/floodFor.Seconds())
+	logs := batches * linesPerPost
+	posted := len(platform) + logs
+	t.Logf("posted %d events (%d platform) in %d batches, %.0f events/s", posted, len(platform), batches, float64(posted)/floodFor.Seconds())
 
 	// Let the backlog drain at full speed, then shut down.
 	proxy.set(faultPlan{})
+	t.Log("draining the backlog for 3 s, then SHUTDOWN")
 	time.Sleep(3 * time.Second)
 	fl.deliver(fmt.Sprintf(`{"eventType":"SHUTDOWN","shutdownReason":"spindown","deadlineMs":%d}`, time.Now().Add(2*time.Second).UnixMilli()))
 	if code := ext.wait(3 * time.Second); code != 0 {
@@ -408,17 +425,25 @@ func TestFlood(t *testing.T) {
 		t.Errorf("the listener stalled: p99 %v, max %v", p99, worst)
 	}
 
-	data, keys := storedData(peer.readAll(t, stream))
-	events, counts := decodeRecords(t, data, keys)
-	landed := map[string]bool{}
+	events, counts := peer.decoded(t, stream)
+	landed := map[string]bool{}      // every event but the flood's log lines
+	landedLines := map[[2]int]bool{} // the flood's log lines: batch, index
 	for _, e := range events {
+		var b, i int
+		if _, err := fmt.Sscanf(floodRecord(e.Event), "batch %d line %d", &b, &i); err == nil {
+			if b >= batches || i >= linesPerPost || string(e.Event) != floodLine(b, i) {
+				t.Fatalf("a log line in the stream that was never posted: %.200s", e.Event)
+			}
+			landedLines[[2]int{b, i}] = true
+			continue
+		}
 		landed[string(e.Event)] = true
 	}
-	all := append(append([]string(nil), platform...), logs...)
+	all := platform
 	for _, p := range fl.postedEvents() { // the init events before the flood
 		all = append(all, p.raw)
 	}
-	missing := 0
+	missing := logs - len(landedLines)
 	for _, raw := range all {
 		switch {
 		case landed[raw]:
@@ -428,21 +453,40 @@ func TestFlood(t *testing.T) {
 			missing++
 		}
 	}
-	for _, l := range logs[len(logs)-2000:] {
-		if !landed[l] {
+	for n := logs - newest; n < logs; n++ {
+		if !landedLines[[2]int{n / linesPerPost, n % linesPerPost}] {
 			t.Fatalf("one of the newest log lines was dropped: the oldest must go first")
 		}
 	}
-	last := counts[len(counts)-1]
-	full := int(last["dropped"].(map[string]any)["bufferFull"].(float64))
-	total := int(last["dropped"].(map[string]any)["total"].(float64))
-	t.Logf("log lines dropped for room: %d of %d; counts record: bufferFull %d, total %d", missing, len(logs), full, total)
+	last := lastCounts(t, counts)
+	full, total := int(last.Dropped.BufferFull), int(last.Dropped.Total)
+	t.Logf("log lines dropped for room: %d of %d; counts record: bufferFull %d, total %d", missing, logs, full, total)
 	if missing == 0 {
 		t.Error("nothing was dropped: the flood did not outrun Kinesis, the test proves nothing")
 	}
 	if total != missing || full != missing {
 		t.Errorf("counts record says %d dropped (%d for room), %d are missing", total, full, missing)
 	}
+}
+
+// floodLine is log line i of flood batch b, as Lambda would post it.
+func floodLine(b, i int) string {
+	ts := time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC).Add(time.Duration(b) * time.Millisecond).Format("2006-01-02T15:04:05.000Z")
+	return fmt.Sprintf(`{"time":%q,"type":"function","record":"batch %d line %d %s"}`, ts, b, i, strings.Repeat("x", 300))
+}
+
+// floodRecord returns the text of a function log line, or "" for any other event.
+func floodRecord(raw json.RawMessage) string {
+	var ev struct {
+		Type   string
+		Record any
+	}
+	json.Unmarshal(raw, &ev)
+	s, _ := ev.Record.(string)
+	if ev.Type != "function" {
+		return ""
+	}
+	return s
 }
 
 // rss returns a process's resident set size in bytes.
