@@ -28,7 +28,7 @@ usage: ./build.sh [SUBCOMMAND] [ARGS...]
                    once, then
                    TEST_REQUIRE_PEERS=1 go test -count=1 -timeout 30m -v ./...
   test FLAGS...    the fast path for focused reruns: npm ci only when
-                   package-lock.json changed since the last install, build,
+                   node_modules does not match package-lock.json, build,
                    gofmt and go vet, no fuzzing and no benchmark, then
                    TEST_REQUIRE_PEERS=1 go test -count=1 -timeout 30m -v FLAGS ./...
                    e.g. ./build.sh test -run Template
@@ -65,17 +65,32 @@ need_node() {
 # the tests keep kinesalite in memory with memdown) and core-js (a donation
 # banner) have any, and npm 11 would skip them anyway with a warning.
 npm_ci() {
+	if [[ -L node_modules ]]; then
+		# npm ci replaces the link with a folder, and empties the folder it
+		# pointed to first: a checkout sharing another's node_modules would
+		# break every other checkout using it.
+		echo "build.sh: node_modules is a symlink (to $(readlink node_modules)): not running npm ci through it; run npm ci where it points, or remove the link"
+		return
+	fi
 	echo "build.sh: npm ci (kinesalite, kinesis-local, cfn-lint)"
 	npm ci --ignore-scripts --no-audit --no-fund
 }
 
-# npm_ci_if_changed reinstalls only when package-lock.json changed since the last
-# install (npm writes node_modules/.package-lock.json at each install).
+# npm_ci_if_changed runs npm_ci unless node_modules already holds exactly the
+# packages package-lock.json pins. npm records what it installed in
+# node_modules/.package-lock.json; the two must list the same packages (the
+# lock file's own entry aside). Comparing contents, not times, keeps a fresh
+# checkout with an up-to-date node_modules from reinstalling.
 npm_ci_if_changed() {
-	if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
-		npm_ci
+	if [[ -f node_modules/.package-lock.json ]] && node -e '
+		const want = require("./package-lock.json").packages;
+		const have = require("./node_modules/.package-lock.json").packages;
+		delete want[""];
+		const canon = (p) => JSON.stringify(Object.keys(p).sort().map((k) => [k, p[k]]));
+		process.exit(canon(want) === canon(have) ? 0 : 1);'; then
+		echo "build.sh: test peers in node_modules match package-lock.json (no npm ci)"
 	else
-		echo "build.sh: test peers up to date with package-lock.json (no npm ci)"
+		npm_ci
 	fi
 }
 
