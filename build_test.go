@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -53,6 +54,7 @@ func TestBuildLayerZips(t *testing.T) {
 	}
 	first := runBuildScript(t, "0022", "UTC")
 	second := runBuildScript(t, "0077", "Pacific/Chatham")
+	checkQuotedZipSizes(t, first)
 
 	for _, arch := range layerArches {
 		t.Run(arch.name, func(t *testing.T) {
@@ -87,6 +89,80 @@ func TestBuildLayerZips(t *testing.T) {
 			}
 		})
 	}
+}
+
+// zipSizeQuotes are the places that quote the zips' sizes. Each regexp captures the quoted
+// figures; want renders what they must read for the zips just built (x86_64, arm64 bytes). The
+// figures are rounded (MiB to two places), so a change of a few KB passes and a reader who
+// rebuilds finds what the documents say; the exact bytes are what ./build.sh prints.
+var zipSizeQuotes = []struct {
+	file, where string
+	re          *regexp.Regexp
+	want        func(x86, arm int) []string
+}{
+	{"README.md", "the Zip sizes table's extension row",
+		regexp.MustCompile("\\| the extension \\(`./build.sh`\\) \\| ([0-9.]+) MiB \\| ([0-9.]+) MiB \\|"),
+		func(x86, arm int) []string { return []string{mib(x86), mib(arm)} }},
+	{"README.md", "the sentence on what is left under the budget",
+		regexp.MustCompile(`The x86_64 zip has ([0-9.]+) MiB \(([0-9]+)%\) left under the budget`),
+		func(x86, _ int) []string {
+			return []string{mib(layerZipBudget - x86), fmt.Sprint((layerZipBudget - x86) * 100 / layerZipBudget)}
+		}},
+	{"BENCHMARKS.md", "the Layer zips row",
+		regexp.MustCompile(`\| Layer zips \| x86_64 \*\*([0-9.]+) MiB\*\*, arm64 ([0-9.]+) MiB[^|]*\|.*\| yes \(([0-9]+)% to spare on x86_64\)`),
+		func(x86, arm int) []string {
+			return []string{mib(x86), mib(arm), fmt.Sprint((layerZipBudget - x86) * 100 / layerZipBudget)}
+		}},
+}
+
+func mib(n int) string { return fmt.Sprintf("%.2f", float64(n)/(1<<20)) }
+
+// checkQuotedZipSizes fails when README.md or BENCHMARKS.md quote zip sizes other than those of
+// the zips in dist, and says what to write instead.
+func checkQuotedZipSizes(t *testing.T, dist string) {
+	t.Helper()
+	var size [2]int
+	for i, arch := range layerArches {
+		fi, err := os.Stat(filepath.Join(dist, layerZipName(arch.name)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		size[i] = int(fi.Size())
+	}
+	for _, q := range zipSizeQuotes {
+		doc, err := os.ReadFile(q.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := q.re.FindSubmatch(doc)
+		if m == nil {
+			t.Errorf("%s: %s not found (pattern %s): keep its wording, or change zipSizeQuotes in build_test.go with it", q.file, q.where, q.re)
+			continue
+		}
+		want := q.want(size[0], size[1])
+		var got []string
+		for _, g := range m[1:] {
+			got = append(got, string(g))
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: %s quotes %q, but the zips just built (x86_64 %d bytes, arm64 %d bytes) give %q: update it to %q",
+				q.file, q.where, m[0], size[0], size[1], want, fill(q.re, m[0], want))
+		}
+	}
+}
+
+// fill returns match with its capture groups replaced by values.
+func fill(re *regexp.Regexp, match []byte, values []string) string {
+	idx := re.FindSubmatchIndex(match)
+	var b strings.Builder
+	last := 0
+	for i, v := range values {
+		b.Write(match[last:idx[2*i+2]])
+		b.WriteString(v)
+		last = idx[2*i+3]
+	}
+	b.Write(match[last:])
+	return b.String()
 }
 
 // runBuildScript runs `./build.sh build` with the given umask and TZ into a
