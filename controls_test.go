@@ -6,7 +6,6 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 )
 
 // runControls drives one extension with the given settings through n invocations against a
@@ -21,10 +20,7 @@ func runControls(t *testing.T, shards, n int, settings ...string) (*fakeLambda, 
 	for i := range n {
 		fl.invoke(invocation{requestID: fmt.Sprintf("%08x-aaaa-bbbb-cccc-%012d", i*2654435761, i), textLines: 50, jsonLines: 50})
 	}
-	fl.shutdown("spindown", 2*time.Second)
-	if code := ext.wait(3 * time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	fl.shutdownAndWait(ext)
 	return fl, peer.readAll(t, stream)
 }
 
@@ -119,7 +115,7 @@ func TestFiltersOnKinesis(t *testing.T) {
 		"KINESIS_TELEMETRY_REDACT", `text line \d+`,
 		"KINESIS_TELEMETRY_SAMPLE", "0.5")
 	data, keys := storedData(recs)
-	events, counts := decodeRecords(t, data, keys)
+	events, counts := decodeShipped(t, data, keys)
 	kept := map[string]bool{}
 	for _, e := range events {
 		var ev struct {
@@ -151,10 +147,10 @@ func TestFiltersOnKinesis(t *testing.T) {
 	if got := len(events) - countFunction(events); got != platform {
 		t.Errorf("%d platform events landed, want all %d", got, platform)
 	}
-	f := counts[len(counts)-1]["filtered"].(map[string]any)
-	t.Logf("filtered: %v", f)
-	if f["excluded"].(float64) != 40 || f["belowLevel"].(float64) == 0 || f["sampledOut"].(float64) == 0 {
-		t.Errorf("filter counts %v", f)
+	f := lastCounts(t, counts).Filtered
+	t.Logf("filtered: %+v", f)
+	if f.Excluded != 40 || f.BelowLevel == 0 || f.SampledOut == 0 {
+		t.Errorf("filter counts %+v", f)
 	}
 }
 

@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -51,6 +52,7 @@ type fakeLambda struct {
 	freeze         *os.Process // when set, the extension is stopped (SIGSTOP) while Lambda would freeze it
 	seq            int
 	lastReq        string
+	late           sync.WaitGroup // the report shutdown posts from its own goroutine
 }
 
 // postedEvent is one telemetry event the fake delivered, with the request id its record should carry.
@@ -322,13 +324,29 @@ func (f *fakeLambda) shutdown(reason string, within time.Duration) {
 		f.freeze.Signal(syscall.SIGCONT)
 	}
 	if f.lastReq != "" {
-		// The report is produced after the last next; it reaches the extension during shutdown.
-		go func(req string) {
+		// The report is produced after the last next; it reaches the extension during shutdown,
+		// or not at all when the extension has already exited. So it is posted off the test
+		// goroutine, where t.Fatal is not allowed, and counted as posted only if the listener
+		// took it; postedEvents waits for it.
+		report := f.ev("platform.report", fmt.Sprintf(`{"requestId":%q,"status":"success","metrics":{"durationMs":12.5,"billedDurationMs":13,"memorySizeMB":128,"maxMemoryUsedMB":70}}`, f.lastReq))
+		f.late.Add(1)
+		go func() {
+			defer f.late.Done()
 			time.Sleep(30 * time.Millisecond)
-			f.post("", f.ev("platform.report", fmt.Sprintf(`{"requestId":%q,"status":"success","metrics":{"durationMs":12.5,"billedDurationMs":13,"memorySizeMB":128,"maxMemoryUsedMB":70}}`, req)))
-		}(f.lastReq)
+			f.tryPost("", report)
+		}()
 	}
 	f.deliver(fmt.Sprintf(`{"eventType":"SHUTDOWN","shutdownReason":%q,"deadlineMs":%d}`, reason, time.Now().Add(within).UnixMilli()))
+}
+
+// shutdownAndWait is the usual end of a run: shutdown("spindown", 2 s), then the extension must
+// exit 0 within 3 s.
+func (f *fakeLambda) shutdownAndWait(ext *extProcess) {
+	f.t.Helper()
+	f.shutdown("spindown", 2*time.Second)
+	if code := ext.wait(3 * time.Second); code != 0 {
+		f.t.Fatalf("exit code %d after SHUTDOWN, want 0", code)
+	}
 }
 
 // ev builds one event with a unique time, as Lambda would.
@@ -341,6 +359,14 @@ func (f *fakeLambda) ev(typ, record string) postedEvent {
 // post delivers a batch to the listener; requestID is the invocation its log lines belong to.
 func (f *fakeLambda) post(requestID string, evs ...postedEvent) {
 	f.t.Helper()
+	if err := f.tryPost(requestID, evs...); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// tryPost is post for any goroutine: it returns the error instead of failing the test, and
+// records the events as posted only when the listener accepted them.
+func (f *fakeLambda) tryPost(requestID string, evs ...postedEvent) error {
 	var raws []string
 	for i := range evs {
 		raws = append(raws, evs[i].raw)
@@ -350,10 +376,13 @@ func (f *fakeLambda) post(requestID string, evs ...postedEvent) {
 	for i := range evs {
 		evs[i].at = now
 	}
-	f.postRaw("[" + strings.Join(raws, ",") + "]")
+	if err := f.send("[" + strings.Join(raws, ",") + "]"); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	f.posted = append(f.posted, evs...)
 	f.mu.Unlock()
+	return nil
 }
 
 // expectedRequestID is the event's own request id, or the invocation's for a line without one.
@@ -373,26 +402,41 @@ func expectedRequestID(raw, invocation string) string {
 	return ""
 }
 
+// postRaw posts body to the listener as it is and fails the test unless it is accepted.
 func (f *fakeLambda) postRaw(body string) {
 	f.t.Helper()
+	if err := f.send(body); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// telemetryClient posts to the listener; the timeout bounds a post to a stopped extension.
+var telemetryClient = &http.Client{Timeout: 10 * time.Second}
+
+// send posts body to the listener; it is safe to call from any goroutine.
+func (f *fakeLambda) send(body string) error {
 	f.mu.Lock()
 	port := f.listenerPort
 	f.mu.Unlock()
 	if port == 0 {
-		f.t.Fatal("post telemetry: the extension has not subscribed")
+		return errors.New("post telemetry: the extension has not subscribed")
 	}
-	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/", port), "application/json", strings.NewReader(body))
+	resp, err := telemetryClient.Post(fmt.Sprintf("http://127.0.0.1:%d/", port), "application/json", strings.NewReader(body))
 	if err != nil {
-		f.t.Fatalf("post telemetry: %v", err)
+		return fmt.Errorf("post telemetry: %w", err)
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		f.t.Fatalf("post telemetry: HTTP %d", resp.StatusCode)
+		return fmt.Errorf("post telemetry: HTTP %d", resp.StatusCode)
 	}
+	return nil
 }
 
+// postedEvents returns every event the listener accepted, once a report posted during shutdown
+// has been answered.
 func (f *fakeLambda) postedEvents() []postedEvent {
+	f.late.Wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]postedEvent(nil), f.posted...)

@@ -90,11 +90,10 @@ func TestFreezeProofShipping(t *testing.T) {
 					if v := violations.Load(); v > 0 {
 						t.Errorf("/event/next called %d times with a PutRecords in flight", v)
 					}
-					data, keys := fk.callsData()
-					events, counts := decodeRecords(t, data, keys)
+					events, counts := fk.decoded(t)
 					// A freeze never causes a duplicate; a send cut short by the flush budget
 					// may, and the extension counts those records as unconfirmed.
-					unconfirmed := int(counts[len(counts)-1]["kinesis"].(map[string]any)["unconfirmed"].(float64))
+					unconfirmed := int(lastCounts(t, counts).Kinesis.Unconfirmed)
 					checkDelivery(t, fl.postedEvents(), events, kname != "failing", unconfirmed)
 					checkIDsOrdered(t, fl.postedEvents(), events)
 
@@ -166,8 +165,7 @@ func TestManagedInstances(t *testing.T) {
 	if code := ext.wait(3 * time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
-	data, keys := fk.callsData()
-	events, _ := decodeRecords(t, data, keys)
+	events, _ := fk.decoded(t)
 	checkExactlyOnce(t, fl.postedEvents(), events)
 }
 
@@ -263,29 +261,22 @@ func TestCountsRecordMeasuresTheExtension(t *testing.T) {
 	for i := range 4 {
 		fl.invoke(invocation{requestID: fmt.Sprintf("r%d", i), textLines: 5})
 	}
-	fl.shutdown("spindown", 2*time.Second)
-	if code := ext.wait(3 * time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
-	data, keys := fk.callsData()
-	_, counts := decodeRecords(t, data, keys)
-	var withFlush map[string]any
-	for _, c := range counts {
-		if c["lastFlush"].(map[string]any)["calls"].(float64) > 0 {
-			withFlush = c
+	fl.shutdownAndWait(ext)
+	_, counts := fk.decoded(t)
+	var withFlush *countsRecord
+	for i := range counts {
+		if counts[i].LastFlush.Calls > 0 {
+			withFlush = &counts[i]
 		}
 	}
 	if withFlush == nil {
-		t.Fatalf("no counts record describes a flush: %v", counts)
+		t.Fatalf("no counts record describes a flush: %+v", counts)
 	}
-	lf := withFlush["lastFlush"].(map[string]any)
-	if lf["records"].(float64) == 0 || lf["bytes"].(float64) == 0 || lf["ms"].(float64) < 30 {
-		t.Errorf("lastFlush %v: want records, bytes and at least one 30 ms call", lf)
+	if lf := withFlush.LastFlush; lf.Records == 0 || lf.Bytes == 0 || lf.Ms < 30 {
+		t.Errorf("lastFlush %+v: want records, bytes and at least one 30 ms call", lf)
 	}
-	last := counts[len(counts)-1]
-	pr := last["postRuntimeMs"].(map[string]any)
 	// end: each invocation waits for a 30 ms PutRecords after its runtimeDone.
-	if pr["count"].(float64) != 4 || pr["mean"].(float64) < 30 || pr["max"].(float64) < pr["mean"].(float64) {
-		t.Errorf("postRuntimeMs %v: want 4 invocations of at least 30 ms", pr)
+	if pr := lastCounts(t, counts).PostRuntimeMs; pr.Count != 4 || pr.Mean < 30 || pr.Max < pr.Mean {
+		t.Errorf("postRuntimeMs %+v: want 4 invocations of at least 30 ms", pr)
 	}
 }

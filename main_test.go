@@ -346,24 +346,17 @@ func TestLifecycleEndToEnd(t *testing.T) {
 			for i := range 8 {
 				fl.invoke(invocation{requestID: fmt.Sprintf("req-%d", i), textLines: 3, jsonLines: 2, logsDropped: map[bool]int{true: 7}[i == 3], runFor: 10 * time.Millisecond})
 			}
-			fl.shutdown("spindown", 2*time.Second)
-			if code := ext.wait(3 * time.Second); code != 0 {
-				t.Fatalf("exit code %d, want 0", code)
-			}
+			fl.shutdownAndWait(ext)
 			if v := violations.Load(); v > 0 {
 				t.Errorf("/event/next called %d times while a PutRecords was in flight", v)
 			}
-			data, keys := fk.callsData()
-			events, counts := decodeRecords(t, data, keys)
+			events, counts := fk.decoded(t)
 			checkExactlyOnce(t, fl.postedEvents(), events)
-			if len(counts) == 0 {
-				t.Fatal("no counts record shipped")
-			}
-			last := counts[len(counts)-1]
-			if ld := last["lambdaDropped"].(map[string]any)["records"].(float64); ld != 7 {
+			last := lastCounts(t, counts)
+			if ld := last.LambdaDropped.Records; ld != 7 {
 				t.Errorf("counts record reports %v records dropped by Lambda, want 7", ld)
 			}
-			if d := last["dropped"].(map[string]any)["total"].(float64); d != 0 {
+			if d := last.Dropped.Total; d != 0 {
 				t.Errorf("counts record reports %v dropped, want 0", d)
 			}
 			if strings.Contains(ext.stderr.String(), testSecret) {
@@ -472,12 +465,9 @@ func TestMalformedAndOversizedTelemetry(t *testing.T) {
 	huge := fl.ev("function", `"`+strings.Repeat("a", 1200000)+`"`)
 	fl.post("r1", huge)
 	fl.invoke(invocation{requestID: "r2", textLines: 2})
-	fl.shutdown("spindown", 2*time.Second)
-	if code := ext.wait(3 * time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	fl.shutdownAndWait(ext)
 	data, keys := fk.callsData()
-	events, counts := decodeRecords(t, data, keys)
+	events, counts := decodeShipped(t, data, keys)
 	var posted []postedEvent
 	var truncated *shipped
 	for _, p := range fl.postedEvents() {
@@ -500,8 +490,7 @@ func TestMalformedAndOversizedTelemetry(t *testing.T) {
 	if len(data[0]) > maxRecordBytes || *truncated.TruncatedBytes < 1200000-maxRecordBytes {
 		t.Errorf("truncated record: %d bytes cut", *truncated.TruncatedBytes)
 	}
-	last := counts[len(counts)-1]
-	if m := last["malformed"].(map[string]any)["batches"].(float64); m != 1 {
+	if m := lastCounts(t, counts).Malformed.Batches; m != 1 {
 		t.Errorf("counts record: %v malformed batches, want 1", m)
 	}
 }
@@ -587,13 +576,9 @@ func TestEndToEndOnEmulators(t *testing.T) {
 					fl.post(fmt.Sprintf("req-%d", i), fl.ev("function", `"`+strings.Repeat("big ", 300000)+`"`))
 				}
 			}
-			fl.shutdown("spindown", 2*time.Second)
-			if code := ext.wait(3 * time.Second); code != 0 {
-				t.Fatalf("exit code %d", code)
-			}
-			recs := peer.waitForRecords(t, stream, len(fl.postedEvents()), 10*time.Second)
-			data, keys := storedData(recs)
-			events, counts := decodeRecords(t, data, keys)
+			fl.shutdownAndWait(ext)
+			data, keys := storedData(peer.waitForRecords(t, stream, len(fl.postedEvents()), 10*time.Second))
+			events, counts := decodeShipped(t, data, keys)
 			var normal []postedEvent
 			for _, p := range fl.postedEvents() {
 				if len(p.raw) < maxRecordBytes {
@@ -614,16 +599,14 @@ func TestEndToEndOnEmulators(t *testing.T) {
 			}
 			// A call cut short (kinesis-mock takes seconds for a 1 MiB record) is sent again: the
 			// extension counts those events as unconfirmed, the only ones that may be doubled.
-			if len(counts) == 0 {
-				t.Fatal("no counts record")
-			}
-			unconfirmed := int(counts[len(counts)-1]["kinesis"].(map[string]any)["unconfirmed"].(float64))
+			last := lastCounts(t, counts)
+			unconfirmed := int(last.Kinesis.Unconfirmed)
 			checkDelivery(t, normal, small, true, unconfirmed)
 			if truncated < 1 || truncated > 1+unconfirmed {
 				t.Errorf("%d truncated events in the stream, want 1 (%d unconfirmed)", truncated, unconfirmed)
 			}
-			if counts[len(counts)-1]["lambdaDropped"].(map[string]any)["records"].(float64) != 5 {
-				t.Errorf("counts record missing or wrong: %v", counts)
+			if last.LambdaDropped.Records != 5 {
+				t.Errorf("counts record: %d records dropped by Lambda, want 5: %+v", last.LambdaDropped.Records, last)
 			}
 		})
 	}

@@ -56,12 +56,8 @@ func TestHostileInput(t *testing.T) {
 	)
 	fl.postRaw("[{\"time\":\"t\",\"type\":\"function\",\"record\":\"bad \xff byte\"}, 42, \"not an event\"]")
 	fl.invoke(invocation{requestID: "r2", textLines: 2})
-	fl.shutdown("spindown", 2*time.Second)
-	if code := ext.wait(3 * time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
-	data, keys := fk.callsData()
-	events, counts := decodeRecords(t, data, keys)
+	fl.shutdownAndWait(ext)
+	events, counts := fk.decoded(t)
 	var invalid *shipped
 	var rest []shipped
 	for i := range events {
@@ -75,9 +71,7 @@ func TestHostileInput(t *testing.T) {
 	if invalid == nil {
 		t.Error("the event with invalid UTF-8 was not shipped with U+FFFD")
 	}
-	last := counts[len(counts)-1]
-	malformed := last["malformed"].(map[string]any)
-	if malformed["batches"].(float64) != 6 || malformed["events"].(float64) != 2 {
+	if malformed := lastCounts(t, counts).Malformed; malformed.Batches != 6 || malformed.Events != 2 {
 		t.Errorf("counted malformed %v, want 6 batches (the refused methods and paths are not batches) and 2 events", malformed)
 	}
 }
@@ -94,10 +88,7 @@ func TestWritesNothingToDisk(t *testing.T) {
 	for i := range 3 {
 		fl.invoke(invocation{requestID: fmt.Sprintf("r%d", i), textLines: 3})
 	}
-	fl.shutdown("spindown", 2*time.Second)
-	if code := ext.wait(3 * time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	fl.shutdownAndWait(ext)
 	for name, dir := range dirs {
 		entries, err := os.ReadDir(dir)
 		if err != nil || len(entries) != 0 {
@@ -132,8 +123,7 @@ func TestListenerBindsLoopbackOnly(t *testing.T) {
 	if tcp6, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp6", ext.cmd.Process.Pid)); err == nil && strings.Contains(string(tcp6), ":"+port+" 00000000000000000000000000000000:0000 0A") {
 		t.Errorf("listening on an IPv6 address on port %d", fl.listenerPort)
 	}
-	fl.shutdown("spindown", 2*time.Second)
-	ext.wait(3 * time.Second)
+	fl.shutdownAndWait(ext)
 }
 
 // faultStep changes the proxy's plan at a moment of a fault-matrix run.
@@ -234,10 +224,7 @@ func runFaultCase(t *testing.T, fc faultCase) string {
 			defer time.AfterFunc(fc.shutdownAfter, func() { proxy.set(*fc.shutdownRecover) }).Stop()
 		}
 	}
-	fl.shutdown("spindown", 2*time.Second)
-	if code := ext.wait(3 * time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	fl.shutdownAndWait(ext)
 	proxy.set(faultPlan{})
 	if v := violations.Load(); v > 0 {
 		t.Errorf("/event/next called %d times with a PutRecords in flight", v)
@@ -245,8 +232,7 @@ func runFaultCase(t *testing.T, fc faultCase) string {
 
 	// What landed, once each or more.
 	posted := fl.postedEvents()
-	data, keys := storedData(peer.readAll(t, stream))
-	events, _ := decodeRecords(t, data, keys)
+	events, _ := peer.decoded(t, stream)
 	copies := map[string][]string{} // event -> ids of its copies
 	for _, e := range events {
 		copies[string(e.Event)] = append(copies[string(e.Event)], e.ID)
@@ -333,8 +319,7 @@ func TestManagedShutdownDuringBackoff(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("shutdown took %v, past the 2 s deadline", took)
 	}
-	data, keys := storedData(peer.readAll(t, stream))
-	events, _ := decodeRecords(t, data, keys)
+	events, _ := peer.decoded(t, stream)
 	checkDelivery(t, fl.postedEvents(), events, false, 0)
 }
 
