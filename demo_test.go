@@ -26,7 +26,7 @@ func TestDemo(t *testing.T) {
 	r := startRIE(t, rieOptions{
 		Managed:    true,
 		Extensions: map[string]string{rieProductName: product},
-		Env:        rieProductEnv(kinesis, stream, rieFreePort(t)),
+		Env:        rieProductEnv(kinesis, stream, freePort()),
 	})
 	fmt.Printf("kinesalite %s, stream %q; Lambda RIE on %s with /opt/extensions/%s\n",
 		kinesis.Endpoint, stream, r.InvokeAddr, rieProductName)

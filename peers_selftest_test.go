@@ -36,18 +36,7 @@ func TestPeerKinesalite(t *testing.T) {
 	p := startKinesalite(t, streamSpec{"three", 3})
 	checkLoopbackOnly(t, p.Endpoint)
 
-	t.Run("ARN", func(t *testing.T) {
-		out, err := p.client().DescribeStreamSummary(context.Background(), &kinesis.DescribeStreamSummaryInput{StreamName: aws.String("three")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, want := aws.ToString(out.StreamDescriptionSummary.StreamARN), p.streamARN("three"); got != want {
-			t.Errorf("StreamARN: got %q, want %q", got, want)
-		}
-		if got := aws.ToInt32(out.StreamDescriptionSummary.OpenShardCount); got != 3 {
-			t.Errorf("OpenShardCount: got %d, want 3", got)
-		}
-	})
+	t.Run("ARN", func(t *testing.T) { checkStreamSummary(t, p, "three", 3) })
 	t.Run("ReadAllOrder", func(t *testing.T) { checkReadAllOrder(t, p, "three", 60) })
 	t.Run("CreateStreamLater", func(t *testing.T) {
 		p.createStream(t, streamSpec{Name: "later", Shards: 2})
@@ -80,15 +69,7 @@ func TestPeerKinesisMock(t *testing.T) {
 	p := startKinesisMock(t, region, account, streamSpec{"three", 3}, streamSpec{"arn", 1})
 	checkLoopbackOnly(t, p.Endpoint)
 
-	t.Run("ARN", func(t *testing.T) {
-		out, err := p.client().DescribeStreamSummary(context.Background(), &kinesis.DescribeStreamSummaryInput{StreamName: aws.String("three")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, want := aws.ToString(out.StreamDescriptionSummary.StreamARN), p.streamARN("three"); got != want {
-			t.Errorf("StreamARN: got %q, want %q", got, want)
-		}
-	})
+	t.Run("ARN", func(t *testing.T) { checkStreamSummary(t, p, "three", 3) })
 	t.Run("ReadAllOrder", func(t *testing.T) { checkReadAllOrder(t, p, "three", 30) })
 	t.Run("PutByARN", func(t *testing.T) {
 		data := makePayloads(t, 4)
@@ -121,6 +102,22 @@ func TestPeerKinesisMock(t *testing.T) {
 		}
 		checkStoredData(t, p.readAll(t, "big"), [][]byte{data[0], data[2]})
 	})
+}
+
+// checkStreamSummary checks that the peer describes stream with the ARN streamARN builds and
+// the given number of open shards.
+func checkStreamSummary(t *testing.T, p *kinesisPeer, stream string, shards int32) {
+	t.Helper()
+	out, err := p.client().DescribeStreamSummary(context.Background(), &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(stream)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := aws.ToString(out.StreamDescriptionSummary.StreamARN), p.streamARN(stream); got != want {
+		t.Errorf("StreamARN: got %q, want %q", got, want)
+	}
+	if got := aws.ToInt32(out.StreamDescriptionSummary.OpenShardCount); got != shards {
+		t.Errorf("OpenShardCount: got %d, want %d", got, shards)
+	}
 }
 
 // checkReadAllOrder puts n records with varied partition keys and checks that readAll returns
@@ -583,27 +580,31 @@ func TestProxyFaultsOnPeers(t *testing.T) {
 				wantKinesisAPIError(t, err, 400, "AccessDeniedException")
 				checkStoredData(t, peer.readAll(t, name), data)
 			})
-			t.Run("ResetBeforeForward", func(t *testing.T) {
-				name, ref := newStream(t)
-				proxy.set(faultPlan{ResetBeforeForward: true})
-				_, err := sdkPutRecords(client, ref, byARN, makePayloads(t, 3))
-				wantConnReset(t, err)
-				if cl := lastProxyCall(t, proxy); cl.Outcome != outcomeResetBefore || cl.Status != 0 {
-					t.Errorf("call: %+v", cl)
-				}
-				checkStoredData(t, peer.readAll(t, name), nil)
-			})
-			t.Run("ResetAfterForward", func(t *testing.T) {
-				name, ref := newStream(t)
-				proxy.set(faultPlan{ResetAfterForward: true})
-				data := makePayloads(t, 3)
-				_, err := sdkPutRecords(client, ref, byARN, data)
-				wantConnReset(t, err)
-				if cl := lastProxyCall(t, proxy); cl.Outcome != outcomeResetAfter || cl.Forwarded != 3 {
-					t.Errorf("call: %+v", cl)
-				}
-				checkStoredData(t, peer.readAll(t, name), data)
-			})
+			for _, tt := range []struct {
+				name    string
+				plan    faultPlan
+				outcome string
+				applied bool // the peer stored the records before the reset
+			}{
+				{"ResetBeforeForward", faultPlan{ResetBeforeForward: true}, outcomeResetBefore, false},
+				{"ResetAfterForward", faultPlan{ResetAfterForward: true}, outcomeResetAfter, true},
+			} {
+				t.Run(tt.name, func(t *testing.T) {
+					name, ref := newStream(t)
+					proxy.set(tt.plan)
+					data := makePayloads(t, 3)
+					_, err := sdkPutRecords(client, ref, byARN, data)
+					wantConnReset(t, err)
+					var stored [][]byte
+					if tt.applied {
+						stored = data
+					}
+					if cl := lastProxyCall(t, proxy); cl.Outcome != tt.outcome || cl.Status != 0 || cl.Forwarded != len(stored) {
+						t.Errorf("call: %+v", cl)
+					}
+					checkStoredData(t, peer.readAll(t, name), stored)
+				})
+			}
 			t.Run("DelayClientTimesOut", func(t *testing.T) {
 				name, ref := newStream(t)
 				proxy.set(faultPlan{Delay: 5 * time.Second})

@@ -3,7 +3,11 @@ package main
 // Test peers: local Kinesis emulators (kinesalite and kinesis-mock) started from the repository's
 // node_modules, and helpers to create streams and read back what was stored. Every emulator is
 // bound to 127.0.0.1 on a kernel-chosen port and is killed by the test that started it.
-// Emulator quirks the tests rely on are written down in /work/notes/peers.md.
+// The emulators' quirks that the tests rely on, each checked in peers_selftest_test.go:
+// kinesalite ignores the request's region and credentials, does not know StreamARN and rejects a
+// whole call for one bad record; kinesis-mock keeps streams per region and per account (the
+// 12-digit access key id selects it), accepts StreamARN and fails an oversized record on its own.
+// Neither throttles nor checks signatures: the fault proxy (faultproxy_test.go) plays those.
 
 import (
 	"bytes"

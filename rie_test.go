@@ -4,7 +4,13 @@ package main
 // pinned in go.mod. The harness runs the RIE in a private mount namespace with folders of the
 // test bound over /opt (and /var in managed-instances mode), so that the machine's own /opt and
 // /var are never touched; everything listens on 127.0.0.1 on free ports and is stopped by PID.
-// What the RIE does, with references into its source, is in /work/notes/rie.md.
+// What the tests rely on (the RIE's source is in the module cache, under
+// github.com/aws/aws-lambda-runtime-interface-emulator@<go.mod's version>): extensions are
+// found in /opt/extensions; in classic mode the Telemetry API answers 202 Telemetry.NotSupported
+// and SIGTERM becomes SHUTDOWN "SandboxTerminated" with 2 s; with AWS_LAMBDA_MAX_CONCURRENCY set
+// it runs managed instances, where telemetry really flows (to 127.0.0.1, path /, with a
+// Sequence-Id header), extensions may register only SHUTDOWN, and everything runs as uid 993.
+// testdata/rie-samples holds captures of both modes.
 
 import (
 	"archive/zip"
@@ -201,17 +207,6 @@ func rieSharedDir(t testing.TB) string {
 	return out
 }
 
-// rieFreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func rieFreePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // rieCopyExecutable copies src to dst with mode 0755.
 func rieCopyExecutable(t testing.TB, src, dst string) {
 	t.Helper()
@@ -265,8 +260,8 @@ func startRIE(t *testing.T, o rieOptions) *rieInstance {
 
 	r := &rieInstance{
 		Managed:    o.Managed,
-		InvokeAddr: fmt.Sprintf("127.0.0.1:%d", rieFreePort(t)),
-		RuntimeAPI: fmt.Sprintf("127.0.0.1:%d", rieFreePort(t)),
+		InvokeAddr: fmt.Sprintf("127.0.0.1:%d", freePort()),
+		RuntimeAPI: fmt.Sprintf("127.0.0.1:%d", freePort()),
 		Root:       root,
 		Exits:      map[string]rieExit{},
 		done:       make(chan struct{}),
@@ -818,10 +813,10 @@ func TestRIEProbe(t *testing.T) {
 		Env: map[string]string{
 			"PROBE_OUT":                filepath.Join(out, "probe.jsonl"),
 			"PROBE_LOG":                filepath.Join(out, "probe.log"),
-			"PROBE_PORT":               strconv.Itoa(rieFreePort(t)),
+			"PROBE_PORT":               strconv.Itoa(freePort()),
 			"PROBE_OUT_PROBE2":         filepath.Join(out, "probe2.jsonl"),
 			"PROBE_LOG_PROBE2":         filepath.Join(out, "probe2.log"),
-			"PROBE_PORT_PROBE2":        strconv.Itoa(rieFreePort(t)),
+			"PROBE_PORT_PROBE2":        strconv.Itoa(freePort()),
 			"AWS_REGION":               "eu-west-1",
 			"AWS_ACCESS_KEY_ID":        "AKIDRIEPROBETEST",
 			"AWS_SECRET_ACCESS_KEY":    "rie-probe-test-secret",
@@ -964,7 +959,7 @@ func TestRIEProbeClassic(t *testing.T) {
 		Env: map[string]string{
 			"PROBE_OUT":                filepath.Join(out, "probe.jsonl"),
 			"PROBE_LOG":                filepath.Join(out, "probe.log"),
-			"PROBE_PORT":               strconv.Itoa(rieFreePort(t)),
+			"PROBE_PORT":               strconv.Itoa(freePort()),
 			"AWS_REGION":               "eu-west-1",
 			"AWS_ACCESS_KEY_ID":        "AKIDRIEPROBETEST",
 			"AWS_SECRET_ACCESS_KEY":    "rie-probe-test-secret",
@@ -1074,15 +1069,7 @@ func rieProductBinary(t testing.TB) string {
 }
 
 // rieEnvelope is the data of one record the extension writes to Kinesis.
-type rieEnvelope struct {
-	ID        string          `json:"id"`
-	Function  string          `json:"function"`
-	Version   string          `json:"version"`
-	Account   string          `json:"account"`
-	Region    string          `json:"region"`
-	RequestID string          `json:"requestId"`
-	Event     json.RawMessage `json:"event"`
-}
+type rieEnvelope = envelopeOf
 
 // rieLanded is one record read back from the stream, decoded.
 type rieLanded struct {
@@ -1165,12 +1152,12 @@ func testRIEManaged(t *testing.T, kinesis *kinesisPeer, stream string, byARN boo
 	product := rieProductBinary(t)
 	probe := rieBuild(t, "./testdata/probe", t.TempDir(), "probe")
 	out := rieSharedDir(t)
-	env := rieProductEnv(kinesis, stream, rieFreePort(t))
+	env := rieProductEnv(kinesis, stream, freePort())
 	if byARN {
 		env["KINESIS_TELEMETRY_STREAM"] = kinesis.streamARN(stream)
 	}
 	env["PROBE_OUT"] = filepath.Join(out, "probe.jsonl")
-	env["PROBE_PORT"] = strconv.Itoa(rieFreePort(t))
+	env["PROBE_PORT"] = strconv.Itoa(freePort())
 	r := startRIE(t, rieOptions{
 		Managed:    true,
 		Extensions: map[string]string{rieProductName: product, "probe": probe},
@@ -1365,7 +1352,7 @@ func TestRIEClassic(t *testing.T) {
 	product := rieProductBinary(t)
 	r := startRIE(t, rieOptions{
 		Extensions: map[string]string{rieProductName: product},
-		Env:        rieProductEnv(kinesis, stream, rieFreePort(t)),
+		Env:        rieProductEnv(kinesis, stream, freePort()),
 	})
 	for i := 1; i <= 10; i++ {
 		r.invokeN(t, i)
