@@ -433,10 +433,8 @@ func (p *faultProxy) send(r *http.Request, body []byte) (int, http.Header, []byt
 // wait sleeps for d and reports whether the client is still there; it returns early when the
 // client leaves or the proxy stops.
 func (p *faultProxy) wait(ctx context.Context, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
 	select {
-	case <-timer.C:
+	case <-time.After(d): // since Go 1.23 an unfired timer needs no Stop to be collected
 		return true
 	case <-ctx.Done():
 		return false

@@ -165,21 +165,36 @@ func (p *probe) note(kind string, v any) {
 	_, _ = p.log.Write(append(b, '\n'))
 }
 
+// call sends a request to the Runtime API with the given header name/value pairs and returns
+// the answer, its body read whole.
+func (p *probe) call(method, path string, body []byte, header ...string) (*http.Response, []byte, error) {
+	req, err := http.NewRequest(method, "http://"+p.api+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(resp.Body)
+	return resp, answer, err
+}
+
 func (p *probe) register() error {
 	events := []string{"INVOKE", "SHUTDOWN"}
 	if p.managed {
 		events = []string{"SHUTDOWN"}
 	}
 	body, _ := json.Marshal(map[string]any{"events": events})
-	req, _ := http.NewRequest(http.MethodPost, "http://"+p.api+"/2020-01-01/extension/register", bytes.NewReader(body))
-	req.Header.Set("Lambda-Extension-Name", p.name)
-	req.Header.Set("Lambda-Extension-Accept-Feature", "accountId")
-	resp, err := http.DefaultClient.Do(req)
+	resp, answer, err := p.call(http.MethodPost, "/2020-01-01/extension/register", body,
+		"Lambda-Extension-Name", p.name, "Lambda-Extension-Accept-Feature", "accountId")
 	if err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
-	defer resp.Body.Close()
-	answer, _ := io.ReadAll(resp.Body)
 	p.note("register", map[string]any{"status": resp.StatusCode, "body": json.RawMessage(jsonOrString(answer)), "events": events})
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("register: %s: %s", resp.Status, answer)
@@ -203,15 +218,11 @@ func (p *probe) subscribe(port string) error {
 		"types":         types,
 		"buffering":     map[string]any{"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25},
 	})
-	req, _ := http.NewRequest(http.MethodPut, "http://"+p.api+"/2022-07-01/telemetry", bytes.NewReader(body))
-	req.Header.Set("Lambda-Extension-Identifier", p.id)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, answer, err := p.call(http.MethodPut, "/2022-07-01/telemetry", body,
+		"Lambda-Extension-Identifier", p.id, "Content-Type", "application/json")
 	if err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
-	defer resp.Body.Close()
-	answer, _ := io.ReadAll(resp.Body)
 	p.note("subscribe", map[string]any{"status": resp.StatusCode, "body": json.RawMessage(jsonOrString(answer)), "schemaVersion": schema})
 	// Classic RIE answers 202 Telemetry.NotSupported; the probe then just
 	// follows the lifecycle, which is still worth observing.
@@ -222,14 +233,10 @@ func (p *probe) subscribe(port string) error {
 }
 
 func (p *probe) next() (map[string]any, error) {
-	req, _ := http.NewRequest(http.MethodGet, "http://"+p.api+"/2020-01-01/extension/event/next", nil)
-	req.Header.Set("Lambda-Extension-Identifier", p.id)
-	resp, err := http.DefaultClient.Do(req)
+	resp, body, err := p.call(http.MethodGet, "/2020-01-01/extension/event/next", nil, "Lambda-Extension-Identifier", p.id)
 	if err != nil {
 		return nil, fmt.Errorf("next: %w", err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("next: %s: %s", resp.Status, body)
 	}
