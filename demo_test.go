@@ -1,9 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +15,8 @@ import (
 // TestDemo is the demonstration behind `./build.sh demo`, not a check: it starts kinesalite and
 // the Lambda Runtime Interface Emulator (managed-instances mode) on 127.0.0.1 with the built
 // extension, invokes the function five times, shuts the emulator down, prints every record that
-// landed in the stream, decoded, one line each, and stops everything it started. Run it with
+// landed in the stream, decoded, one line each in time order under a header, and stops
+// everything it started. Run it with
 //
 //	TEST_DEMO=1 go test -count=1 -run '^TestDemo$' -v .
 func TestDemo(t *testing.T) {
@@ -40,9 +44,14 @@ func TestDemo(t *testing.T) {
 	fmt.Printf("emulator stopped in %v; extension: %v\n", r.ShutdownTook.Round(time.Millisecond), r.Exits[rieProductName])
 
 	landed := rieDecodeLanded(t, kinesis.readAll(t, stream))
-	fmt.Printf("%d records in %q:\n", len(landed), stream)
+	// The stream holds records per shard; in the order they happened they read as a story.
+	slices.SortStableFunc(landed, func(a, b rieLanded) int {
+		return cmp.Or(strings.Compare(demoTime(a), demoTime(b)), cmp.Compare(demoSeq(a), demoSeq(b)))
+	})
+	fmt.Printf("%d records in %q, in time order (request ids cut to 8 characters, records to %d):\n", len(landed), stream, demoRecordWidth)
+	fmt.Printf(demoFormat, "TIME (UTC)", "SHARD", "REQUEST", "EVENT TYPE", "RECORD")
 	for _, l := range landed {
-		fmt.Println(demoLine(l))
+		fmt.Print(demoLine(l))
 	}
 	if got := r.Exits[rieProductName]; got != (rieExit{Code: 0}) {
 		t.Errorf("%s: %v, want exit status 0", rieProductName, got)
@@ -52,24 +61,46 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-// demoLine renders a record as: shard, sequence-number tail, request id, event type, record.
+// demoFormat lays out one line of the demo's table: about 110 characters.
+const (
+	demoFormat      = "%-12s  %-5s  %-8s  %-34s  %s\n"
+	demoRecordWidth = 40
+)
+
+// demoLine renders a record as one line of the table: the event's time of day, the shard, the
+// request id, the event type and the start of the record.
 func demoLine(l rieLanded) string {
-	seq := l.Record.SequenceNumber
-	if len(seq) > 6 {
-		seq = "…" + seq[len(seq)-6:]
-	}
 	id := l.RequestID
 	if id == "" {
 		id = "-"
 	}
 	var ev struct {
-		Time   string          `json:"time"`
 		Record json.RawMessage `json:"record"`
 	}
 	_ = json.Unmarshal(l.Event, &ev)
 	rec := strings.Join(strings.Fields(string(ev.Record)), " ")
-	if len(rec) > 140 {
-		rec = rec[:140] + "…"
+	if r := []rune(rec); len(r) > demoRecordWidth {
+		rec = string(r[:demoRecordWidth-1]) + "…"
 	}
-	return fmt.Sprintf("%s %s  %-36s  %s %-34s %s", strings.TrimPrefix(l.Record.ShardID, "shardId-"), seq, id, ev.Time, l.Type, rec)
+	clock := demoTime(l)
+	if len(clock) >= len("2006-01-02T15:04:05.000") {
+		clock = clock[len("2006-01-02T"):len("2006-01-02T15:04:05.000")]
+	}
+	return fmt.Sprintf(demoFormat, clock, strings.TrimPrefix(l.Record.ShardID, "shardId-00000000"), id[:min(8, len(id))], l.Type, rec)
+}
+
+// demoTime is the event's own time (RFC 3339, UTC, milliseconds: sortable as text).
+func demoTime(l rieLanded) string {
+	var ev struct {
+		Time string `json:"time"`
+	}
+	_ = json.Unmarshal(l.Event, &ev)
+	return ev.Time
+}
+
+// demoSeq is the extension's arrival number from the record id ("<prefix>-<n>"): the order
+// among events of the same millisecond.
+func demoSeq(l rieLanded) int {
+	n, _ := strconv.Atoi(l.ID[strings.LastIndex(l.ID, "-")+1:])
+	return n
 }
