@@ -1,5 +1,31 @@
 package main
 
+// Where the test harness lives (README.md, "Test harness", says the same for readers):
+//
+//	main_test.go           TestMain builds the extension once; testEnv, freePort; reading back what
+//	                       landed: decodeShipped, countsRecord, lastCounts, checkExactlyOnce/checkDelivery
+//	fakelambda_test.go     fakeLambda, the Lambda side (Extensions and Telemetry API): init, invoke,
+//	                       shutdown, shutdownAndWait; startExtension runs the binary against it
+//	fakekinesis_test.go    fakeKinesis, PutRecords answered from a script (allOK, …); decoded
+//	peers_test.go          kinesalite and kinesis-mock, the real emulators (npm); readAll, decoded
+//	faultproxy_test.go     faultProxy, a PutRecords-aware proxy in front of an emulator that throttles,
+//	                       fails, resets, delays or plays an outage
+//	peers_selftest_test.go checks that the emulators and the proxy behave as the tests assume
+//	rie_test.go            the real Lambda Runtime Interface Emulator, with testdata/probe (a second
+//	                       extension that records the ground truth) and testdata/function
+//	coldstart_test.go      benchmarks against testdata/floor, the smallest possible extension
+//
+// The usual end-to-end test:
+//
+//	fk := newFakeKinesis(t, allOK)
+//	fl := newFakeLambda(t)
+//	ext := startExtension(t, fl, testEnv(fk.URL))
+//	fl.init()
+//	fl.invoke(invocation{requestID: "r1", textLines: 3})
+//	fl.shutdownAndWait(ext)
+//	events, counts := fk.decoded(t)
+//	checkExactlyOnce(t, fl.postedEvents(), events)
+
 import (
 	"context"
 	"encoding/json"
