@@ -19,7 +19,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -246,7 +245,7 @@ func telemetryEvents(evs []event) uint64 {
 
 // hint tells the reader of a log line what to do about a permanent error.
 func hint(code string, cfg config, region string) string {
-	stream := cfg.Stream + cfg.StreamARN
+	stream := cfg.Stream
 	switch {
 	case code == "AccessDeniedException":
 		return fmt.Sprintf(" (the function's role needs kinesis:PutRecords on stream %s: attach the managed policy from template.json)", stream)
@@ -327,12 +326,12 @@ func eventsOf(recs []pendingRecord) []event {
 
 // encodeBody appends the PutRecords JSON request for recs to dst.
 func (s *shipper) encodeBody(dst []byte, recs []pendingRecord) []byte {
-	if s.meta.streamARN != "" {
+	if s.cfg.Stream.ARN != "" {
 		dst = append(dst, `{"StreamARN":`...)
-		dst = appendJSONString(dst, s.meta.streamARN)
+		dst = appendJSONString(dst, s.cfg.Stream.ARN)
 	} else {
 		dst = append(dst, `{"StreamName":`...)
-		dst = appendJSONString(dst, s.meta.stream)
+		dst = appendJSONString(dst, s.cfg.Stream.Name)
 	}
 	dst = append(dst, `,"Records":[`...)
 	for i, r := range recs {
@@ -393,14 +392,11 @@ type recordMeta struct {
 	envID     string
 	function  string
 	partition string // "request", "function" or "random"
-	stream    string
-	streamARN string
 }
 
 func newRecordMeta(reg registration, cfg config, region, envID string) recordMeta {
 	m := recordMeta{
 		reg: reg, envID: envID, function: reg.FunctionName, partition: cfg.PartitionKey,
-		stream: cfg.Stream, streamARN: cfg.StreamARN,
 	}
 	m.setRegion(region)
 	return m
@@ -681,17 +677,7 @@ func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta) (*kine
 	if meta.region == "" {
 		meta.setRegion(awsCfg.Region)
 	}
-	region, endpoint := awsCfg.Region, cfg.Endpoint
-	if cfg.StreamARN != "" {
-		arn, _ := parseStreamARN(cfg.StreamARN) // validated by parseConfig
-		region = arn.Region
-		if endpoint == "" {
-			endpoint = "https://" + arn.Account + ".data-kinesis." + region + "." + dnsSuffix(region)
-		}
-	}
-	if endpoint == "" {
-		endpoint = "https://kinesis." + region + "." + dnsSuffix(region)
-	}
+	endpoint, region := cfg.kinesisEndpoint(awsCfg.Region)
 	return newKinesisClient(endpoint, region, awsCfg.Credentials, cfg.RequestTimeout), nil
 }
 
@@ -709,32 +695,6 @@ func newKinesisClient(endpoint, region string, creds aws.CredentialsProvider, ti
 		url: endpoint + "/", region: region, creds: creds, signer: v4.NewSigner(),
 		http: &http.Client{Transport: t}, transport: t, timeout: timeout,
 	}
-}
-
-func dnsSuffix(region string) string {
-	if strings.HasPrefix(region, "cn-") {
-		return "amazonaws.com.cn"
-	}
-	return "amazonaws.com"
-}
-
-// checkEndpoint accepts https endpoints, and http only to a loopback address.
-func checkEndpoint(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" {
-		return errors.New("not a URL; expected for example https://kinesis.eu-west-1.amazonaws.com")
-	}
-	switch u.Scheme {
-	case "https":
-		return nil
-	case "http":
-		host := u.Hostname()
-		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
-			return nil
-		}
-		return errors.New("plain http is allowed only to a loopback address (for emulators); use https")
-	}
-	return errors.New("the scheme must be https")
 }
 
 // putResult is one entry of a PutRecords answer.
