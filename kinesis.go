@@ -64,7 +64,9 @@ type shipper struct {
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
 	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta}
-	s.newClient = func(ctx context.Context) (*kinesisClient, error) { return loadKinesisClient(ctx, cfg, &s.meta) }
+	s.newClient = func(ctx context.Context) (*kinesisClient, error) {
+		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
+	}
 	return s
 }
 
@@ -665,8 +667,10 @@ const staleAfter = 15 * time.Second
 
 // loadKinesisClient reads the region and credentials from the AWS SDK's default chain (Lambda's
 // environment variables, or the container credentials endpoint of SnapStart and managed
-// instances) and builds the client. The envelope's region is set here too.
-func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta) (*kinesisClient, error) {
+// instances) and builds the client. With KINESIS_TELEMETRY_ROLE_ARN the calls are signed with
+// that role's credentials instead (credentials.go); the role is first assumed at the first
+// PutRecords, not here. The envelope's region is set here too.
+func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta, st *stats, logs *logger) (*kinesisClient, error) {
 	awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
@@ -677,8 +681,12 @@ func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta) (*kine
 	if meta.region == "" {
 		meta.setRegion(awsCfg.Region)
 	}
+	creds := awsCfg.Credentials
+	if cfg.Role.ARN != "" {
+		creds = newRoleCredentials(awsCfg, cfg.Role, meta.function, &st.assumeRole, logs)
+	}
 	endpoint, region := cfg.kinesisEndpoint(awsCfg.Region)
-	return newKinesisClient(endpoint, region, awsCfg.Credentials, cfg.RequestTimeout), nil
+	return newKinesisClient(endpoint, region, creds, cfg.RequestTimeout), nil
 }
 
 func newKinesisClient(endpoint, region string, creds aws.CredentialsProvider, timeout time.Duration) *kinesisClient {
@@ -734,6 +742,9 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
 	req.Header.Set("X-Amz-Target", "Kinesis_20131202.PutRecords")
 	creds, err := k.creds.Retrieve(ctx)
+	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
+		return nil, ce // nothing was sent; retried like throttling, STS is asked again only after a wait
+	}
 	if err != nil {
 		return nil, &networkError{fmt.Errorf("get AWS credentials: %w", err)}
 	}
@@ -833,6 +844,10 @@ func errorCode(err error) string {
 	if errors.As(err, &ne) {
 		return "NetworkError"
 	}
+	var ce *credentialsError
+	if errors.As(err, &ce) {
+		return "AssumeRole." + ce.Code
+	}
 	return "Error"
 }
 
@@ -852,6 +867,7 @@ type stats struct {
 	postRuntimeMaxMicros, postRuntimeLastMicros      atomic.Uint64
 	mu                                               sync.Mutex
 	rejected                                         map[string]uint64 // dropped by error code
+	assumeRole                                       codeCounts        // failed AssumeRole calls by error code (credentials.go)
 	lastFlush                                        flushCounters     // what the last ship round did
 }
 
@@ -1003,7 +1019,8 @@ func (s *stats) json(buf *buffer) []byte {
 			"events": lastFlush.Events, "records": lastFlush.Records, "bytes": lastFlush.Bytes, "calls": lastFlush.Calls,
 			"retries": lastFlush.Retries, "throttles": lastFlush.Throttles, "dropped": lastFlush.Dropped, "ms": lastFlush.Ms,
 		},
-		"invocations": s.invocations.Load(),
+		"invocations":      s.invocations.Load(),
+		"assumeRoleErrors": s.assumeRole.snapshot(),
 		"postRuntimeMs": map[string]any{
 			"count": count, "mean": mean, "max": ms(s.postRuntimeMaxMicros.Load()), "last": ms(s.postRuntimeLastMicros.Load()),
 		},

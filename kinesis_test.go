@@ -713,7 +713,7 @@ func TestLoadKinesisClientEndpoints(t *testing.T) {
 		{config{Stream: streamRef{Name: "s"}, Endpoint: "http://127.0.0.1:1"}, "http://127.0.0.1:1/", "eu-west-1"},
 	} {
 		meta := testMeta(tt.cfg)
-		k, err := loadKinesisClient(context.Background(), tt.cfg, &meta)
+		k, err := loadKinesisClient(context.Background(), tt.cfg, &meta, newStats(), newLogger(io.Discard))
 		if err != nil {
 			t.Fatal(err)
 		}
