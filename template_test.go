@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/awslabs/goformation/v7"
 	"github.com/awslabs/goformation/v7/cloudformation"
 )
@@ -1332,4 +1333,147 @@ func requireNodeTool(t *testing.T, dir string) {
 		t.Fatalf("%s, and TEST_REQUIRE_PEERS=1", missing)
 	}
 	t.Skipf("%s; set TEST_REQUIRE_PEERS=1 to make this a failure", missing)
+}
+
+// TestTemplateRules: the combinations that cannot work are refused before anything is created,
+// each by the rule that names the fix; every templateCases variant passes all rules.
+func TestTemplateRules(t *testing.T) {
+	raw := readTemplate(t)
+	for _, tt := range []struct {
+		name   string
+		params map[string]any
+		rule   string
+	}{
+		{"writer accounts with the AWS managed key", map[string]any{"WriterAccounts": templateWriterAccounts}, "OtherAccountsNeedACustomerManagedKey"},
+		{"organization with the AWS managed key", map[string]any{"WriterOrgId": templateOrgID}, "OtherAccountsNeedACustomerManagedKey"},
+		{"a created and a given key", map[string]any{"CreateKmsKey": "true", "KmsKeyArn": templateKeyArn}, "OneKey"},
+		{"writer role without writers", map[string]any{"CreateWriterRole": "true", "RoleExternalId": templateExternalID}, "WriterRoleNeedsWritersAndExternalId"},
+		{"writer role without external id", map[string]any{"CreateWriterRole": "true", "WriterAccounts": "111111111111"}, "WriterRoleNeedsWritersAndExternalId"},
+		{"another account's stream with the AWS managed key", map[string]any{"StreamArn": templateStreamArn}, "WriterSideNeedsTheStreamKey"},
+		{"writer side with an archive", map[string]any{"StreamArn": templateStreamArn, "KmsKeyArn": templateKeyArn, "ArchiveToS3": "true"}, "WriterSideCreatesNoCentralResources"},
+		{"writer side with writers", map[string]any{"StreamArn": templateStreamArn, "KmsKeyArn": templateKeyArn, "WriterAccounts": "111111111111"}, "WriterSideCreatesNoCentralResources"},
+		{"writer side creating a key", map[string]any{"StreamArn": templateStreamArn, "WriterRoleArn": templateRoleArn, "CreateKmsKey": "true"}, "WriterSideCreatesNoCentralResources"},
+		{"a role to assume without the stream", map[string]any{"WriterRoleArn": templateRoleArn}, "WriterRoleArnNeedsStreamArn"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := renderTemplate(raw, tt.params)
+			if !errors.Is(err, errRuleFailed) || !strings.Contains(err.Error(), tt.rule+": ") {
+				t.Fatalf("got %v, want refused by rule %s", err, tt.rule)
+			}
+			if strings.Contains(tt.rule, "Key") && !strings.Contains(err.Error(), "AWS managed key") && tt.rule != "OneKey" {
+				t.Errorf("the refusal does not say the AWS managed key cannot be used across accounts: %v", err)
+			}
+		})
+	}
+}
+
+// TestTemplateArchive checks the optional S3 archive in each record format, typed by
+// goformation: a Firehose delivery stream reading this stack's stream with its own role, into a
+// private, encrypted bucket that outlives the stack, with the processors the format needs.
+func TestTemplateArchive(t *testing.T) {
+	wantProcessors := map[string]string{ // type(parameter=value,...) in order
+		"event":      "AppendDelimiterToRecord()",
+		"ndjson":     "RecordDeAggregation(SubRecordType=JSON) MetadataExtraction(MetadataExtractionQuery={type: .type},JsonParsingEngine=JQ-1.6) AppendDelimiterToRecord()",
+		"kpl":        "",
+		"cloudwatch": "Decompression(CompressionFormat=GZIP) CloudWatchLogProcessing(DataMessageExtraction=true)",
+	}
+	seen := map[string]bool{}
+	forEachRenderedTemplate(t, func(t *testing.T, params map[string]any, tpl map[string]any) {
+		parsed := parseGoformation(t, tpl)
+		streams := parsed.GetAllKinesisFirehoseDeliveryStreamResources()
+		buckets := parsed.GetAllS3BucketResources()
+		if params["ArchiveToS3"] != "true" {
+			if len(streams)+len(buckets)+len(parsed.GetAllS3BucketPolicyResources()) != 0 {
+				t.Errorf("ArchiveToS3=false still creates %d delivery streams and %d buckets", len(streams), len(buckets))
+			}
+			return
+		}
+		format := fmt.Sprint(params["ArchiveRecordFormat"])
+		seen[format] = true
+		if len(streams) != 1 || len(buckets) != 1 {
+			t.Fatalf("got %d delivery streams and %d buckets, want one each", len(streams), len(buckets))
+		}
+		for _, b := range buckets {
+			enc := b.BucketEncryption
+			if enc == nil || len(enc.ServerSideEncryptionConfiguration) != 1 || enc.ServerSideEncryptionConfiguration[0].ServerSideEncryptionByDefault == nil {
+				t.Fatalf("bucket encryption: %+v", enc)
+			}
+			if a := enc.ServerSideEncryptionConfiguration[0].ServerSideEncryptionByDefault.SSEAlgorithm; a != "AES256" {
+				t.Errorf("bucket encryption %s, want AES256", a)
+			}
+			pab := b.PublicAccessBlockConfiguration
+			if pab == nil || !aws.ToBool(pab.BlockPublicAcls) || !aws.ToBool(pab.BlockPublicPolicy) || !aws.ToBool(pab.IgnorePublicAcls) || !aws.ToBool(pab.RestrictPublicBuckets) {
+				t.Errorf("bucket is not private: PublicAccessBlockConfiguration %+v", pab)
+			}
+		}
+		if r := tplMap(tplPath(tpl, "Resources", "ArchiveBucket")); r["DeletionPolicy"] != "Retain" || r["UpdateReplacePolicy"] != "Retain" {
+			t.Errorf("archive bucket DeletionPolicy %v, UpdateReplacePolicy %v: want Retain, so that deleting the stack keeps the archive", r["DeletionPolicy"], r["UpdateReplacePolicy"])
+		}
+		for _, ds := range streams {
+			if aws.ToString(ds.DeliveryStreamType) != "KinesisStreamAsSource" || ds.KinesisStreamSourceConfiguration == nil {
+				t.Fatalf("delivery stream type %v, source %+v: want KinesisStreamAsSource", ds.DeliveryStreamType, ds.KinesisStreamSourceConfiguration)
+			}
+			dest := ds.ExtendedS3DestinationConfiguration
+			if dest == nil {
+				t.Fatal("no ExtendedS3DestinationConfiguration")
+			}
+			var got []string
+			if pc := dest.ProcessingConfiguration; pc != nil && aws.ToBool(pc.Enabled) {
+				for _, p := range pc.Processors {
+					var ps []string
+					for _, pp := range p.Parameters {
+						ps = append(ps, pp.ParameterName+"="+pp.ParameterValue)
+					}
+					got = append(got, p.Type+"("+strings.Join(ps, ",")+")")
+				}
+			}
+			if g := strings.Join(got, " "); g != wantProcessors[format] {
+				t.Errorf("%s processors: got %q, want %q", format, g, wantProcessors[format])
+			}
+			// Firehose de-aggregates multi-record JSON only with dynamic partitioning, which
+			// needs a partition key in the prefix and buffers of at least 64 MiB.
+			dynamic := dest.DynamicPartitioningConfiguration != nil && aws.ToBool(dest.DynamicPartitioningConfiguration.Enabled)
+			if dynamic != (format == "ndjson") {
+				t.Errorf("%s: dynamic partitioning %v", format, dynamic)
+			}
+			if dynamic && (!strings.Contains(aws.ToString(dest.Prefix), "!{partitionKeyFromQuery:type}") || dest.BufferingHints == nil || aws.ToInt(dest.BufferingHints.SizeInMBs) < 64) {
+				t.Errorf("dynamic partitioning needs the partition key in the prefix and 64 MiB buffers: prefix %q, hints %+v", aws.ToString(dest.Prefix), dest.BufferingHints)
+			}
+			if !strings.Contains(aws.ToString(dest.ErrorOutputPrefix), "!{firehose:error-output-type}") {
+				t.Errorf("ErrorOutputPrefix %q lacks !{firehose:error-output-type}", aws.ToString(dest.ErrorOutputPrefix))
+			}
+		}
+		// The references goformation empties: the source is this stack's stream, read and
+		// written with the archive role.
+		src := tplPath(tpl, "Resources", "ArchiveDeliveryStream", "Properties", "KinesisStreamSourceConfiguration")
+		role := tplGetAtt(tplOneOfRole(t, tpl, "firehose.amazonaws.com"), "Arn")
+		if !reflect.DeepEqual(src, map[string]any{"KinesisStreamARN": tplGetAtt("TelemetryStream", "Arn"), "RoleARN": role}) {
+			t.Errorf("source: got %v", src)
+		}
+		dest := tplMap(tplPath(tpl, "Resources", "ArchiveDeliveryStream", "Properties", "ExtendedS3DestinationConfiguration"))
+		if !reflect.DeepEqual(dest["BucketARN"], tplGetAtt("ArchiveBucket", "Arn")) || !reflect.DeepEqual(dest["RoleARN"], role) {
+			t.Errorf("destination bucket %v, role %v", dest["BucketARN"], dest["RoleARN"])
+		}
+	})
+	for format := range wantProcessors {
+		if !seen[format] {
+			t.Errorf("no templateCases variant archives format %s", format)
+		}
+	}
+}
+
+// tplOneOfRole returns the logical ID of the only role that service may assume.
+func tplOneOfRole(t *testing.T, tpl map[string]any, service string) string {
+	t.Helper()
+	var ids []string
+	for _, id := range tplResourcesOfType(tpl, "AWS::IAM::Role") {
+		b, _ := json.Marshal(tplPath(tpl, "Resources", id, "Properties", "AssumeRolePolicyDocument"))
+		if strings.Contains(string(b), `"Service":"`+service+`"`) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) != 1 {
+		t.Fatalf("roles for %s: got %q, want one", service, ids)
+	}
+	return ids[0]
 }
