@@ -122,6 +122,7 @@ func (f *fakeSTS) serve(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 		c.status = http.StatusOK
 		w.Header().Set("Content-Type", "text/xml")
+		w.Header().Set("X-Amzn-Requestid", "c6104cbe-af31-11e0-8154-cbc7ccf896c7")
 		fmt.Fprintf(w, `<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleResult>
     <AssumedRoleUser>
@@ -150,6 +151,7 @@ func (f *fakeSTS) serve(w http.ResponseWriter, r *http.Request) {
 // stsError writes the documented STS error XML and returns the status.
 func stsError(w http.ResponseWriter, status int, code, message string) int {
 	w.Header().Set("Content-Type", "text/xml")
+	w.Header().Set("X-Amzn-Requestid", "f0e3c1a2-1b2c-4d5e-8f90-a1b2c3d4e5f6")
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <Error>
