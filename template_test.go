@@ -1430,7 +1430,8 @@ func TestTemplateArchive(t *testing.T) {
 			if g := strings.Join(got, " "); g != wantProcessors[format] {
 				t.Errorf("%s processors: got %q, want %q", format, g, wantProcessors[format])
 			}
-			// Firehose de-aggregates multi-record JSON only with dynamic partitioning, which
+			// AWS documents multi-record JSON de-aggregation as part of dynamic partitioning
+			// (Firehose guide, "Apply dynamic partitioning to aggregated data"), which
 			// needs a partition key in the prefix and buffers of at least 64 MiB.
 			dynamic := dest.DynamicPartitioningConfiguration != nil && aws.ToBool(dest.DynamicPartitioningConfiguration.Enabled)
 			if dynamic != (format == "ndjson") {
