@@ -1373,7 +1373,7 @@ func TestTemplateRules(t *testing.T) {
 func TestTemplateArchive(t *testing.T) {
 	wantProcessors := map[string]string{ // type(parameter=value,...) in order
 		"event":      "AppendDelimiterToRecord()",
-		"ndjson":     "RecordDeAggregation(SubRecordType=JSON) MetadataExtraction(MetadataExtractionQuery={type: .type},JsonParsingEngine=JQ-1.6) AppendDelimiterToRecord()",
+		"ndjson":     "RecordDeAggregation(SubRecordType=JSON) MetadataExtraction(MetadataExtractionQuery={type: .event.type},JsonParsingEngine=JQ-1.6) AppendDelimiterToRecord()",
 		"kpl":        "",
 		"cloudwatch": "Decompression(CompressionFormat=GZIP) CloudWatchLogProcessing(DataMessageExtraction=true)",
 	}
