@@ -1478,3 +1478,39 @@ func tplOneOfRole(t *testing.T, tpl map[string]any, service string) string {
 	}
 	return ids[0]
 }
+
+// TestTemplateArchivePartitionKey: the ndjson archive's partition key query (jq, a plain path
+// here) finds the event type in the envelopes the extension writes, so that no record lands in
+// the error prefix for want of a key.
+func TestTemplateArchivePartitionKey(t *testing.T) {
+	tpl, err := renderTemplate(readTemplate(t), map[string]any{"ArchiveToS3": "true", "ArchiveRecordFormat": "ndjson"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var query string
+	for _, p := range tplSlice(tplPath(tpl, "Resources", "ArchiveDeliveryStream", "Properties", "ExtendedS3DestinationConfiguration", "ProcessingConfiguration", "Processors")) {
+		for _, pp := range tplSlice(tplMap(p)["Parameters"]) {
+			if tplMap(pp)["ParameterName"] == "MetadataExtractionQuery" {
+				query = fmt.Sprint(tplMap(pp)["ParameterValue"])
+			}
+		}
+	}
+	m := regexp.MustCompile(`^\{type: ((?:\.[a-zA-Z]+)+)\}$`).FindStringSubmatch(query)
+	if m == nil {
+		t.Fatalf("MetadataExtractionQuery %q: not the {type: .a.b} shape this test evaluates", query)
+	}
+	path := strings.Split(strings.TrimPrefix(m[1], "."), ".")
+	meta := testMeta(config{PartitionKey: "request"})
+	for _, e := range []event{platformEvent("platform.start", "r1"), logEvent("a text line")} {
+		var v any
+		if err := json.Unmarshal(meta.appendData(nil, &e, len(meta.partitionKey(&e))), &v); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range path {
+			v = tplMap(v)[k]
+		}
+		if s, ok := v.(string); !ok || s != e.typ {
+			t.Errorf("%s on the envelope of a %s event: got %v, want its type", m[1], e.typ, v)
+		}
+	}
+}
