@@ -39,7 +39,7 @@ func ingestBody(n int) []byte {
 func BenchmarkIngest(b *testing.B) {
 	const perBatch = 500
 	body := ingestBody(perBatch)
-	cfg := config{BufferBytes: maxBufferBytes, Sample: 1, Stream: "telemetry", RecordFormat: "event", PartitionKey: "request"}
+	cfg := config{BufferBytes: maxBufferBytes, Sample: 1, Stream: streamRef{Name: "telemetry"}, RecordFormat: "event", PartitionKey: "request"}
 	st := newStats()
 	buf := newBuffer(1<<30, "p", st)
 	l := newListener(buf, st, cfg)

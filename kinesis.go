@@ -19,7 +19,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,7 +64,9 @@ type shipper struct {
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
 	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta}
-	s.newClient = func(ctx context.Context) (*kinesisClient, error) { return loadKinesisClient(ctx, cfg, &s.meta) }
+	s.newClient = func(ctx context.Context) (*kinesisClient, error) {
+		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
+	}
 	return s
 }
 
@@ -246,7 +247,7 @@ func telemetryEvents(evs []event) uint64 {
 
 // hint tells the reader of a log line what to do about a permanent error.
 func hint(code string, cfg config, region string) string {
-	stream := cfg.Stream + cfg.StreamARN
+	stream := cfg.Stream
 	switch {
 	case code == "AccessDeniedException":
 		return fmt.Sprintf(" (the function's role needs kinesis:PutRecords on stream %s: attach the managed policy from template.json)", stream)
@@ -327,12 +328,12 @@ func eventsOf(recs []pendingRecord) []event {
 
 // encodeBody appends the PutRecords JSON request for recs to dst.
 func (s *shipper) encodeBody(dst []byte, recs []pendingRecord) []byte {
-	if s.meta.streamARN != "" {
+	if s.cfg.Stream.ARN != "" {
 		dst = append(dst, `{"StreamARN":`...)
-		dst = appendJSONString(dst, s.meta.streamARN)
+		dst = appendJSONString(dst, s.cfg.Stream.ARN)
 	} else {
 		dst = append(dst, `{"StreamName":`...)
-		dst = appendJSONString(dst, s.meta.stream)
+		dst = appendJSONString(dst, s.cfg.Stream.Name)
 	}
 	dst = append(dst, `,"Records":[`...)
 	for i, r := range recs {
@@ -393,14 +394,11 @@ type recordMeta struct {
 	envID     string
 	function  string
 	partition string // "request", "function" or "random"
-	stream    string
-	streamARN string
 }
 
 func newRecordMeta(reg registration, cfg config, region, envID string) recordMeta {
 	m := recordMeta{
 		reg: reg, envID: envID, function: reg.FunctionName, partition: cfg.PartitionKey,
-		stream: cfg.Stream, streamARN: cfg.StreamARN,
 	}
 	m.setRegion(region)
 	return m
@@ -669,8 +667,10 @@ const staleAfter = 15 * time.Second
 
 // loadKinesisClient reads the region and credentials from the AWS SDK's default chain (Lambda's
 // environment variables, or the container credentials endpoint of SnapStart and managed
-// instances) and builds the client. The envelope's region is set here too.
-func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta) (*kinesisClient, error) {
+// instances) and builds the client. With KINESIS_TELEMETRY_ROLE_ARN the calls are signed with
+// that role's credentials instead (credentials.go); the role is first assumed at the first
+// PutRecords, not here. The envelope's region is set here too.
+func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta, st *stats, logs *logger) (*kinesisClient, error) {
 	awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
@@ -681,18 +681,12 @@ func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta) (*kine
 	if meta.region == "" {
 		meta.setRegion(awsCfg.Region)
 	}
-	region, endpoint := awsCfg.Region, cfg.Endpoint
-	if cfg.StreamARN != "" {
-		arn, _ := parseStreamARN(cfg.StreamARN) // validated by parseConfig
-		region = arn.Region
-		if endpoint == "" {
-			endpoint = "https://" + arn.Account + ".data-kinesis." + region + "." + dnsSuffix(region)
-		}
+	creds := awsCfg.Credentials
+	if cfg.Role.ARN != "" {
+		creds = newRoleCredentials(awsCfg, cfg.Role, meta.function, &st.assumeRole, logs)
 	}
-	if endpoint == "" {
-		endpoint = "https://kinesis." + region + "." + dnsSuffix(region)
-	}
-	return newKinesisClient(endpoint, region, awsCfg.Credentials, cfg.RequestTimeout), nil
+	endpoint, region := cfg.kinesisEndpoint(awsCfg.Region)
+	return newKinesisClient(endpoint, region, creds, cfg.RequestTimeout), nil
 }
 
 func newKinesisClient(endpoint, region string, creds aws.CredentialsProvider, timeout time.Duration) *kinesisClient {
@@ -709,32 +703,6 @@ func newKinesisClient(endpoint, region string, creds aws.CredentialsProvider, ti
 		url: endpoint + "/", region: region, creds: creds, signer: v4.NewSigner(),
 		http: &http.Client{Transport: t}, transport: t, timeout: timeout,
 	}
-}
-
-func dnsSuffix(region string) string {
-	if strings.HasPrefix(region, "cn-") {
-		return "amazonaws.com.cn"
-	}
-	return "amazonaws.com"
-}
-
-// checkEndpoint accepts https endpoints, and http only to a loopback address.
-func checkEndpoint(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" {
-		return errors.New("not a URL; expected for example https://kinesis.eu-west-1.amazonaws.com")
-	}
-	switch u.Scheme {
-	case "https":
-		return nil
-	case "http":
-		host := u.Hostname()
-		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
-			return nil
-		}
-		return errors.New("plain http is allowed only to a loopback address (for emulators); use https")
-	}
-	return errors.New("the scheme must be https")
 }
 
 // putResult is one entry of a PutRecords answer.
@@ -774,6 +742,9 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
 	req.Header.Set("X-Amz-Target", "Kinesis_20131202.PutRecords")
 	creds, err := k.creds.Retrieve(ctx)
+	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
+		return nil, ce // nothing was sent; retried like throttling, STS is asked again only after a wait
+	}
 	if err != nil {
 		return nil, &networkError{fmt.Errorf("get AWS credentials: %w", err)}
 	}
@@ -873,6 +844,10 @@ func errorCode(err error) string {
 	if errors.As(err, &ne) {
 		return "NetworkError"
 	}
+	var ce *credentialsError
+	if errors.As(err, &ce) {
+		return "AssumeRole." + ce.Code
+	}
 	return "Error"
 }
 
@@ -892,6 +867,7 @@ type stats struct {
 	postRuntimeMaxMicros, postRuntimeLastMicros      atomic.Uint64
 	mu                                               sync.Mutex
 	rejected                                         map[string]uint64 // dropped by error code
+	assumeRole                                       codeCounts        // failed AssumeRole calls by error code (credentials.go)
 	lastFlush                                        flushCounters     // what the last ship round did
 }
 
@@ -1043,7 +1019,8 @@ func (s *stats) json(buf *buffer) []byte {
 			"events": lastFlush.Events, "records": lastFlush.Records, "bytes": lastFlush.Bytes, "calls": lastFlush.Calls,
 			"retries": lastFlush.Retries, "throttles": lastFlush.Throttles, "dropped": lastFlush.Dropped, "ms": lastFlush.Ms,
 		},
-		"invocations": s.invocations.Load(),
+		"invocations":      s.invocations.Load(),
+		"assumeRoleErrors": s.assumeRole.snapshot(),
 		"postRuntimeMs": map[string]any{
 			"count": count, "mean": mean, "max": ms(s.postRuntimeMaxMicros.Load()), "last": ms(s.postRuntimeLastMicros.Load()),
 		},

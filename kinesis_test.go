@@ -29,8 +29,8 @@ func testMeta(cfg config) recordMeta {
 	if cfg.PartitionKey == "" {
 		cfg.PartitionKey = "request"
 	}
-	if cfg.Stream == "" && cfg.StreamARN == "" {
-		cfg.Stream = "s"
+	if cfg.Stream.Name == "" {
+		cfg.Stream = streamRef{Name: "s"}
 	}
 	return newRecordMeta(testReg, cfg, "eu-west-1", "env1")
 }
@@ -136,8 +136,8 @@ func TestEncodeBody(t *testing.T) {
 		cfg       config
 		wantField string
 	}{
-		{"by name", config{Stream: "my-stream"}, "StreamName"},
-		{"by ARN", config{StreamARN: "arn:aws:kinesis:eu-west-1:123456789012:stream/my-stream"}, "StreamARN"},
+		{"by name", config{Stream: streamRef{Name: "my-stream"}}, "StreamName"},
+		{"by ARN", config{Stream: testStreamARN("arn:aws:kinesis:eu-west-1:123456789012:stream/my-stream")}, "StreamARN"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := &shipper{cfg: tt.cfg, meta: testMeta(tt.cfg)}
@@ -251,8 +251,8 @@ func TestCheckEndpoint(t *testing.T) {
 
 func testShipper(t testing.TB, cfg config, endpoint string) (*shipper, *buffer, *stats) {
 	t.Helper()
-	if cfg.Stream == "" && cfg.StreamARN == "" {
-		cfg.Stream = "s"
+	if cfg.Stream.Name == "" {
+		cfg.Stream = streamRef{Name: "s"}
 	}
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = time.Second
@@ -600,6 +600,15 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// testStreamARN parses a stream ARN that a test knows to be valid.
+func testStreamARN(s string) streamRef {
+	ref, ok := parseStreamARN(s)
+	if !ok {
+		panic("not a stream ARN: " + s)
+	}
+	return ref
+}
+
 func must[T any](v T, err error) T {
 	if err != nil {
 		panic(err)
@@ -617,13 +626,13 @@ func TestLoadKinesisClientEndpoints(t *testing.T) {
 		cfg                 config
 		wantURL, wantRegion string
 	}{
-		{config{Stream: "s"}, "https://kinesis.eu-west-1.amazonaws.com/", "eu-west-1"},
-		{config{StreamARN: "arn:aws:kinesis:us-east-2:123456789012:stream/s"}, "https://123456789012.data-kinesis.us-east-2.amazonaws.com/", "us-east-2"},
-		{config{StreamARN: "arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s"}, "https://123456789012.data-kinesis.cn-north-1.amazonaws.com.cn/", "cn-north-1"},
-		{config{Stream: "s", Endpoint: "http://127.0.0.1:1"}, "http://127.0.0.1:1/", "eu-west-1"},
+		{config{Stream: streamRef{Name: "s"}}, "https://kinesis.eu-west-1.amazonaws.com/", "eu-west-1"},
+		{config{Stream: testStreamARN("arn:aws:kinesis:us-east-2:123456789012:stream/s")}, "https://123456789012.data-kinesis.us-east-2.amazonaws.com/", "us-east-2"},
+		{config{Stream: testStreamARN("arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s")}, "https://123456789012.data-kinesis.cn-north-1.amazonaws.com.cn/", "cn-north-1"},
+		{config{Stream: streamRef{Name: "s"}, Endpoint: "http://127.0.0.1:1"}, "http://127.0.0.1:1/", "eu-west-1"},
 	} {
 		meta := testMeta(tt.cfg)
-		k, err := loadKinesisClient(context.Background(), tt.cfg, &meta)
+		k, err := loadKinesisClient(context.Background(), tt.cfg, &meta, newStats(), newLogger(io.Discard))
 		if err != nil {
 			t.Fatal(err)
 		}

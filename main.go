@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -97,9 +99,9 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 
 // config is the whole configuration, parsed and validated in one place. README.md mirrors it.
 type config struct {
-	Stream    string // stream name; empty when StreamARN is set
-	StreamARN string
-	Endpoint  string // endpoint URL override; empty means the public regional endpoint
+	Stream   streamRef
+	Endpoint string // endpoint URL override; empty means the public regional endpoint
+	Role     roleConfig
 
 	Port            int
 	Types           []string
@@ -151,8 +153,9 @@ func parseConfig(getenv func(string) string) (config, error) {
 		FailOnError: p.boolean("KINESIS_TELEMETRY_FAIL_ON_ERROR", false),
 	}
 
-	c.Stream, c.StreamARN = p.stream("KINESIS_TELEMETRY_STREAM")
+	c.Stream = p.stream("KINESIS_TELEMETRY_STREAM")
 	c.Endpoint = p.endpoint("KINESIS_TELEMETRY_ENDPOINT")
+	c.Role = p.role("KINESIS_TELEMETRY_ROLE_ARN", "KINESIS_TELEMETRY_ROLE_EXTERNAL_ID", "AWS_ENDPOINT_URL_STS")
 	c.Port = p.port("KINESIS_TELEMETRY_PORT", 4243)
 	c.Types = p.list("KINESIS_TELEMETRY_TYPES", "platform,function", []string{"platform", "function", "extension"})
 	c.BufferItems = p.integer("KINESIS_TELEMETRY_BUFFER_ITEMS", 1000, minBufferItems, maxBufferItems)
@@ -345,40 +348,121 @@ func validStreamName(s string) bool {
 	return true
 }
 
-// streamARN is a parsed arn:<partition>:kinesis:<region>:<account>:stream/<name>.
-type streamARN struct{ Region, Account, Name string }
-
-func parseStreamARN(s string) (streamARN, bool) {
-	f := strings.Split(s, ":")
-	if len(f) != 6 || f[0] != "arn" || !strings.HasPrefix(f[1], "aws") || f[2] != "kinesis" || f[3] == "" {
-		return streamARN{}, false
-	}
-	name, ok := strings.CutPrefix(f[5], "stream/")
-	if !ok || !validStreamName(name) || len(f[4]) != 12 || strings.Trim(f[4], "0123456789") != "" ||
-		strings.Trim(f[3], "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
-		return streamARN{}, false
-	}
-	return streamARN{Region: f[3], Account: f[4], Name: name}, true
+// streamRef is KINESIS_TELEMETRY_STREAM parsed once: a stream name, or a stream ARN and what it
+// names. Requests carry StreamARN when ARN is set, StreamName otherwise.
+type streamRef struct {
+	Name            string
+	ARN             string // empty when the stream was given by name
+	Region, Account string // from the ARN
 }
 
-// stream returns the stream's name, or its ARN when the value is one.
-func (p *envParser) stream(name string) (streamName, streamARN string) {
+// String is the stream as the user gave it.
+func (s streamRef) String() string {
+	if s.ARN != "" {
+		return s.ARN
+	}
+	return s.Name
+}
+
+// parseStreamARN parses arn:<partition>:kinesis:<region>:<account>:stream/<name>.
+func parseStreamARN(s string) (streamRef, bool) {
+	f := strings.Split(s, ":")
+	if len(f) != 6 || f[0] != "arn" || !strings.HasPrefix(f[1], "aws") || f[2] != "kinesis" || f[3] == "" {
+		return streamRef{}, false
+	}
+	name, ok := strings.CutPrefix(f[5], "stream/")
+	if !ok || !validStreamName(name) || !isAccountID(f[4]) ||
+		strings.Trim(f[3], "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+		return streamRef{}, false
+	}
+	return streamRef{Name: name, ARN: s, Region: f[3], Account: f[4]}, true
+}
+
+func isAccountID(s string) bool { return len(s) == 12 && strings.Trim(s, "0123456789") == "" }
+
+// stream parses the stream's name or ARN.
+func (p *envParser) stream(name string) streamRef {
 	s := p.value(name)
 	switch {
 	case s == "":
 		p.fail(name, s, "set it to the name or ARN of the Kinesis data stream to ship telemetry to")
 	case strings.HasPrefix(s, "arn:"):
-		if _, ok := parseStreamARN(s); !ok {
+		ref, ok := parseStreamARN(s)
+		if !ok {
 			p.fail(name, s, "not a Kinesis stream ARN; expected arn:aws:kinesis:<region>:<account>:stream/<name>")
-			break
 		}
-		return "", s
+		return ref
 	case !validStreamName(s):
 		p.fail(name, s, "not a stream name (1-128 of a-z, A-Z, 0-9, _ . -) or a stream ARN")
 	default:
-		return s, ""
+		return streamRef{Name: s}
 	}
-	return "", ""
+	return streamRef{}
+}
+
+// kinesisEndpoint is where PutRecords goes and the region it is signed for: the
+// KINESIS_TELEMETRY_ENDPOINT override, else for a stream ARN the account's data endpoint in the
+// ARN's region (what the AWS SDK uses), else the public endpoint of the function's region.
+func (c config) kinesisEndpoint(region string) (endpoint, signingRegion string) {
+	if c.Stream.ARN != "" {
+		region = c.Stream.Region
+	}
+	switch {
+	case c.Endpoint != "":
+		return c.Endpoint, region
+	case c.Stream.ARN != "":
+		return "https://" + c.Stream.Account + ".data-kinesis." + region + "." + dnsSuffix(region), region
+	}
+	return "https://kinesis." + region + "." + dnsSuffix(region), region
+}
+
+func dnsSuffix(region string) string {
+	if strings.HasPrefix(region, "cn-") {
+		return "amazonaws.com.cn"
+	}
+	return "amazonaws.com"
+}
+
+// roleConfig is the role the extension writes through (KINESIS_TELEMETRY_ROLE_ARN); empty ARN:
+// the function's own credentials.
+type roleConfig struct {
+	ARN         string
+	ExternalID  string
+	STSEndpoint string // AWS_ENDPOINT_URL_STS; empty: the regional STS endpoint
+}
+
+// role parses the role to assume, its external id, and the STS endpoint override.
+func (p *envParser) role(arnVar, externalIDVar, stsVar string) roleConfig {
+	r := roleConfig{ARN: p.value(arnVar), ExternalID: p.value(externalIDVar)}
+	if r.ARN != "" && !validRoleARN(r.ARN) {
+		p.fail(arnVar, r.ARN, "not an IAM role ARN; expected arn:aws:iam::<account>:role/<name> (the role in the stream's account that the function's role may assume)")
+		r.ARN = ""
+	}
+	switch {
+	case r.ExternalID == "":
+	case p.value(arnVar) == "":
+		p.fail(externalIDVar, r.ExternalID, "an external id is used only when assuming a role: set %s too, or unset it", arnVar)
+	case len(r.ExternalID) < 2 || len(r.ExternalID) > 1224 || strings.Trim(r.ExternalID, stsNameChars+":/") != "":
+		p.fail(externalIDVar, r.ExternalID, "set 2 to 1224 of a-z, A-Z, 0-9 and +=,.@:/-_ (the value of the role trust policy's sts:ExternalId condition)")
+	}
+	if r.ARN != "" {
+		r.STSEndpoint = p.endpoint(stsVar)
+	}
+	return r
+}
+
+// stsNameChars are the characters STS allows in role names and session names.
+const stsNameChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+=,.@-_"
+
+// validRoleARN reports whether s is arn:<partition>:iam::<account>:role/<path/><name>.
+func validRoleARN(s string) bool {
+	f := strings.SplitN(s, ":", 6)
+	if len(f) != 6 || f[0] != "arn" || !strings.HasPrefix(f[1], "aws") || f[2] != "iam" || f[3] != "" || !isAccountID(f[4]) {
+		return false
+	}
+	rest, ok := strings.CutPrefix(f[5], "role/")
+	name := rest[strings.LastIndexByte(rest, '/')+1:]
+	return ok && len(s) <= 2048 && len(name) >= 1 && len(name) <= 64 && strings.Trim(rest, stsNameChars+"/") == ""
 }
 
 // endpoint validates an endpoint override. Signed requests carry credentials-derived signatures
@@ -393,6 +477,25 @@ func (p *envParser) endpoint(name string) string {
 		return ""
 	}
 	return strings.TrimRight(s, "/")
+}
+
+// checkEndpoint accepts https endpoints, and http only to a loopback address.
+func checkEndpoint(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return errors.New("not a URL; expected for example https://kinesis.eu-west-1.amazonaws.com")
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		host := u.Hostname()
+		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+			return nil
+		}
+		return errors.New("plain http is allowed only to a loopback address (for emulators); use https")
+	}
+	return errors.New("the scheme must be https")
 }
 
 func (p *envParser) flush(name, def string) flushStrategy {

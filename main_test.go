@@ -54,7 +54,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Stream != "telemetry" || c.Port != 4243 || strings.Join(c.Types, ",") != "platform,function" ||
+	if c.Stream != (streamRef{Name: "telemetry"}) || c.Port != 4243 || strings.Join(c.Types, ",") != "platform,function" ||
 		c.BufferItems != 1000 || c.BufferBytes != 262144 || c.BufferTimeoutMS != 25 ||
 		c.FlushBudget != time.Second || c.MaxDelay != 10*time.Second || c.Flush.Mode != "adaptive" ||
 		c.MaxBufferBytes != 8<<20 || c.RecordFormat != "event" || c.PartitionKey != "request" || c.Sample != 1 {
@@ -113,7 +113,7 @@ func TestParseConfigValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.StreamARN == "" || c.Stream != "" || c.Flush.Period != 250*time.Millisecond || len(c.Types) != 3 ||
+	if c.Stream.ARN == "" || c.Stream.Name == "" || c.Flush.Period != 250*time.Millisecond || len(c.Types) != 3 ||
 		len(c.Redact) != 2+len(builtinSecrets) || !c.Managed {
 		t.Errorf("parsed %+v", c)
 	}
@@ -524,21 +524,24 @@ func TestMalformedAndOversizedTelemetry(t *testing.T) {
 func TestParseStreamARN(t *testing.T) {
 	for _, tt := range []struct {
 		arn  string
-		want streamARN
+		want streamRef
 		ok   bool
 	}{
-		{"arn:aws:kinesis:eu-west-1:123456789012:stream/my.stream_1-x", streamARN{"eu-west-1", "123456789012", "my.stream_1-x"}, true},
-		{"arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s", streamARN{"cn-north-1", "123456789012", "s"}, true},
-		{"arn:aws-us-gov:kinesis:us-gov-west-1:123456789012:stream/s", streamARN{"us-gov-west-1", "123456789012", "s"}, true},
-		{"arn:aws:kinesis:eu-west-1:12345678901:stream/s", streamARN{}, false},
-		{"arn:aws:kinesis:eu-west-1:123456789012:stream/", streamARN{}, false},
-		{"arn:aws:kinesis:eu-west-1:123456789012:stream/a/b", streamARN{}, false},
-		{"arn:aws:kinesis:eu-west-1:123456789012:consumer/s", streamARN{}, false},
-		{"arn:aws:firehose:eu-west-1:123456789012:stream/s", streamARN{}, false},
-		{"arn:aws:kinesis:EU:123456789012:stream/s", streamARN{}, false},
-		{"arn:aws:kinesis:eu-west-1:123456789012:stream/" + strings.Repeat("x", 129), streamARN{}, false},
+		{"arn:aws:kinesis:eu-west-1:123456789012:stream/my.stream_1-x", streamRef{Name: "my.stream_1-x", Region: "eu-west-1", Account: "123456789012"}, true},
+		{"arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s", streamRef{Name: "s", Region: "cn-north-1", Account: "123456789012"}, true},
+		{"arn:aws-us-gov:kinesis:us-gov-west-1:123456789012:stream/s", streamRef{Name: "s", Region: "us-gov-west-1", Account: "123456789012"}, true},
+		{"arn:aws:kinesis:eu-west-1:12345678901:stream/s", streamRef{}, false},
+		{"arn:aws:kinesis:eu-west-1:123456789012:stream/", streamRef{}, false},
+		{"arn:aws:kinesis:eu-west-1:123456789012:stream/a/b", streamRef{}, false},
+		{"arn:aws:kinesis:eu-west-1:123456789012:consumer/s", streamRef{}, false},
+		{"arn:aws:firehose:eu-west-1:123456789012:stream/s", streamRef{}, false},
+		{"arn:aws:kinesis:EU:123456789012:stream/s", streamRef{}, false},
+		{"arn:aws:kinesis:eu-west-1:123456789012:stream/" + strings.Repeat("x", 129), streamRef{}, false},
 	} {
 		got, ok := parseStreamARN(tt.arn)
+		if tt.ok {
+			tt.want.ARN = tt.arn
+		}
 		if ok != tt.ok || got != tt.want {
 			t.Errorf("parseStreamARN(%q) = %+v, %v; want %+v, %v", tt.arn, got, ok, tt.want, tt.ok)
 		}

@@ -1,0 +1,674 @@
+package main
+
+// Tests of writing through a role (credentials.go), with a fake STS and SigV4-checking Kinesis
+// endpoints. The fakes live in this file: fakeSTS (AssumeRole), signedKinesis (a PutRecords
+// endpoint, or a proxy in front of kinesis-mock, that accepts only the role's credentials).
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/smithy-go"
+)
+
+// The function's own credentials in these tests, and the accounts.
+const (
+	stsTestRegion   = "eu-west-1"
+	functionKey     = "AKIDFUNCTIONOWNKEY00"
+	functionSecret  = "function-own-secret"
+	functionToken   = "function-own-session-token"
+	writerAccount   = "111111111111" // the function's account
+	centralAccount  = "222222222222" // the stream's account
+	centralRole     = "arn:aws:iam::" + centralAccount + ":role/telemetry-writer"
+	centralStream   = "central-telemetry"
+	centralExternal = "org-logging-7f3a"
+)
+
+// fakeSTS models the AWS STS Query API's AssumeRole, as documented in the STS API reference
+// (AssumeRole; "Common parameters"; "Common errors"): a form-encoded POST of
+// Action=AssumeRole&Version=2011-06-15 with RoleArn, RoleSessionName, DurationSeconds and
+// ExternalId, signed with SigV4 for service "sts". It checks every request's signature with
+// the independent verifier (sigV4, kinesis_test.go) against the secrets of the callers it knows,
+// and the signing region. It answers the documented AssumeRoleResponse XML, or the documented
+// ErrorResponse XML: AccessDenied (HTTP 403) when the role is unknown, the caller is not in the
+// role's trust policy, or the external id differs from the trust policy's sts:ExternalId
+// condition — real STS answers a wrong or missing external id with that same AccessDenied.
+//
+// It does not model: the 900 s minimum and the role's maximum of DurationSeconds (it issues
+// credentials with the lifetime the test sets), session policies and tags, source identity, MFA,
+// STS regions that are not activated, throttling, clock skew (RequestExpired), or the validity
+// of the caller's session token beyond its presence.
+type fakeSTS struct {
+	*httptest.Server
+	t        testing.TB
+	callers  map[string]string   // access key id -> secret of the principals that may call
+	roles    map[string]fakeRole // role ARN -> trust policy
+	lifetime time.Duration       // of the credentials issued
+
+	mu     sync.Mutex
+	calls  []stsCall
+	issued map[string]issuedCreds // access key id -> the credentials issued with it
+}
+
+// fakeRole is a role's trust policy, reduced to what AssumeRole checks here.
+type fakeRole struct {
+	trusted    []string // access key ids of the principals the trust policy names
+	externalID string   // the sts:ExternalId condition; empty: none
+}
+
+type issuedCreds struct{ secret, token string }
+
+// stsCall is one AssumeRole request as the fake saw it, with its answer's status.
+type stsCall struct {
+	caller, roleARN, session, externalID, duration string
+	status                                         int
+}
+
+func newFakeSTS(t testing.TB, lifetime time.Duration) *fakeSTS {
+	f := &fakeSTS{
+		t: t, lifetime: lifetime, issued: map[string]issuedCreds{},
+		callers: map[string]string{functionKey: functionSecret},
+		roles:   map[string]fakeRole{centralRole: {trusted: []string{functionKey}, externalID: centralExternal}},
+	}
+	f.Server = httptest.NewServer(http.HandlerFunc(f.serve)) // binds 127.0.0.1
+	t.Cleanup(f.Close)
+	return f
+}
+
+func (f *fakeSTS) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	form, err := url.ParseQuery(string(body))
+	if r.Method != http.MethodPost || err != nil || form.Get("Action") != "AssumeRole" || form.Get("Version") != "2011-06-15" ||
+		r.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
+		f.t.Errorf("fake STS: not an AssumeRole Query request: %s %s %q %s", r.Method, r.URL, r.Header.Get("Content-Type"), body)
+		stsError(w, http.StatusBadRequest, "InvalidAction", "not AssumeRole")
+		return
+	}
+	caller, err := checkSigV4(r, body, "sts", stsTestRegion, func(key string) (string, string, bool) {
+		secret, ok := f.callers[key]
+		return secret, functionToken, ok
+	})
+	c := stsCall{caller: caller, roleARN: form.Get("RoleArn"), session: form.Get("RoleSessionName"),
+		externalID: form.Get("ExternalId"), duration: form.Get("DurationSeconds")}
+	role, known := f.roles[c.roleARN]
+	switch {
+	case err != nil:
+		f.t.Errorf("fake STS: %v", err)
+		c.status = stsError(w, http.StatusForbidden, "SignatureDoesNotMatch", err.Error())
+	case !known || !contains(role.trusted, caller) || c.externalID != role.externalID:
+		c.status = stsError(w, http.StatusForbidden, "AccessDenied", fmt.Sprintf(
+			"User: arn:aws:sts::%s:assumed-role/fn-role/fn is not authorized to perform: sts:AssumeRole on resource: %s", writerAccount, c.roleARN))
+	default:
+		f.mu.Lock()
+		key := fmt.Sprintf("ASIAFAKESTS%09d", len(f.issued)+1)
+		creds := issuedCreds{secret: "role-secret-" + key, token: "role-token-" + key}
+		f.issued[key] = creds
+		f.mu.Unlock()
+		c.status = http.StatusOK
+		w.Header().Set("Content-Type", "text/xml")
+		w.Header().Set("X-Amzn-Requestid", "c6104cbe-af31-11e0-8154-cbc7ccf896c7")
+		fmt.Fprintf(w, `<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <AssumedRoleUser>
+      <Arn>arn:aws:sts::%s:assumed-role/%s/%s</Arn>
+      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:%s</AssumedRoleId>
+    </AssumedRoleUser>
+    <Credentials>
+      <AccessKeyId>%s</AccessKeyId>
+      <SecretAccessKey>%s</SecretAccessKey>
+      <SessionToken>%s</SessionToken>
+      <Expiration>%s</Expiration>
+    </Credentials>
+    <PackedPolicySize>0</PackedPolicySize>
+  </AssumeRoleResult>
+  <ResponseMetadata>
+    <RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId>
+  </ResponseMetadata>
+</AssumeRoleResponse>`, centralAccount, c.roleARN[strings.LastIndexByte(c.roleARN, '/')+1:], c.session, c.session,
+			key, creds.secret, creds.token, time.Now().Add(f.lifetime).UTC().Format("2006-01-02T15:04:05.000Z"))
+	}
+	f.mu.Lock()
+	f.calls = append(f.calls, c)
+	f.mu.Unlock()
+}
+
+// stsError writes the documented STS error XML and returns the status.
+func stsError(w http.ResponseWriter, status int, code, message string) int {
+	w.Header().Set("Content-Type", "text/xml")
+	w.Header().Set("X-Amzn-Requestid", "f0e3c1a2-1b2c-4d5e-8f90-a1b2c3d4e5f6")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error>
+    <Type>Sender</Type>
+    <Code>%s</Code>
+    <Message>%s</Message>
+  </Error>
+  <RequestId>f0e3c1a2-1b2c-4d5e-8f90-a1b2c3d4e5f6</RequestId>
+</ErrorResponse>`, code, message)
+	return status
+}
+
+func (f *fakeSTS) seen() []stsCall {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]stsCall(nil), f.calls...)
+}
+
+// credentialsOf returns the secret and token STS issued with key.
+func (f *fakeSTS) credentialsOf(key string) (string, string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.issued[key]
+	return c.secret, c.token, ok
+}
+
+// checkSigV4 verifies r's SigV4 Authorization header with the independent implementation: the
+// credential scope names service and region, the date is current, the payload hash is the
+// body's, the security token is the one issued with the access key, and the signature matches
+// the secret secretOf returns for the access key. It returns the access key id.
+func checkSigV4(r *http.Request, body []byte, service, region string, secretOf func(key string) (secret, token string, ok bool)) (string, error) {
+	auth, ok := strings.CutPrefix(r.Header.Get("Authorization"), "AWS4-HMAC-SHA256 ")
+	if !ok {
+		return "", fmt.Errorf("no SigV4 Authorization header: %q", r.Header.Get("Authorization"))
+	}
+	var credential, signedHeaders, signature string
+	for _, part := range strings.Split(auth, ", ") {
+		k, v, _ := strings.Cut(part, "=")
+		switch k {
+		case "Credential":
+			credential = v
+		case "SignedHeaders":
+			signedHeaders = v
+		case "Signature":
+			signature = v
+		}
+	}
+	date := r.Header.Get("X-Amz-Date")
+	when, err := time.Parse("20060102T150405Z", date)
+	if err != nil || time.Since(when).Abs() > 5*time.Minute {
+		return "", fmt.Errorf("X-Amz-Date %q is not the current time", date)
+	}
+	key, scope, _ := strings.Cut(credential, "/")
+	if want := date[:8] + "/" + region + "/" + service + "/aws4_request"; scope != want {
+		return key, fmt.Errorf("credential scope %q, want %q", scope, want)
+	}
+	secret, token, ok := secretOf(key)
+	if !ok {
+		return key, fmt.Errorf("signed with access key %s, which this endpoint does not know", key)
+	}
+	if got := r.Header.Get("X-Amz-Security-Token"); got != token {
+		return key, fmt.Errorf("X-Amz-Security-Token %q, want the one issued with %s", got, key)
+	}
+	signed := strings.Split(signedHeaders, ";")
+	for _, h := range []string{"host", "x-amz-date", "x-amz-security-token"} {
+		if !contains(signed, h) {
+			return key, fmt.Errorf("header %s is not signed (%s)", h, signedHeaders)
+		}
+	}
+	hdr := r.Header.Clone()
+	hdr.Set("Host", r.Host)
+	hdr.Set("Content-Length", fmt.Sprint(len(body)))
+	sum := sha256.Sum256(body)
+	if want := sigV4(r.Method, r.URL.EscapedPath(), r.URL.RawQuery, hdr, signed, hex.EncodeToString(sum[:]), secret, date, region, service); signature != want {
+		return key, fmt.Errorf("signature %s, the independent implementation says %s", signature, want)
+	}
+	return key, nil
+}
+
+// signedKinesis is a PutRecords endpoint that accepts only requests signed with credentials the
+// fake STS issued: the function's own credentials get AccessDeniedException, as a stream whose
+// resource policy names only the role would answer. With a target it forwards accepted requests
+// there (kinesis-mock), otherwise it answers every record with success.
+type signedKinesis struct {
+	*httptest.Server
+	sts    *fakeSTS
+	target string
+
+	mu      sync.Mutex
+	signers []string // access key id of each accepted call
+	refused int
+}
+
+func newSignedKinesis(t testing.TB, sts *fakeSTS, target string) *signedKinesis {
+	k := &signedKinesis{sts: sts, target: target}
+	k.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		key, err := checkSigV4(r, body, "kinesis", stsTestRegion, sts.credentialsOf)
+		if err != nil {
+			k.mu.Lock()
+			k.refused++
+			k.mu.Unlock()
+			t.Errorf("Kinesis call not signed with the role's credentials: %v", err)
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"__type":"AccessDeniedException","message":"not signed with the role's credentials"}`)
+			return
+		}
+		k.mu.Lock()
+		k.signers = append(k.signers, key)
+		k.mu.Unlock()
+		if k.target == "" {
+			var req putRecordsRequest
+			json.Unmarshal(body, &req)
+			_, answer := allOK(0, req)
+			io.WriteString(w, answer)
+			return
+		}
+		out, _ := http.NewRequest(r.Method, k.target+r.URL.Path, bytes.NewReader(body))
+		out.Header = r.Header.Clone()
+		resp, err := http.DefaultClient.Do(out)
+		if err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(k.Close)
+	return k
+}
+
+func (k *signedKinesis) signedBy() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.signers...)
+}
+
+// setFunctionCredentials gives the AWS SDK's default chain the function's own credentials and
+// nothing else.
+func setFunctionCredentials(t *testing.T) {
+	t.Setenv("AWS_REGION", stsTestRegion)
+	t.Setenv("AWS_ACCESS_KEY_ID", functionKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", functionSecret)
+	t.Setenv("AWS_SESSION_TOKEN", functionToken)
+	t.Setenv("AWS_CONFIG_FILE", "/nonexistent")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_ENDPOINT_URL", "")
+	t.Setenv("AWS_ENDPOINT_URL_STS", "")
+}
+
+// roleShipper is a shipper as the extension builds it (loadKinesisClient, not a test client),
+// writing through the role to endpoint.
+func roleShipper(t *testing.T, sts *fakeSTS, endpoint, externalID string) (*shipper, *buffer, *stats, *syncBuffer) {
+	setFunctionCredentials(t)
+	cfg := config{
+		Stream: streamRef{Name: centralStream}, Endpoint: endpoint, RequestTimeout: time.Second,
+		RecordFormat: "event", PartitionKey: "request", Sample: 1,
+		Role: roleConfig{ARN: centralRole, ExternalID: externalID, STSEndpoint: sts.URL},
+	}
+	st := newStats()
+	buf := newBuffer(1<<30, "p", st)
+	logs := &syncBuffer{}
+	s := newShipper(cfg, buf, st, newLogger(logs), testMeta(cfg))
+	return s, buf, st, logs
+}
+
+// TestRoleCredentialsSignKinesisAndRefresh: the Kinesis calls are signed with the credentials
+// AssumeRole returned (never the function's own), the STS call itself is signed with the
+// function's credentials for the function's region and names the role, the external id, a
+// session name from the function's name and one hour; the credentials are reused while valid
+// and replaced once they expire (minus the refresh window).
+func TestRoleCredentialsSignKinesisAndRefresh(t *testing.T) {
+	const valid = 1500 * time.Millisecond
+	sts := newFakeSTS(t, roleRefreshWindow+valid)
+	kin := newSignedKinesis(t, sts, "")
+	s, buf, st, _ := roleShipper(t, sts, kin.URL, centralExternal)
+	ship := func() {
+		t.Helper()
+		addLogs(buf, 3)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if err := s.ship(ctx, everything); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	ship()
+	ship()
+	if time.Since(start) > valid {
+		t.Skip("the machine is too slow for this test's timing")
+	}
+	time.Sleep(valid + 300*time.Millisecond)
+	ship()
+
+	calls := sts.seen()
+	if len(calls) != 2 {
+		t.Fatalf("AssumeRole calls: got %d, want 2 (one, then one after the credentials expired): %+v", len(calls), calls)
+	}
+	for _, c := range calls {
+		want := stsCall{caller: functionKey, roleARN: centralRole, session: roleSessionName(testReg.FunctionName), externalID: centralExternal, duration: "3600", status: 200}
+		if c != want {
+			t.Errorf("AssumeRole call: got %+v, want %+v", c, want)
+		}
+	}
+	signers := kin.signedBy()
+	want := []string{"ASIAFAKESTS000000001", "ASIAFAKESTS000000001", "ASIAFAKESTS000000002"}
+	if !reflect.DeepEqual(signers, want) {
+		t.Errorf("Kinesis calls signed by %q, want %q", signers, want)
+	}
+	if st.delivered.Load() != 9 {
+		t.Errorf("delivered %d events, want 9", st.delivered.Load())
+	}
+}
+
+// TestRoleRefused: a role that refuses the function (not in its trust policy, a wrong or
+// missing external id) gives one log line with the fix, is counted under STS's error code,
+// keeps every event buffered, sends nothing to Kinesis, and is not asked again at the next
+// flush: the failure is remembered for a growing wait (TestAssumeGateWaits).
+func TestRoleRefused(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		trusted    []string
+		externalID string
+		wantFix    string
+	}{
+		{"not trusted", nil, centralExternal, "must allow sts:AssumeRole for the function's role"},
+		{"wrong external id", []string{functionKey}, "wrong-external-id", "must equal KINESIS_TELEMETRY_ROLE_EXTERNAL_ID exactly"},
+		{"missing external id", []string{functionKey}, "", "set KINESIS_TELEMETRY_ROLE_EXTERNAL_ID to its value"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sts := newFakeSTS(t, time.Hour)
+			sts.roles[centralRole] = fakeRole{trusted: tt.trusted, externalID: centralExternal}
+			kin := newSignedKinesis(t, sts, "")
+			s, buf, st, logs := roleShipper(t, sts, kin.URL, tt.externalID)
+			addLogs(buf, 5)
+			for range 2 {
+				ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+				start := time.Now()
+				s.ship(ctx, everything)
+				cancel()
+				if d := time.Since(start); d > time.Second {
+					t.Errorf("ship took %s with a 400 ms deadline: a refused role must not hold up the flush", d)
+				}
+			}
+			if calls := sts.seen(); len(calls) != 1 || calls[0].status != http.StatusForbidden {
+				t.Errorf("AssumeRole calls: got %+v, want exactly one, refused (no retry storm)", calls)
+			}
+			if n := len(kin.signedBy()); n != 0 {
+				t.Errorf("%d Kinesis calls without credentials", n)
+			}
+			if n, _ := buf.state(); n != 5 {
+				t.Errorf("buffered: got %d events, want all 5 kept", n)
+			}
+			if m := st.marks(); m.rejected != 0 || m.full != 0 {
+				t.Errorf("events dropped: %+v", m)
+			}
+			if got := st.assumeRole.snapshot(); !reflect.DeepEqual(got, map[string]uint64{"AccessDenied": 1}) {
+				t.Errorf("assumeRole counts: got %v, want AccessDenied: 1", got)
+			}
+			var counts struct{ AssumeRoleErrors map[string]uint64 }
+			if err := json.Unmarshal(st.json(buf), &counts); err != nil || counts.AssumeRoleErrors["AccessDenied"] != 1 {
+				t.Errorf("counts record: assumeRoleErrors %v (%v), want AccessDenied: 1", counts.AssumeRoleErrors, err)
+			}
+			var fixes []string
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(line, "Fix:") {
+					fixes = append(fixes, line)
+				}
+			}
+			if len(fixes) != 1 {
+				t.Fatalf("log lines with a fix: got %d, want 1:\n%s", len(fixes), logs.String())
+			}
+			for _, want := range []string{"KINESIS_TELEMETRY_ROLE_ARN", "AccessDenied", "trust policy of " + centralRole, tt.wantFix, "sts:AssumeRole on " + centralRole, "stays buffered"} {
+				if !strings.Contains(fixes[0], want) {
+					t.Errorf("log line lacks %q:\n%s", want, fixes[0])
+				}
+			}
+			if strings.Contains(logs.String(), functionSecret) || strings.Contains(logs.String(), functionToken) {
+				t.Error("the log shows the function's credentials")
+			}
+		})
+	}
+}
+
+// TestAssumeGateWaits: after each failure in a row STS is not called again for a wait that
+// doubles from firstAssumeWait up to maxAssumeWait; a success ends the series.
+func TestAssumeGateWaits(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	provider := &scriptedProvider{}
+	g := &assumeGate{assume: provider, role: roleConfig{ARN: centralRole}, counts: &codeCounts{}, logs: newLogger(io.Discard), now: func() time.Time { return now }}
+	try := func() error { _, err := g.Retrieve(context.Background()); return err }
+
+	provider.err = &fakeAPIError{"AccessDenied"}
+	if err := try(); !errors.As(err, new(*credentialsError)) || provider.calls != 1 {
+		t.Fatalf("Retrieve: %v after %d STS calls, want a credentialsError after 1", err, provider.calls)
+	}
+	var waits []time.Duration
+	for range 9 {
+		calls, wait := provider.calls, time.Duration(0)
+		for provider.calls == calls {
+			now = now.Add(time.Second)
+			wait += time.Second
+			if err := try(); !errors.As(err, new(*credentialsError)) {
+				t.Fatalf("Retrieve: %v, want the remembered credentialsError", err)
+			}
+		}
+		waits = append(waits, wait)
+	}
+	want := []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second, 40 * time.Second, 80 * time.Second, 160 * time.Second, 300 * time.Second, 300 * time.Second, 300 * time.Second}
+	if !reflect.DeepEqual(waits, want) {
+		t.Errorf("waits between STS calls: got %v, want %v", waits, want)
+	}
+	if got := g.counts.snapshot()["AccessDenied"]; got != 9+1 {
+		t.Errorf("AccessDenied counted %d times, want once per STS call (10)", got)
+	}
+
+	provider.err = nil
+	now = now.Add(maxAssumeWait)
+	if err := try(); err != nil {
+		t.Fatalf("after the fix: %v", err)
+	}
+	provider.err = &fakeAPIError{"AccessDenied"}
+	calls := provider.calls
+	try()
+	now = now.Add(firstAssumeWait)
+	try()
+	if provider.calls != calls+2 {
+		t.Errorf("after a success the next failure waits %s again: got %d calls, want 2", firstAssumeWait, provider.calls-calls)
+	}
+
+	// A flush deadline that cuts the call short is not a verdict on the role.
+	provider.err = context.DeadlineExceeded
+	now = now.Add(maxAssumeWait)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	calls = provider.calls
+	g.Retrieve(ctx)
+	g.Retrieve(ctx)
+	if provider.calls != calls+2 {
+		t.Errorf("a cancelled call started a wait: %d calls, want 2", provider.calls-calls)
+	}
+}
+
+type scriptedProvider struct {
+	err   error
+	calls int
+}
+
+func (p *scriptedProvider) Retrieve(context.Context) (aws.Credentials, error) {
+	p.calls++
+	if p.err != nil {
+		return aws.Credentials{}, p.err
+	}
+	return aws.Credentials{AccessKeyID: "ASIAOK", SecretAccessKey: "s", CanExpire: true, Expires: time.Now().Add(time.Hour)}, nil
+}
+
+// fakeAPIError is an AWS API error as the SDK returns it (smithy.APIError).
+type fakeAPIError struct{ code string }
+
+func (e *fakeAPIError) Error() string                 { return e.code + ": refused" }
+func (e *fakeAPIError) ErrorCode() string             { return e.code }
+func (e *fakeAPIError) ErrorMessage() string          { return "refused" }
+func (e *fakeAPIError) ErrorFault() smithy.ErrorFault { return smithy.FaultClient }
+
+// TestSTSEndpoints: without AWS_ENDPOINT_URL_STS the role is assumed at the regional STS
+// endpoint of the function's region (also in us-east-1, where the global endpoint is the old
+// default), and AWS_ENDPOINT_URL_STS replaces it.
+func TestSTSEndpoints(t *testing.T) {
+	for _, tt := range []struct {
+		region, override, wantHost string
+	}{
+		{"eu-west-1", "", "sts.eu-west-1.amazonaws.com"},
+		{"us-east-1", "", "sts.us-east-1.amazonaws.com"},
+		{"cn-north-1", "", "sts.cn-north-1.amazonaws.com.cn"},
+		{"eu-west-1", "https://sts-fips.us-east-2.amazonaws.com", "sts-fips.us-east-2.amazonaws.com"},
+	} {
+		var host string
+		awsCfg := aws.Config{
+			Region:      tt.region,
+			Credentials: credentials.NewStaticCredentialsProvider(functionKey, functionSecret, ""),
+			HTTPClient: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+				host = r.URL.Host
+				return nil, errors.New("not sent")
+			}),
+			RetryMaxAttempts: 1,
+		}
+		creds := newRoleCredentials(awsCfg, roleConfig{ARN: centralRole, STSEndpoint: tt.override}, "fn", &codeCounts{}, newLogger(io.Discard))
+		creds.Retrieve(context.Background())
+		if host != tt.wantHost {
+			t.Errorf("region %s, override %q: STS host %q, want %q", tt.region, tt.override, host, tt.wantHost)
+		}
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) Do(r *http.Request) (*http.Response, error) { return f(r) }
+
+func TestRoleSessionName(t *testing.T) {
+	for _, tt := range []struct{ function, want string }{
+		{"my-function_1", "my-function_1"},
+		{"a", "lambda-a"},
+		{"", "lambda-"},
+		{"fn:with/odd chars", "fn-with-odd-chars"},
+		{strings.Repeat("x", 70), strings.Repeat("x", 64)},
+	} {
+		if got := roleSessionName(tt.function); got != tt.want {
+			t.Errorf("roleSessionName(%q) = %q, want %q", tt.function, got, tt.want)
+		}
+	}
+}
+
+func TestParseConfigRole(t *testing.T) {
+	base := map[string]string{"KINESIS_TELEMETRY_STREAM": "s"}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	c, err := parseConfig(envOf(with("KINESIS_TELEMETRY_ROLE_ARN", "arn:aws:iam::222222222222:role/path/telemetry-writer",
+		"KINESIS_TELEMETRY_ROLE_EXTERNAL_ID", "org-logging:7f3a/x", "AWS_ENDPOINT_URL_STS", "https://sts.eu-west-1.amazonaws.com")))
+	if err != nil || c.Role != (roleConfig{"arn:aws:iam::222222222222:role/path/telemetry-writer", "org-logging:7f3a/x", "https://sts.eu-west-1.amazonaws.com"}) {
+		t.Errorf("valid role: %+v, %v", c.Role, err)
+	}
+	if c, err := parseConfig(envOf(base)); err != nil || c.Role != (roleConfig{}) {
+		t.Errorf("no role: %+v, %v", c.Role, err)
+	}
+	for _, tt := range []struct {
+		env      map[string]string
+		variable string
+	}{
+		{with("KINESIS_TELEMETRY_ROLE_ARN", "arn:aws:iam::222222222222:user/someone"), "KINESIS_TELEMETRY_ROLE_ARN"},
+		{with("KINESIS_TELEMETRY_ROLE_ARN", "arn:aws:sts::222222222222:assumed-role/r/s"), "KINESIS_TELEMETRY_ROLE_ARN"},
+		{with("KINESIS_TELEMETRY_ROLE_ARN", "arn:aws:iam::2222:role/r"), "KINESIS_TELEMETRY_ROLE_ARN"},
+		{with("KINESIS_TELEMETRY_ROLE_ARN", "telemetry-writer"), "KINESIS_TELEMETRY_ROLE_ARN"},
+		{with("KINESIS_TELEMETRY_ROLE_ARN", "arn:aws:iam::222222222222:role/"+strings.Repeat("r", 65)), "KINESIS_TELEMETRY_ROLE_ARN"},
+		{with("KINESIS_TELEMETRY_ROLE_EXTERNAL_ID", "abc"), "KINESIS_TELEMETRY_ROLE_EXTERNAL_ID"},
+		{with("KINESIS_TELEMETRY_ROLE_ARN", centralRole, "KINESIS_TELEMETRY_ROLE_EXTERNAL_ID", "has space"), "KINESIS_TELEMETRY_ROLE_EXTERNAL_ID"},
+		{with("KINESIS_TELEMETRY_ROLE_ARN", centralRole, "AWS_ENDPOINT_URL_STS", "http://sts.example.com"), "AWS_ENDPOINT_URL_STS"},
+	} {
+		_, err := parseConfig(envOf(tt.env))
+		if err == nil || !strings.HasPrefix(err.Error(), tt.variable+"=") {
+			t.Errorf("%v: error %v, want one naming %s", tt.env, err, tt.variable)
+		}
+	}
+}
+
+// TestOtherAccountStreamOnKinesisMock: a function in one account writes to a stream of another
+// account, addressed by its ARN, end to end: the extension binary, the fake Lambda, kinesis-mock.
+//
+// kinesis-mock keeps streams per account. A request that names the stream by ARN is served
+// from the ARN's account whatever the signing key; by name, from the account of a 12-digit
+// access key id, else its AWS_ACCOUNT_ID (checked by hand with the SDK, kinesis-mock 0.6.2). So
+// it holds the central account's stream itself and no account mapping is needed. It checks no
+// signatures and no policies: "resource policy" only shows that the ARN reaches the other
+// account's stream with the function's own credentials; "role" puts signedKinesis in front of
+// it, which lets through only calls signed with the credentials the fake STS issued.
+func TestOtherAccountStreamOnKinesisMock(t *testing.T) {
+	for _, variant := range []string{"resource policy", "role"} {
+		t.Run(variant, func(t *testing.T) {
+			peer := startKinesisMock(t, stsTestRegion, centralAccount, streamSpec{Name: centralStream})
+			// The function's account has a stream of the same name: a request that reached the
+			// function's own account would land there and not be found in the central stream.
+			own := *peer
+			own.sdk = newPeerSDKClient(peer.Endpoint, stsTestRegion, writerAccount, "")
+			own.createStream(t, streamSpec{Name: centralStream})
+			fl := newFakeLambda(t)
+			env := testEnv(peer.Endpoint,
+				"KINESIS_TELEMETRY_STREAM", peer.streamARN(centralStream),
+				"AWS_REGION", stsTestRegion, "AWS_ACCESS_KEY_ID", functionKey,
+				"AWS_SECRET_ACCESS_KEY", functionSecret, "AWS_SESSION_TOKEN", functionToken)
+			var sts *fakeSTS
+			var kin *signedKinesis
+			if variant == "role" {
+				sts = newFakeSTS(t, time.Hour)
+				kin = newSignedKinesis(t, sts, peer.Endpoint)
+				env["KINESIS_TELEMETRY_ENDPOINT"] = kin.URL
+				env["KINESIS_TELEMETRY_ROLE_ARN"] = centralRole
+				env["KINESIS_TELEMETRY_ROLE_EXTERNAL_ID"] = centralExternal
+				env["AWS_ENDPOINT_URL_STS"] = sts.URL
+			}
+			ext := startExtension(t, fl, env)
+			fl.init()
+			for i := range 3 {
+				fl.invoke(invocation{requestID: fmt.Sprintf("req-%d", i), textLines: 3, jsonLines: 2})
+			}
+			fl.shutdown("spindown", 2*time.Second)
+			if code := ext.wait(3 * time.Second); code != 0 {
+				t.Fatalf("exit code %d", code)
+			}
+			recs := peer.waitForRecords(t, centralStream, len(fl.postedEvents()), 10*time.Second)
+			data, keys := storedData(recs)
+			events, _ := decodeRecords(t, data, keys)
+			checkExactlyOnce(t, fl.postedEvents(), events)
+			if n := len(own.readAll(t, centralStream)); n != 0 {
+				t.Errorf("%d records in the function's own account's stream of the same name", n)
+			}
+			if variant == "role" {
+				if calls := sts.seen(); len(calls) != 1 || calls[0].caller != functionKey || calls[0].externalID != centralExternal {
+					t.Errorf("AssumeRole calls: %+v, want one by the function's key with the external id", calls)
+				}
+				for _, k := range kin.signedBy() {
+					if k == functionKey {
+						t.Error("a Kinesis call was signed with the function's own key")
+					}
+				}
+				if len(kin.signedBy()) == 0 {
+					t.Error("no Kinesis call went through the role")
+				}
+			}
+		})
+	}
+}
