@@ -186,7 +186,7 @@ func TestPartitionKeys(t *testing.T) {
 	e := event{requestID: "req", idPrefix: "p", seq: 7}
 	none := event{idPrefix: "p", seq: 8}
 	for _, tt := range []struct {
-		mode      string
+		mode      partitionMode
 		want      string
 		wantNoReq string
 	}{
@@ -748,7 +748,7 @@ func FuzzRecordBuilding(f *testing.F) {
 			return
 		}
 		e.requestID, e.idPrefix, e.seq = requestID, "p", 7
-		for _, mode := range []string{"request", "random"} {
+		for _, mode := range []partitionMode{partitionRequest, partitionRandom} {
 			m := testMeta(config{PartitionKey: mode})
 			key := m.partitionKey(&e)
 			if key == "" || len(key) > 256 {

@@ -175,6 +175,9 @@ func (e *extension) start(ctx context.Context, host string, getenv func(string) 
 	e.stopListener = serveListener(ln, newListener(e.buf, e.stats, e.cfg), e.logs.out)
 	meta := newRecordMeta(e.reg, e.cfg, getenv("AWS_REGION"), environmentID(getenv("AWS_LAMBDA_LOG_STREAM_NAME")))
 	e.ship = newShipper(e.cfg, e.buf, e.stats, e.logs, meta)
+	if e.cfg.RecordFormat == formatCloudWatch && len(e.cfg.DefaultLogNames) > 0 {
+		e.logs.printf("cloudwatch records: Lambda did not set %s; using Lambda's default naming", strings.Join(e.cfg.DefaultLogNames, ", "))
+	}
 
 	e.sub, err = subscribeTelemetry(ctx, e.api, e.cfg)
 	if err != nil {

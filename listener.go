@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -167,6 +168,8 @@ type event struct {
 	idPrefix  string // with seq, the event's id
 	seq       uint64
 	arrived   time.Time
+	traceID   string // Root of the invocation's X-Amzn-Trace-Id, from its platform.start
+	tenantID  string // the invocation's tenant (functions with tenant isolation)
 }
 
 // isPlatform reports whether the event is a platform event, which are never dropped to make room.
@@ -195,7 +198,22 @@ func newEvent(f eventFields) event {
 	if f.level != nil {
 		e.level = int8(levelIndex(unquote(f.level)))
 	}
+	if !isLogType(typ) {
+		// Only Lambda's own records: a JSON log line's "tenantId" or "tracing" is the user's.
+		e.traceID = traceRoot(unquote(f.traceValue))
+		e.tenantID = unquote(f.tenantID)
+	}
 	return e
+}
+
+// traceRoot returns the Root of an X-Amzn-Trace-Id value ("Root=1-…;Parent=…;Sampled=1").
+func traceRoot(v string) string {
+	for part := range strings.SplitSeq(v, ";") {
+		if root, ok := strings.CutPrefix(strings.TrimSpace(part), "Root="); ok {
+			return root
+		}
+	}
+	return ""
 }
 
 // internType avoids an allocation per event for the common types.
@@ -259,6 +277,7 @@ type buffer struct {
 	seq       uint64
 	idPrefix  string
 	lastStart string // request id of the last platform.start: log lines without one belong to it
+	tags      tagSet // trace and tenant of recent invocations, from their platform.start
 	done      recentSet
 	reported  recentSet
 	changed   chan struct{} // closed whenever events arrive
@@ -267,7 +286,7 @@ type buffer struct {
 func newBuffer(maxBytes int, idPrefix string, st *stats) *buffer {
 	return &buffer{
 		max: maxBytes, idPrefix: idPrefix, stats: st, changed: make(chan struct{}),
-		done: newRecentSet(256), reported: newRecentSet(256),
+		done: newRecentSet(256), reported: newRecentSet(256), tags: newTagSet(256),
 	}
 }
 
@@ -283,6 +302,7 @@ func (b *buffer) add(evs []event, f *filter) {
 		case "platform.start":
 			if e.requestID != "" {
 				b.lastStart = e.requestID
+				b.tags.add(e.requestID, invocationTags{trace: e.traceID, tenant: e.tenantID})
 			}
 		case "platform.runtimeDone":
 			b.done.add(e.requestID, now)
@@ -296,6 +316,9 @@ func (b *buffer) add(evs []event, f *filter) {
 		}
 		if e.requestID == "" && isLogType(e.typ) {
 			e.requestID = b.lastStart
+		}
+		if t, ok := b.tags.at[e.requestID]; ok {
+			e.traceID, e.tenantID = cmp.Or(e.traceID, t.trace), cmp.Or(e.tenantID, t.tenant)
 		}
 		if !f.keep(e, b.stats) {
 			continue
@@ -555,6 +578,29 @@ func (s *recentSet) get(id string) (time.Time, bool) {
 	return t, ok
 }
 
+// invocationTags are what every event of an invocation carries from its platform.start.
+type invocationTags struct{ trace, tenant string }
+
+// tagSet remembers the tags of the last n invocations, forgetting the oldest.
+type tagSet struct {
+	at    map[string]invocationTags
+	order []string
+	n     int
+}
+
+func newTagSet(n int) tagSet { return tagSet{at: map[string]invocationTags{}, n: n} }
+
+func (s *tagSet) add(id string, t invocationTags) {
+	if _, ok := s.at[id]; !ok {
+		if len(s.order) >= s.n {
+			delete(s.at, s.order[0])
+			s.order = s.order[1:]
+		}
+		s.order = append(s.order, id)
+	}
+	s.at[id] = t
+}
+
 // eventFields is what scanBatch finds in one element of a batch. Token fields hold the raw JSON
 // string token (with quotes), or nil when absent or not a string.
 type eventFields struct {
@@ -563,6 +609,8 @@ type eventFields struct {
 	typ        []byte
 	requestID  []byte // record.requestId
 	level      []byte // record.level (JSON-format log lines)
+	tenantID   []byte // record.tenantId
+	traceValue []byte // record.tracing.value (X-Amzn-Trace-Id)
 	recordText bool   // record is a string
 	badUTF8    bool
 }
@@ -675,30 +723,48 @@ func (s *scanner) event() (eventFields, error) {
 			switch s.peek() {
 			case '"':
 				f.recordText = true
-				f.requestID, f.level = nil, nil
+				f.requestID, f.level, f.tenantID, f.traceValue = nil, nil, nil, nil
 			case '{':
 				f.recordText = false
-				f.requestID, f.level = nil, nil
+				f.requestID, f.level, f.tenantID, f.traceValue = nil, nil, nil, nil
 				return s.members(func(key []byte) error {
-					if s.peek() != '"' || (string(key) != `"requestId"` && string(key) != `"level"`) {
-						return s.value()
+					switch string(key) {
+					case `"requestId"`:
+						return s.strInto(&f.requestID)
+					case `"level"`:
+						return s.strInto(&f.level)
+					case `"tenantId"`:
+						return s.strInto(&f.tenantID)
+					case `"tracing"`:
+						if s.peek() == '{' {
+							return s.members(func(key []byte) error {
+								if string(key) == `"value"` {
+									return s.strInto(&f.traceValue)
+								}
+								return s.value()
+							})
+						}
 					}
-					start := s.pos
-					if err := s.str(); err != nil {
-						return err
-					}
-					if string(key) == `"requestId"` {
-						f.requestID = s.data[start:s.pos]
-					} else {
-						f.level = s.data[start:s.pos]
-					}
-					return nil
+					return s.value()
 				})
 			}
 		}
 		return s.value()
 	})
 	return f, err
+}
+
+// strInto scans the value at the position into *tok when it is a string, and skips it otherwise.
+func (s *scanner) strInto(tok *[]byte) error {
+	if s.peek() != '"' {
+		return s.value()
+	}
+	start := s.pos
+	if err := s.str(); err != nil {
+		return err
+	}
+	*tok = s.data[start:s.pos]
+	return nil
 }
 
 // members scans an object, calling member with each key with the position at its value; member
