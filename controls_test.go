@@ -124,6 +124,7 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 			data, keys := storedData(recs)
 			events, _ := decodeRecords(t, data, keys)
 			checkExactlyOnce(t, posted, events)
+			checkTraced(t, events)
 		case formatNDJSON:
 			var data [][]byte
 			var keys []string
@@ -134,6 +135,7 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 			}
 			events, _ := decodeRecords(t, data, keys)
 			checkExactlyOnce(t, posted, events)
+			checkTraced(t, events)
 		case formatKPL:
 			var data [][]byte
 			var keys []string
@@ -144,6 +146,7 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 			}
 			events, _ := decodeRecords(t, data, keys)
 			checkExactlyOnce(t, posted, events)
+			checkTraced(t, events)
 			checkDeaggregatedByNPM(t, recs, data, keys)
 		case formatCloudWatch:
 			checkCloudWatchExactlyOnce(t, posted, recs)
@@ -173,6 +176,17 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 	for _, r := range rows[1:] {
 		if r.onDemandKB >= event.onDemandKB {
 			t.Errorf("%s: %d billed KB on demand, not fewer than one record per event (%d)", r.format, r.onDemandKB, event.onDemandKB)
+		}
+	}
+}
+
+// checkTraced: every event of an invocation carries the trace Root of the fake Lambda's
+// platform.start ("Root=1"), text log lines included; events outside invocations carry none.
+func checkTraced(t *testing.T, events []shipped) {
+	t.Helper()
+	for _, e := range events {
+		if want := map[bool]string{true: "1", false: ""}[e.RequestID != ""]; e.TraceID != want || e.TenantID != "" {
+			t.Fatalf("%s event of request %q: traceId %q tenantId %q, want traceId %q", e.Type, e.RequestID, e.TraceID, e.TenantID, want)
 		}
 	}
 }

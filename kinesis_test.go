@@ -45,6 +45,8 @@ type envelopeOf struct {
 	Account        string          `json:"account"`
 	Region         string          `json:"region"`
 	RequestID      string          `json:"requestId"`
+	TraceID        string          `json:"traceId"`
+	TenantID       string          `json:"tenantId"`
 	TruncatedBytes *int            `json:"truncatedBytes"`
 	Event          json.RawMessage `json:"event"`
 }
