@@ -308,19 +308,22 @@ type platformRecord struct {
 }
 
 // textLine is the line Lambda writes in the Text log format for a platform event, or nil for the
-// events it does not print. The lines are those of AWS's documentation:
-//   - INIT_START: "Identifying runtime version changes",
-//     https://docs.aws.amazon.com/lambda/latest/dg/runtime-management-identify.html
-//     INIT_START Runtime Version: python:3.13.v14	Runtime Version ARN: arn:aws:lambda:eu-south-1::runtime:…
-//   - START, END, REPORT and the X-Ray line: "Log and monitor Node.js Lambda functions" (example log
-//     format) and "Using CloudWatch Logs with Lambda",
-//     https://docs.aws.amazon.com/lambda/latest/dg/nodejs-logging.html
-//     START RequestId: c793869b-ee49-115b-a5b6-4fd21e8dedac Version: $LATEST
-//     END RequestId: c793869b-ee49-115b-a5b6-4fd21e8dedac
-//     REPORT RequestId: …	Duration: 170.19 ms	Billed Duration: 171 ms	Memory Size: 128 MB	Max Memory Used: 73 MB	Init Duration: 347.70 ms
-//     XRAY TraceId: 1-5e34a614-10bdxmplf1fb44f07bc535a1	SegmentId: 3d752xmpl1bbe37e	Sampled: true
-//     (fields separated by tabs; the REPORT fields are listed in "Log and monitor C# Lambda
-//     functions", https://docs.aws.amazon.com/lambda/latest/dg/csharp-logging.html).
+// events it does not print. Sources:
+//   - INIT_START: AWS, "Identifying Lambda runtime version changes",
+//     https://docs.aws.amazon.com/lambda/latest/dg/runtime-management-identify.html, example line
+//     "INIT_START Runtime Version: python:3.13.v14	Runtime Version ARN: arn:aws:lambda:eu-south-1::runtime:…".
+//   - START and END: AWS, "Log and monitor Node.js Lambda functions", example log format,
+//     https://docs.aws.amazon.com/lambda/latest/dg/nodejs-logging.html:
+//     "START RequestId: c793869b-ee49-115b-a5b6-4fd21e8dedac Version: $LATEST", "END RequestId: …".
+//   - REPORT and the X-Ray line: the fields and their order as AWS lists them in "Log and monitor
+//     C# Lambda functions" (REPORT line data fields: RequestId, Duration, Billed Duration, Memory
+//     Size, Max Memory Used, Init Duration, XRAY TraceId, SegmentId, Sampled),
+//     https://docs.aws.amazon.com/lambda/latest/dg/csharp-logging.html, tab-separated as in the
+//     same page's example; the values of the golden test are a real REPORT line published by
+//     Baselime (docs.baselime.io, "Discovered Keys"): "REPORT RequestId: 8fc6f963-…	Duration: 201.67 ms
+//     Billed Duration: 202 ms	Memory Size: 2048 MB	Max Memory Used: 81 MB	Init Duration: 480.25 ms
+//     XRAY TraceId: 1-61c86fa4-59b3c6d959653c527fd10966	SegmentId: 107ea78a5750a811	Sampled: true",
+//     the X-Ray part on a line of its own.
 func textLine(typ string, record []byte) []byte {
 	var r platformRecord
 	switch typ {
