@@ -50,7 +50,10 @@ func bufferedFixtures(t *testing.T) []event {
 
 // The Text-format lines Lambda writes, from AWS's documentation (see textLine for the pages).
 func TestTextFormatLinesGolden(t *testing.T) {
-	for _, tt := range []struct{ typ, record, want string }{
+	for _, tt := range []struct {
+		typ          eventType
+		record, want string
+	}{
 		{"platform.initStart", `{"runtimeVersion":"python:3.13.v14","runtimeVersionArn":"arn:aws:lambda:eu-south-1::runtime:7b620fc2e66107a1046b140b9d320295811af3ad5d4c6a011fad1fa65127e9e6I"}`,
 			"INIT_START Runtime Version: python:3.13.v14\tRuntime Version ARN: arn:aws:lambda:eu-south-1::runtime:7b620fc2e66107a1046b140b9d320295811af3ad5d4c6a011fad1fa65127e9e6I"},
 		{"platform.start", `{"requestId":"c793869b-ee49-115b-a5b6-4fd21e8dedac","version":"$LATEST"}`,

@@ -1068,7 +1068,7 @@ func (s *stats) marks() lossMarks {
 const countsEvery = time.Minute
 
 // countsType is the event type of the counts record.
-const countsType = "kinesis-telemetry-extension.counts"
+const countsType = "kinesis-telemetry-extension.counts" // untyped: compared with eventType and with strings
 
 // emitCountsIfDue buffers a counts record when something was lost since the last one, or when
 // the last one is older than countsEvery and telemetry has flowed since.

@@ -161,7 +161,7 @@ func (l *listener) accept(body []byte) error {
 // event is one Telemetry API event as it waits in the buffer.
 type event struct {
 	raw       []byte // the event exactly as received (invalid UTF-8 replaced)
-	typ       string
+	typ       eventType
 	requestID string // the event's own, or the invocation it was printed in
 	level     int8   // index into logLevels for JSON log lines, -1 when unknown
 	text      bool   // record is a string (a text log line)
@@ -172,10 +172,25 @@ type event struct {
 	tenantID  string // the invocation's tenant (functions with tenant isolation)
 }
 
+// eventType is a Telemetry API event's type. Lambda adds types over time: any name is valid and
+// shipped as it is; these are the ones the extension acts on.
+type eventType string
+
+const (
+	typeFunction            eventType = "function"
+	typeExtension           eventType = "extension"
+	typePlatformInitStart   eventType = "platform.initStart"
+	typePlatformStart       eventType = "platform.start"
+	typePlatformRuntimeDone eventType = "platform.runtimeDone"
+	typePlatformReport      eventType = "platform.report"
+	typePlatformRestore     eventType = "platform.restoreStart"
+	typePlatformLogsDropped eventType = "platform.logsDropped"
+)
+
 // isPlatform reports whether the event is a platform event, which are never dropped to make room.
 func (e *event) isPlatform() bool { return !isLogType(e.typ) }
 
-func isLogType(t string) bool { return t == "function" || t == "extension" }
+func isLogType(t eventType) bool { return t == typeFunction || t == typeExtension }
 
 // size is what the event costs the buffer: its bytes plus bookkeeping.
 func (e *event) size() int { return len(e.raw) + 128 }
@@ -217,20 +232,20 @@ func traceRoot(v string) string {
 }
 
 // internType avoids an allocation per event for the common types.
-func internType(t string) string {
-	switch t {
-	case "function":
-		return "function"
-	case "extension":
-		return "extension"
-	case "platform.start":
-		return "platform.start"
-	case "platform.runtimeDone":
-		return "platform.runtimeDone"
-	case "platform.report":
-		return "platform.report"
+func internType(t string) eventType {
+	switch eventType(t) {
+	case typeFunction:
+		return typeFunction
+	case typeExtension:
+		return typeExtension
+	case typePlatformStart:
+		return typePlatformStart
+	case typePlatformRuntimeDone:
+		return typePlatformRuntimeDone
+	case typePlatformReport:
+		return typePlatformReport
 	}
-	return t
+	return eventType(t)
 }
 
 func levelIndex(s string) int {
@@ -299,19 +314,19 @@ func (b *buffer) add(evs []event, f *filter) {
 	for i := range evs {
 		e := &evs[i]
 		switch e.typ {
-		case "platform.start":
+		case typePlatformStart:
 			if e.requestID != "" {
 				b.lastStart = e.requestID
 				b.tags.add(e.requestID, invocationTags{trace: e.traceID, tenant: e.tenantID})
 			}
-		case "platform.runtimeDone":
+		case typePlatformRuntimeDone:
 			b.done.add(e.requestID, now)
-		case "platform.report":
+		case typePlatformReport:
 			b.reported.add(e.requestID, now)
-		case "platform.restoreStart":
+		case typePlatformRestore:
 			// A SnapStart restore clones this process: ids must not repeat across clones.
 			b.idPrefix = newIDPrefix()
-		case "platform.logsDropped":
+		case typePlatformLogsDropped:
 			b.stats.lambdaDropped(e.raw)
 		}
 		if e.requestID == "" && isLogType(e.typ) {
@@ -1050,16 +1065,16 @@ var ownLogMarker = []byte(`"` + logPrefix)
 // keep reports whether e is shipped, counting why not; it may redact e.raw.
 func (f *filter) keep(e *event, st *stats) bool {
 	switch {
-	case e.typ == "extension" && bytes.Contains(e.raw, ownLogMarker):
+	case e.typ == typeExtension && bytes.Contains(e.raw, ownLogMarker):
 		st.filteredOwn.Add(1)
 		return false
-	case f.exclude[e.typ]:
+	case f.exclude[string(e.typ)]:
 		st.filteredExcluded.Add(1)
 		return false
 	case isLogType(e.typ) && e.level >= 0 && int(e.level) < f.minLevel:
 		st.filteredLevel.Add(1)
 		return false
-	case e.typ == "function" && f.sample < 1 && e.level < levelError && !sampled(e.requestID, f.sample):
+	case e.typ == typeFunction && f.sample < 1 && e.level < levelError && !sampled(e.requestID, f.sample):
 		st.filteredSampled.Add(1)
 		return false
 	}

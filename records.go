@@ -324,10 +324,10 @@ type platformRecord struct {
 //     Billed Duration: 202 ms	Memory Size: 2048 MB	Max Memory Used: 81 MB	Init Duration: 480.25 ms
 //     XRAY TraceId: 1-61c86fa4-59b3c6d959653c527fd10966	SegmentId: 107ea78a5750a811	Sampled: true",
 //     the X-Ray part on a line of its own.
-func textLine(typ string, record []byte) []byte {
+func textLine(typ eventType, record []byte) []byte {
 	var r platformRecord
 	switch typ {
-	case "platform.initStart", "platform.start", "platform.runtimeDone", "platform.report":
+	case typePlatformInitStart, typePlatformStart, typePlatformRuntimeDone, typePlatformReport:
 		if json.Unmarshal(record, &r) != nil {
 			return nil
 		}
@@ -336,7 +336,7 @@ func textLine(typ string, record []byte) []byte {
 	}
 	var b []byte
 	switch typ {
-	case "platform.initStart":
+	case typePlatformInitStart:
 		b = append(b, "INIT_START"...)
 		if r.RuntimeVersion != "" {
 			b = append(b, " Runtime Version: "...)
@@ -346,11 +346,11 @@ func textLine(typ string, record []byte) []byte {
 			b = append(b, "\tRuntime Version ARN: "...)
 			b = append(b, r.RuntimeVersionArn...)
 		}
-	case "platform.start":
+	case typePlatformStart:
 		b = fmt.Appendf(b, "START RequestId: %s Version: %s", r.RequestID, cmp.Or(r.Version, "$LATEST"))
-	case "platform.runtimeDone":
+	case typePlatformRuntimeDone:
 		b = fmt.Appendf(b, "END RequestId: %s", r.RequestID)
-	case "platform.report":
+	case typePlatformReport:
 		mt := &r.Metrics
 		b = fmt.Appendf(b, "REPORT RequestId: %s\tDuration: %.2f ms\tBilled Duration: %.0f ms\tMemory Size: %.0f MB\tMax Memory Used: %.0f MB",
 			r.RequestID, mt.DurationMs, mt.BilledDurationMs, mt.MemorySizeMB, mt.MaxMemoryUsedMB)
