@@ -452,7 +452,7 @@ func (m *recordMeta) setRegion(region string) {
 // function's ("function"), or spreads them evenly ("random", derived from the event id so that a
 // retry goes to the same shard).
 func (m *recordMeta) partitionKey(e *event) string {
-	if m.format == formatCloudWatch {
+	if m.format == formatCloudWatch && m.logs.stream != "" {
 		// CloudWatch's ByLogStream distribution: one environment's events stay in order.
 		return truncateKey(m.logs.stream)
 	}

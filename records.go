@@ -169,10 +169,10 @@ const (
 // by the log stream, each at most limit bytes before compression (and so after it) and within
 // CloudWatch's batch limits. A message longer than CloudWatch allows is cut, as Lambda's would be.
 func (m *recordMeta) packCloudWatch(evs []event, limit int, zw **gzip.Writer) []pendingRecord {
-	key := truncateKey(m.logs.stream)
 	var recs []pendingRecord
 	var js []byte
 	for i := 0; i < len(evs); {
+		key := m.partitionKey(&evs[i]) // the log stream, the same for every event
 		js = m.logs.appendHead(js[:0])
 		room := maxRecordBytes - len(key) - gzipSlop - len(js)
 		j, batch := i, 0
