@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -177,6 +178,39 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 		if r.onDemandKB >= event.onDemandKB {
 			t.Errorf("%s: %d billed KB on demand, not fewer than one record per event (%d)", r.format, r.onDemandKB, event.onDemandKB)
 		}
+	}
+}
+
+// TestCloudWatchDefaultLogNames: without Lambda's log group and stream variables, cloudwatch
+// records use Lambda's documented naming, and the extension says so in one log line.
+func TestCloudWatchDefaultLogNames(t *testing.T) {
+	const stream = "telemetry"
+	peer := startKinesalite(t, streamSpec{Name: stream, Shards: 1})
+	fl := newFakeLambda(t)
+	env := extensionEnvFor(peer, stream, peer.Endpoint, false, "KINESIS_TELEMETRY_FLUSH", "end",
+		"KINESIS_TELEMETRY_RECORD_FORMAT", "cloudwatch", "AWS_LAMBDA_FUNCTION_NAME", "orders")
+	delete(env, "AWS_LAMBDA_LOG_STREAM_NAME")
+	delete(env, "AWS_LAMBDA_LOG_GROUP_NAME")
+	ext := startExtension(t, fl, env)
+	fl.init()
+	fl.invoke(invocation{requestID: "r1", textLines: 3})
+	fl.shutdown("spindown", 2*time.Second)
+	if code := ext.wait(3 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	recs := peer.readAll(t, stream)
+	if len(recs) == 0 {
+		t.Fatal("nothing landed")
+	}
+	for _, r := range recs {
+		d := decodeCloudWatch(t, r.Data)
+		if d.LogGroup != "/aws/lambda/orders" || !regexp.MustCompile(`^\d{4}/\d\d/\d\d/\[\$LATEST\][a-z2-7]+$`).MatchString(d.LogStream) || r.PartitionKey != d.LogStream {
+			t.Errorf("log group %q, stream %q, key %q", d.LogGroup, d.LogStream, r.PartitionKey)
+		}
+	}
+	out := ext.stderr.String()
+	if n := strings.Count(out, "Lambda did not set"); n != 1 || !strings.Contains(out, "AWS_LAMBDA_LOG_GROUP_NAME=/aws/lambda/orders") || !strings.Contains(out, "AWS_LAMBDA_LOG_STREAM_NAME=") {
+		t.Errorf("want one line naming both defaults, got %d:\n%s", n, out)
 	}
 }
 

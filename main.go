@@ -8,6 +8,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -199,7 +200,7 @@ func parseConfig(getenv func(string) string) (config, error) {
 	}
 	if c.LogStream == "" {
 		// Lambda's stream naming, YYYY/MM/DD/[version]<environment id>; the id part is made up.
-		c.LogStream = time.Now().UTC().Format("2006/01/02") + "/[" + p.value("AWS_LAMBDA_FUNCTION_VERSION") + "]" + newIDPrefix()
+		c.LogStream = time.Now().UTC().Format("2006/01/02") + "/[" + cmp.Or(p.value("AWS_LAMBDA_FUNCTION_VERSION"), "$LATEST") + "]" + newIDPrefix()
 		c.DefaultLogNames = append(c.DefaultLogNames, "AWS_LAMBDA_LOG_STREAM_NAME="+c.LogStream)
 	}
 	c.Sample = p.fraction("KINESIS_TELEMETRY_SAMPLE", 1)
