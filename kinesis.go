@@ -626,6 +626,9 @@ func (m *recordMeta) appendTruncated(dst []byte, e *event, limit int) []byte {
 // fitEscaped returns how many bytes of text, in whole characters, fit in room bytes once escaped
 // inside a JSON string.
 func fitEscaped(text []byte, room int) int {
+	if len(text) <= room/6 {
+		return len(text) // no byte escapes to more than six
+	}
 	keep := 0
 	for keep < len(text) {
 		size, escaped := escapedRune(text[keep:])

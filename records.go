@@ -91,7 +91,7 @@ const (
 // its envelope truncated as in every format. Each user record is the event's envelope.
 func (m *recordMeta) packKPL(evs []event, limit int) []pendingRecord {
 	var recs []pendingRecord
-	var keys, body, data []byte
+	var keys, body []byte
 	index := map[string]uint64{}
 	for i := 0; i < len(evs); {
 		key := m.partitionKey(&evs[i])
@@ -111,8 +111,9 @@ func (m *recordMeta) packKPL(evs []event, limit int) []pendingRecord {
 				keyEntry = 1 + uvarintLen(uint64(len(k))) + len(k)
 			}
 			// Alone, the record must fit Kinesis: the envelope's limit leaves room for the framing.
-			data = m.appendDataWithin(data[:0], e, maxRecordBytes-len(key)-kplFixed-kplFramingSlop-2*uvarintLen(uint64(len(k)))-len(k)-binary.MaxVarintLen64)
-			inner := 1 + uvarintLen(idx) + 1 + uvarintLen(uint64(len(data))) + len(data)
+			within := maxRecordBytes - len(key) - kplFixed - kplFramingSlop - 2*uvarintLen(uint64(len(k))) - len(k) - binary.MaxVarintLen64
+			size := m.dataSizeWithin(e, within)
+			inner := 1 + uvarintLen(idx) + 1 + uvarintLen(uint64(size)) + size
 			entry := 1 + uvarintLen(uint64(inner)) + inner
 			if j > i && kplFixed+len(keys)+keyEntry+len(body)+entry > limit {
 				break
@@ -128,8 +129,8 @@ func (m *recordMeta) packKPL(evs []event, limit int) []pendingRecord {
 			body = append(body, pbKeyIndex)
 			body = binary.AppendUvarint(body, idx)
 			body = append(body, pbData)
-			body = binary.AppendUvarint(body, uint64(len(data)))
-			body = append(body, data...)
+			body = binary.AppendUvarint(body, uint64(size))
+			body = m.appendDataWithin(body, e, within)
 		}
 		out := make([]byte, 0, kplFixed+len(keys)+len(body))
 		out = append(out, kplMagic...)
