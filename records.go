@@ -172,6 +172,7 @@ const (
 func (m *recordMeta) packCloudWatch(evs []event, limit int, zw **gzip.Writer) []pendingRecord {
 	var recs []pendingRecord
 	var js []byte
+	var scratch bytes.Buffer // compacted JSON log lines
 	for i := 0; i < len(evs); {
 		key := m.partitionKey(&evs[i]) // the log stream, the same for every event
 		js = m.logs.appendHead(js[:0])
@@ -183,7 +184,7 @@ func (m *recordMeta) packCloudWatch(evs []event, limit int, zw **gzip.Writer) []
 				js = append(js, ',')
 			}
 			var n int
-			js, n = m.appendLogEvent(js, &evs[j], room)
+			js, n = m.appendLogEvent(js, &evs[j], room, &scratch)
 			if j > i && (len(js)+2 > limit || batch+n+cwEventOverhead > cwMaxBatchBytes) {
 				js = js[:mark]
 				break
@@ -227,7 +228,7 @@ func gzipBytes(b []byte, zw **gzip.Writer) []byte {
 
 // appendLogEvent writes {"id","timestamp","message"} for e, the message escaped into at most room
 // bytes, and returns the message's UTF-8 length.
-func (m *recordMeta) appendLogEvent(dst []byte, e *event, room int) ([]byte, int) {
+func (m *recordMeta) appendLogEvent(dst []byte, e *event, room int, scratch *bytes.Buffer) ([]byte, int) {
 	timeTok, record := eventParts(e.raw)
 	ms := e.arrived.UnixMilli()
 	if t, err := time.Parse(time.RFC3339Nano, unquote(timeTok)); err == nil && timeTok != nil {
@@ -238,7 +239,7 @@ func (m *recordMeta) appendLogEvent(dst []byte, e *event, room int) ([]byte, int
 	dst = append(dst, `","timestamp":`...)
 	dst = strconv.AppendInt(dst, ms, 10)
 	dst = append(dst, `,"message":`...)
-	msg := m.logs.message(e, record)
+	msg := m.logs.message(e, record, scratch)
 	if len(msg) > cwMaxMessage {
 		msg = msg[:cutUTF8(msg, cwMaxMessage)]
 	}
@@ -262,7 +263,7 @@ func cutUTF8(b []byte, max int) int {
 //   - JSON format: platform events as delivered, {"time","type","record"}.
 //   - Text format: Lambda's INIT_START, START, END and REPORT lines; other platform events as JSON.
 //   - the counts record: its counts JSON.
-func (c *cloudWatchNames) message(e *event, record []byte) []byte {
+func (c *cloudWatchNames) message(e *event, record []byte, scratch *bytes.Buffer) []byte {
 	switch {
 	case e.typ == countsType:
 		return record
@@ -274,9 +275,9 @@ func (c *cloudWatchNames) message(e *event, record []byte) []byte {
 		_ = json.Unmarshal(record, &s)
 		return []byte(s)
 	case isLogType(e.typ):
-		var out bytes.Buffer
-		if json.Compact(&out, record) == nil {
-			return out.Bytes()
+		scratch.Reset()
+		if json.Compact(scratch, record) == nil {
+			return scratch.Bytes()
 		}
 		return record
 	case c.format == logText:
