@@ -31,9 +31,11 @@ const (
 	fxDropped     = `{"time":"2024-05-01T10:00:01.500Z","type":"platform.logsDropped","record":{"reason":"Consumer seems to have fallen behind","droppedRecords":3,"droppedBytes":300}}`
 	fxUntraced    = `{"time":"2024-05-01T10:00:02.000Z","type":"platform.start","record":{"requestId":"r2","version":"$LATEST"}}`
 	fxUntracedLog = `{"time":"2024-05-01T10:00:02.100Z","type":"function","record":"untraced line"}`
+	// A JSON log line's own tenantId and tracing are the function's, not Lambda's: never stamped.
+	fxOwnFields = `{"time":"2024-05-01T10:00:02.200Z","type":"function","record":{"level":"INFO","requestId":"r2","tenantId":"mine","tracing":{"value":"Root=1-00000000-000000000000000000000000"},"message":"m"}}`
 )
 
-var fixtureBatch = "[" + strings.Join([]string{fxInitStart, fxStart, fxText, fxJSON, fxRuntimeDone, fxReport, fxDropped, fxUntraced, fxUntracedLog}, ",") + "]"
+var fixtureBatch = "[" + strings.Join([]string{fxInitStart, fxStart, fxText, fxJSON, fxRuntimeDone, fxReport, fxDropped, fxUntraced, fxUntracedLog, fxOwnFields}, ",") + "]"
 
 // bufferedFixtures runs the fixture batch through the listener's scanner and the buffer, as the
 // extension does, and returns the buffered events.
@@ -152,12 +154,14 @@ func TestCloudWatchRecords(t *testing.T) {
 			fxDropped,
 			"START RequestId: r2 Version: $LATEST",
 			"untraced line",
+			`{"level":"INFO","requestId":"r2","tenantId":"mine","tracing":{"value":"Root=1-00000000-000000000000000000000000"},"message":"m"}`,
 		}},
 		{logJSON, []string{
 			fxInitStart, fxStart,
 			"2024-05-01T10:00:01.100Z\t8fc6f963-411b-58b5-8483-a32130c0f45d\tINFO\thello \"world\"\n",
 			`{"timestamp":"2024-05-01T10:00:01.200Z","level":"INFO","requestId":"8fc6f963-411b-58b5-8483-a32130c0f45d","message":"json line"}`,
 			fxRuntimeDone, fxReport, fxDropped, fxUntraced, "untraced line",
+			`{"level":"INFO","requestId":"r2","tenantId":"mine","tracing":{"value":"Root=1-00000000-000000000000000000000000"},"message":"m"}`,
 		}},
 	} {
 		t.Run(string(tt.format), func(t *testing.T) {

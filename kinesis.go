@@ -689,6 +689,8 @@ func digits(n uint64) int {
 }
 
 // appendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, as in encoding/json.
+// The string's bytes are only read (unsafe.Slice, no copy): one escaping loop serves strings and
+// byte slices.
 func appendJSONString(dst []byte, s string) []byte {
 	return appendJSONBytes(dst, unsafe.Slice(unsafe.StringData(s), len(s)))
 }
