@@ -170,6 +170,15 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 		fmt.Fprintf(&b, "| `%s` | %d | %d | %d | %d | %.2f | %.2f | %s |\n", r.format, r.records, r.bytes, r.units, r.onDemandKB, r.provisioned, r.onDemand, formatConsumers[r.format])
 	}
 	t.Logf("10 invocations x 100 log lines (50 text, 50 JSON) and their platform events, on kinesalite:%s", b.String())
+	checkREADMECostTable(t, func(f recordFormat) []string {
+		for _, r := range rows {
+			if r.format == f {
+				// Bytes stored vary by a few bytes between runs (the counts records' numbers).
+				return []string{fmt.Sprint(r.records), fmt.Sprint(r.units), fmt.Sprint(r.onDemandKB), fmt.Sprintf("%.2f", r.provisioned), fmt.Sprintf("%.2f", r.onDemand)}
+			}
+		}
+		return nil
+	})
 	event, ndjson := rows[0], rows[1]
 	if ndjson.records*10 > event.records || ndjson.units*10 > event.units {
 		t.Errorf("ndjson should cut records and payload units at least tenfold")
@@ -221,6 +230,37 @@ func checkTraced(t *testing.T, events []shipped) {
 	for _, e := range events {
 		if want := map[bool]string{true: "1", false: ""}[e.RequestID != ""]; e.TraceID != want || e.TenantID != "" {
 			t.Fatalf("%s event of request %q: traceId %q tenantId %q, want traceId %q", e.Type, e.RequestID, e.TraceID, e.TenantID, want)
+		}
+	}
+}
+
+// checkREADMECostTable fails when the README's "Cheaper records" table no longer shows what was
+// measured (records, PUT units, billed KB and prices of each format), so that it cannot drift.
+func checkREADMECostTable(t *testing.T, measured func(recordFormat) []string) {
+	t.Helper()
+	root, err := peerRepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []recordFormat{formatEvent, formatNDJSON, formatKPL, formatCloudWatch} {
+		want := measured(f)
+		found := false
+		for _, line := range strings.Split(string(readme), "\n") {
+			cols := strings.Split(line, " | ")
+			if len(cols) < 8 || cols[0] != "| `"+string(f)+"`" {
+				continue
+			}
+			found = true
+			if got := []string{cols[1], cols[3], cols[4], cols[5], cols[6]}; strings.Join(got, " ") != strings.Join(want, " ") {
+				t.Errorf("README \"Cheaper records\", %s: records, PUT units, billed KB, $ provisioned, $ on-demand are %v, measured %v: update the table from this test's output", f, got, want)
+			}
+		}
+		if !found {
+			t.Errorf("README has no cost table row for %s", f)
 		}
 	}
 }
