@@ -513,3 +513,26 @@ func sortedCounts(m map[string]int) string {
 	}
 	return b.String()
 }
+
+// TestNDJSONAtMost500Lines: an ndjson record never holds more lines than Firehose's JSON
+// de-aggregation splits out of one record (500), however small the lines.
+func TestNDJSONAtMost500Lines(t *testing.T) {
+	cfg := config{RecordFormat: formatNDJSON, RecordBytes: maxRecordBytes - 4096, Stream: "s"}
+	s := newShipper(cfg, nil, newStats(), newLogger(io.Discard), testMeta(cfg))
+	evs := make([]event, 1700)
+	for i := range evs {
+		evs[i] = logEvent(fmt.Sprintf("l%d", i))
+		evs[i].requestID, evs[i].idPrefix, evs[i].seq = "r", "p", uint64(i)
+	}
+	recs := s.packRecords(evs)
+	n := 0
+	for _, r := range recs {
+		if len(r.events) > 500 {
+			t.Fatalf("ndjson record of %d lines", len(r.events))
+		}
+		n += len(r.events)
+	}
+	if n != len(evs) || len(recs) != 4 {
+		t.Errorf("%d events in %d records, want %d in 4", n, len(recs), len(evs))
+	}
+}

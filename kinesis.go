@@ -271,6 +271,10 @@ type pendingRecord struct {
 	data   []byte // the data when built at packing (kpl, cloudwatch); else encodeBody builds it
 }
 
+// maxNDJSONLines is the most lines an ndjson record holds: Firehose's JSON record
+// de-aggregation splits at most 500 records out of one Kinesis record.
+const maxNDJSONLines = 500
+
 // packRecords turns events into records: one per event, or with KINESIS_TELEMETRY_RECORD_FORMAT
 // ndjson, consecutive events of one partition key up to the aggregate size. The kpl and cloudwatch
 // formats are built here, whole (records.go), so that their exact size is known for the call.
@@ -289,7 +293,7 @@ func (s *shipper) packRecords(evs []event) []pendingRecord {
 		j := i + 1
 		if s.cfg.RecordFormat == "ndjson" {
 			size++ // newline
-			for j < len(evs) && s.meta.sameRecord(e, &evs[j]) {
+			for j < len(evs) && j-i < maxNDJSONLines && s.meta.sameRecord(e, &evs[j]) {
 				next := s.meta.dataSize(&evs[j], len(key)) + 1
 				if size+next > s.cfg.RecordBytes {
 					break
