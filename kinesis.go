@@ -434,6 +434,10 @@ func newRecordMeta(reg registration, cfg config, region, envID string) recordMet
 			filter: cfg.SubscriptionFilter, format: cfg.LogFormat,
 		},
 	}
+	if arn, ok := parseStreamARN(cfg.StreamARN); ok && m.logs.owner == "" {
+		// Without the accountId feature of register, the stream's account is the best owner.
+		m.logs.owner = arn.Account
+	}
 	m.setRegion(region)
 	return m
 }
