@@ -34,16 +34,24 @@ func ingestBody(n int) []byte {
 }
 
 // BenchmarkIngest measures the extension's work per event from the listener's HTTP POST to
-// encoded PutRecords request bodies (no network): decoding, buffering, record building and
-// base64. Run: ./build.sh bench -bench Ingest -cpu 1
+// encoded PutRecords request bodies (no network): decoding, buffering, record building (gzip for
+// cloudwatch) and base64, for each record format. Run: ./build.sh bench -bench Ingest -cpu 1
 func BenchmarkIngest(b *testing.B) {
+	for _, format := range []recordFormat{formatEvent, formatNDJSON, formatKPL, formatCloudWatch} {
+		b.Run(string(format), func(b *testing.B) { benchmarkIngest(b, format) })
+	}
+}
+
+func benchmarkIngest(b *testing.B, format recordFormat) {
 	const perBatch = 500
 	body := ingestBody(perBatch)
-	cfg := config{BufferBytes: maxBufferBytes, Sample: 1, Stream: streamRef{Name: "telemetry"}, RecordFormat: "event", PartitionKey: "request"}
+	cfg := config{BufferBytes: maxBufferBytes, Sample: 1, Stream: streamRef{Name: "telemetry"}, RecordFormat: format, PartitionKey: "request",
+		RecordBytes: 262144, LogStream: "2024/05/01/[$LATEST]3893xmpl7fac4485b47bb75b671a283c", LogGroup: "/aws/lambda/fn", LogFormat: logText}
 	st := newStats()
 	buf := newBuffer(1<<30, "p", st)
 	l := newListener(buf, st, cfg)
 	s := newShipper(cfg, buf, st, newLogger(io.Discard), testMeta(cfg))
+	var stored int
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -59,6 +67,9 @@ func BenchmarkIngest(b *testing.B) {
 				break
 			}
 			recs := s.packRecords(evs)
+			for _, r := range recs {
+				stored += r.size + len(r.key)
+			}
 			s.body = s.encodeBody(s.body[:0], recs)
 			buf.release(evs)
 		}
@@ -66,6 +77,7 @@ func BenchmarkIngest(b *testing.B) {
 	b.StopTimer()
 	perEvent := float64(b.Elapsed().Nanoseconds()) / float64(b.N*perBatch)
 	b.ReportMetric(1e9/perEvent, "events/s")
+	b.ReportMetric(float64(stored)/float64(b.N*len(body)), "stored/in")
 }
 
 // BenchmarkScanBatch measures the batch decoder alone.

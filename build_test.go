@@ -21,7 +21,7 @@ import (
 
 // The layer contract that build.sh and testdata/mkzip must keep.
 const (
-	layerZipBudget = 4 << 20 // bytes; issue 4's size budget per zip
+	layerZipBudget = 9 << 19 // bytes (4.5 MiB); issue 4's size budget per zip, raised by issue 12
 	layerEntryName = "extensions/kinesis-telemetry-extension"
 	layerEntryMode = 0o755
 )
@@ -66,8 +66,8 @@ func TestBuildLayerZips(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("%s: %d bytes (%.2f MiB of the %d MiB budget), sha256 %x",
-				layerZipName(arch.name), len(zipA), float64(len(zipA))/(1<<20), layerZipBudget>>20, sha256.Sum256(zipA))
+			t.Logf("%s: %d bytes (%.2f MiB of the %.1f MiB budget), sha256 %x",
+				layerZipName(arch.name), len(zipA), float64(len(zipA))/(1<<20), float64(layerZipBudget)/(1<<20), sha256.Sum256(zipA))
 			if len(zipA) >= layerZipBudget {
 				t.Errorf("zip is %d bytes, want under %d", len(zipA), layerZipBudget)
 			}

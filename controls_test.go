@@ -1,8 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -79,31 +85,267 @@ func TestPartitionKeyDistribution(t *testing.T) {
 	}
 }
 
-// TestNDJSONOnKinesis ships the same traffic as one record per event and packed as ndjson, decodes
-// the packed records as a consumer would, and compares record counts and PUT payload units.
-func TestNDJSONOnKinesis(t *testing.T) {
-	units := func(recs []storedRecord) int {
-		n := 0
-		for _, r := range recs {
-			n += (len(r.Data) + len(r.PartitionKey) + 25*1024 - 1) / (25 * 1024)
-		}
-		return n
+// Prices used by TestRecordFormatsOnKinesis, US East (N. Virginia), from
+// https://aws.amazon.com/kinesis/data-streams/pricing/ (see README "Cheaper records").
+const (
+	pricePerMillionPutUnits = 0.014 // provisioned: per 1,000,000 PUT payload units of 25 KB
+	pricePerGBOnDemand      = 0.08  // on-demand: per GB of data in, each record rounded up to 1 KB
+)
+
+// formatConsumers says which tools read each format natively.
+var formatConsumers = map[recordFormat]string{
+	formatEvent:      "any JSON consumer; Firehose (+AppendDelimiterToRecord)",
+	formatNDJSON:     "line-oriented consumers; Firehose (RecordDeAggregation JSON)",
+	formatKPL:        "KCL, Firehose; Lambda ESM with kinesis-aggregation",
+	formatCloudWatch: "Firehose CloudWatch processing, Datadog Forwarder, Vector, CrowdSec, aws-lambda-go events",
+}
+
+// TestRecordFormatsOnKinesis ships the same traffic (10 invocations of 50 short text lines, 50 JSON
+// lines and their platform events) in every record format to kinesalite, reads it back and decodes
+// it as each format's consumers do (the kpl records also with awslabs' aws-kinesis-agg from npm,
+// checksums verified): every event arrives exactly once, with an id to de-duplicate by. It prints
+// the cost table of README "Cheaper records" from what was stored.
+func TestRecordFormatsOnKinesis(t *testing.T) {
+	type row struct {
+		format                recordFormat
+		records, bytes, units int
+		onDemandKB            int
+		provisioned, onDemand float64
 	}
-	fl, plain := runControls(t, 2, 10)
-	_, packed := runControls(t, 2, 10, "KINESIS_TELEMETRY_RECORD_FORMAT", "ndjson")
-	var data [][]byte
-	var keys []string
-	for _, r := range packed {
-		for _, line := range strings.Split(strings.TrimSuffix(string(r.Data), "\n"), "\n") {
-			data, keys = append(data, []byte(line)), append(keys, r.PartitionKey)
+	var rows []row
+	for _, format := range []recordFormat{formatEvent, formatNDJSON, formatKPL, formatCloudWatch} {
+		fl, recs := runControls(t, 2, 10, "KINESIS_TELEMETRY_RECORD_FORMAT", string(format), "AWS_LAMBDA_LOG_FORMAT", "JSON")
+		posted := fl.postedEvents()
+		switch format {
+		case formatEvent:
+			data, keys := storedData(recs)
+			events, _ := decodeRecords(t, data, keys)
+			checkExactlyOnce(t, posted, events)
+			checkTraced(t, events)
+		case formatNDJSON:
+			var data [][]byte
+			var keys []string
+			for _, r := range recs {
+				for _, line := range strings.Split(strings.TrimSuffix(string(r.Data), "\n"), "\n") {
+					data, keys = append(data, []byte(line)), append(keys, r.PartitionKey)
+				}
+			}
+			events, _ := decodeRecords(t, data, keys)
+			checkExactlyOnce(t, posted, events)
+			checkTraced(t, events)
+		case formatKPL:
+			var data [][]byte
+			var keys []string
+			for _, r := range recs {
+				for _, u := range decodeKPL(t, r.Data) {
+					data, keys = append(data, u.data), append(keys, u.key)
+				}
+			}
+			events, _ := decodeRecords(t, data, keys)
+			checkExactlyOnce(t, posted, events)
+			checkTraced(t, events)
+			checkDeaggregatedByNPM(t, recs, data, keys)
+		case formatCloudWatch:
+			checkCloudWatchExactlyOnce(t, posted, recs)
 		}
+		r := row{format: format, records: len(recs)}
+		for _, rec := range recs {
+			size := len(rec.Data) + len(rec.PartitionKey)
+			r.bytes += size
+			r.units += (size + 25*1024 - 1) / (25 * 1024)
+			r.onDemandKB += (size + 1023) / 1024
+		}
+		const invocations = 10
+		r.provisioned = float64(r.units) / invocations * 1e6 * pricePerMillionPutUnits / 1e6
+		r.onDemand = float64(r.onDemandKB) * 1024 / (1 << 30) / invocations * 1e6 * pricePerGBOnDemand
+		rows = append(rows, r)
 	}
-	events, _ := decodeRecords(t, data, keys)
-	checkExactlyOnce(t, fl.postedEvents(), events)
-	t.Logf("10 invocations of 100 log lines: event format %d records, %d PUT payload units; ndjson %d records, %d units",
-		len(plain), units(plain), len(packed), units(packed))
-	if len(packed)*10 > len(plain) || units(packed)*10 > units(plain) {
+	var b strings.Builder
+	b.WriteString("\n| format | records | bytes stored | PUT units | on-demand billed KB | $ / million invocations, provisioned | $ / million invocations, on-demand | read natively by |\n|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| `%s` | %d | %d | %d | %d | %.2f | %.2f | %s |\n", r.format, r.records, r.bytes, r.units, r.onDemandKB, r.provisioned, r.onDemand, formatConsumers[r.format])
+	}
+	t.Logf("10 invocations x 100 log lines (50 text, 50 JSON) and their platform events, on kinesalite:%s", b.String())
+	checkREADMECostTable(t, func(f recordFormat) []string {
+		for _, r := range rows {
+			if r.format == f {
+				// Bytes stored vary by a few bytes between runs (the counts records' numbers).
+				return []string{fmt.Sprint(r.records), fmt.Sprint(r.units), fmt.Sprint(r.onDemandKB), fmt.Sprintf("%.2f", r.provisioned), fmt.Sprintf("%.2f", r.onDemand)}
+			}
+		}
+		return nil
+	})
+	event, ndjson := rows[0], rows[1]
+	if ndjson.records*10 > event.records || ndjson.units*10 > event.units {
 		t.Errorf("ndjson should cut records and payload units at least tenfold")
+	}
+	for _, r := range rows[1:] {
+		if r.onDemandKB >= event.onDemandKB {
+			t.Errorf("%s: %d billed KB on demand, not fewer than one record per event (%d)", r.format, r.onDemandKB, event.onDemandKB)
+		}
+	}
+}
+
+// TestCloudWatchDefaultLogNames: without Lambda's log group and stream variables, cloudwatch
+// records use Lambda's documented naming, and the extension says so in one log line.
+func TestCloudWatchDefaultLogNames(t *testing.T) {
+	const stream = "telemetry"
+	peer := startKinesalite(t, streamSpec{Name: stream, Shards: 1})
+	fl := newFakeLambda(t)
+	env := extensionEnvFor(peer, stream, peer.Endpoint, false, "KINESIS_TELEMETRY_FLUSH", "end",
+		"KINESIS_TELEMETRY_RECORD_FORMAT", "cloudwatch", "AWS_LAMBDA_FUNCTION_NAME", "orders")
+	delete(env, "AWS_LAMBDA_LOG_STREAM_NAME")
+	delete(env, "AWS_LAMBDA_LOG_GROUP_NAME")
+	ext := startExtension(t, fl, env)
+	fl.init()
+	fl.invoke(invocation{requestID: "r1", textLines: 3})
+	fl.shutdownAndWait(ext)
+	recs := peer.readAll(t, stream)
+	if len(recs) == 0 {
+		t.Fatal("nothing landed")
+	}
+	for _, r := range recs {
+		d := decodeCloudWatch(t, r.Data)
+		if d.LogGroup != "/aws/lambda/orders" || !regexp.MustCompile(`^\d{4}/\d\d/\d\d/\[\$LATEST\][a-z2-7]+$`).MatchString(d.LogStream) || r.PartitionKey != d.LogStream {
+			t.Errorf("log group %q, stream %q, key %q", d.LogGroup, d.LogStream, r.PartitionKey)
+		}
+	}
+	out := ext.stderr.String()
+	if n := strings.Count(out, "Lambda did not set"); n != 1 || !strings.Contains(out, "AWS_LAMBDA_LOG_GROUP_NAME=/aws/lambda/orders") || !strings.Contains(out, "AWS_LAMBDA_LOG_STREAM_NAME=") {
+		t.Errorf("want one line naming both defaults, got %d:\n%s", n, out)
+	}
+}
+
+// checkTraced: every event of an invocation carries the trace Root of the fake Lambda's
+// platform.start ("Root=1"), text log lines included; events outside invocations carry none.
+func checkTraced(t *testing.T, events []shipped) {
+	t.Helper()
+	for _, e := range events {
+		if want := map[bool]string{true: "1", false: ""}[e.RequestID != ""]; e.TraceID != want || e.TenantID != "" {
+			t.Fatalf("%s event of request %q: traceId %q tenantId %q, want traceId %q", e.Type, e.RequestID, e.TraceID, e.TenantID, want)
+		}
+	}
+}
+
+// checkREADMECostTable fails when the README's "Cheaper records" table no longer shows what was
+// measured (records, PUT units, billed KB and prices of each format), so that it cannot drift.
+func checkREADMECostTable(t *testing.T, measured func(recordFormat) []string) {
+	t.Helper()
+	root, err := peerRepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []recordFormat{formatEvent, formatNDJSON, formatKPL, formatCloudWatch} {
+		want := measured(f)
+		found := false
+		for _, line := range strings.Split(string(readme), "\n") {
+			cols := strings.Split(line, " | ")
+			if len(cols) < 8 || cols[0] != "| `"+string(f)+"`" {
+				continue
+			}
+			found = true
+			if got := []string{cols[1], cols[3], cols[4], cols[5], cols[6]}; strings.Join(got, " ") != strings.Join(want, " ") {
+				t.Errorf("README \"Cheaper records\", %s: records, PUT units, billed KB, $ provisioned, $ on-demand are %v, measured %v: update the table from this test's output", f, got, want)
+			}
+		}
+		if !found {
+			t.Errorf("README has no cost table row for %s", f)
+		}
+	}
+}
+
+// checkDeaggregatedByNPM runs awslabs' de-aggregator over the stored kpl records and checks that
+// it finds, checksums verified, exactly the user records the Go decoder found.
+func checkDeaggregatedByNPM(t *testing.T, recs []storedRecord, data [][]byte, keys []string) {
+	t.Helper()
+	node, modules := nodeAndModules(t)
+	pkg := filepath.Join(modules, "aws-kinesis-agg")
+	if _, err := os.Stat(filepath.Join(pkg, "index.js")); err != nil {
+		requirePeers(t, fmt.Sprintf("aws-kinesis-agg not installed: %v", err))
+	}
+	var in []map[string]string
+	for _, r := range recs {
+		in = append(in, map[string]string{"partitionKey": r.PartitionKey, "data": base64.StdEncoding.EncodeToString(r.Data), "sequenceNumber": r.SequenceNumber})
+	}
+	body, _ := json.Marshal(in)
+	cmd := exec.Command(node, launcherPath(t, "kpl-deagg.js"), pkg)
+	cmd.Stdin = bytes.NewReader(body)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("aws-kinesis-agg: %v: %s", err, stderr.String())
+	}
+	var users []struct {
+		PartitionKey string
+		Data         []byte
+	}
+	if err := json.Unmarshal(out, &users); err != nil {
+		t.Fatal(err)
+	}
+	if len(users) != len(data) {
+		t.Fatalf("aws-kinesis-agg found %d user records, want %d", len(users), len(data))
+	}
+	for i, u := range users {
+		if u.PartitionKey != keys[i] || !bytes.Equal(u.Data, data[i]) {
+			t.Fatalf("user record %d differs: %q %.100s", i, u.PartitionKey, u.Data)
+		}
+	}
+	t.Logf("aws-kinesis-agg de-aggregated %d records into %d user records, checksums verified", len(recs), len(users))
+}
+
+// checkCloudWatchExactlyOnce decodes the stored cloudwatch records with aws-lambda-go's types and
+// checks that every posted event's message (JSON log format) arrived exactly once, in posting
+// order, under a unique id, besides the counts messages.
+func checkCloudWatchExactlyOnce(t *testing.T, posted []postedEvent, recs []storedRecord) {
+	t.Helper()
+	want := map[string]int{}
+	order := map[string]int{}
+	for i, p := range posted {
+		m := cloudWatchMessage(p.raw)
+		want[m]++
+		order[m] = i
+	}
+	seen := map[string]int{}
+	ids := map[string]string{}
+	last, counts := -1, 0
+	for _, r := range recs {
+		d := decodeCloudWatch(t, r.Data)
+		if r.PartitionKey != d.LogStream || d.LogGroup == "" || d.Owner == "" {
+			t.Fatalf("record keyed %q for stream %q, group %q, owner %q", r.PartitionKey, d.LogStream, d.LogGroup, d.Owner)
+		}
+		for _, le := range d.LogEvents {
+			if prev, ok := ids[le.ID]; ok {
+				t.Errorf("id %s used twice (%.80s, %.80s)", le.ID, prev, le.Message)
+			}
+			ids[le.ID] = le.Message
+			if _, ok := want[le.Message]; !ok {
+				var c map[string]any
+				if json.Unmarshal([]byte(le.Message), &c) == nil && c["received"] != nil && c["delivered"] != nil {
+					counts++
+					continue
+				}
+				t.Errorf("a message that was never posted: %.200s", le.Message)
+				continue
+			}
+			seen[le.Message]++
+			if order[le.Message] < last {
+				t.Errorf("message out of order: %.100s", le.Message)
+			}
+			last = order[le.Message]
+		}
+	}
+	for m, n := range want {
+		if seen[m] != n {
+			t.Errorf("message arrived %d times, posted %d: %.200s", seen[m], n, m)
+		}
+	}
+	if counts == 0 {
+		t.Error("no counts message")
 	}
 }
 

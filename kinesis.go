@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -26,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
@@ -50,8 +52,9 @@ type shipper struct {
 
 	mu       sync.Mutex // one round at a time; guards the fields below
 	client   *kinesisClient
-	body     []byte // reused request body
-	scratch  []byte // reused record data
+	body     []byte       // reused request body
+	scratch  []byte       // reused record data
+	gz       *gzip.Writer // reused by cloudwatch records
 	lastSent time.Time
 	countsAt time.Time
 	sending  atomic.Bool // a PutRecords call is on the wire (read without mu)
@@ -107,7 +110,7 @@ func (s *shipper) ship(ctx context.Context, before uint64) error {
 }
 
 func (s *shipper) eventsPerCall() int {
-	if s.cfg.RecordFormat == "ndjson" {
+	if s.cfg.RecordFormat.aggregated() {
 		return 50 * maxRecordsPerCall
 	}
 	return maxRecordsPerCall
@@ -265,12 +268,24 @@ func hint(code string, cfg config, region string) string {
 type pendingRecord struct {
 	events []event
 	key    string
-	size   int // data bytes, after any truncation
+	size   int    // data bytes, after any truncation
+	data   []byte // the data when built at packing (kpl, cloudwatch); else encodeBody builds it
 }
 
+// maxNDJSONLines is the most lines an ndjson record holds: Firehose's JSON record
+// de-aggregation splits at most 500 records out of one Kinesis record.
+const maxNDJSONLines = 500
+
 // packRecords turns events into records: one per event, or with KINESIS_TELEMETRY_RECORD_FORMAT
-// ndjson, consecutive events of one partition key up to the aggregate size.
+// ndjson, consecutive events of one partition key up to the aggregate size. The kpl and cloudwatch
+// formats are built here, whole (records.go), so that their exact size is known for the call.
 func (s *shipper) packRecords(evs []event) []pendingRecord {
+	switch s.cfg.RecordFormat {
+	case formatKPL:
+		return s.meta.packKPL(evs, s.cfg.RecordBytes)
+	case formatCloudWatch:
+		return s.meta.packCloudWatch(evs, s.cfg.RecordBytes, &s.gz)
+	}
 	recs := make([]pendingRecord, 0, min(len(evs), maxRecordsPerCall))
 	for i := 0; i < len(evs); {
 		e := &evs[i]
@@ -279,7 +294,7 @@ func (s *shipper) packRecords(evs []event) []pendingRecord {
 		j := i + 1
 		if s.cfg.RecordFormat == "ndjson" {
 			size++ // newline
-			for j < len(evs) && s.meta.sameRecord(e, &evs[j]) {
+			for j < len(evs) && j-i < maxNDJSONLines && s.meta.sameRecord(e, &evs[j]) {
 				next := s.meta.dataSize(&evs[j], len(key)) + 1
 				if size+next > s.cfg.RecordBytes {
 					break
@@ -340,6 +355,14 @@ func (s *shipper) encodeBody(dst []byte, recs []pendingRecord) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
+		if r.data != nil {
+			dst = append(dst, `{"Data":"`...)
+			dst = appendBase64(dst, r.data)
+			dst = append(dst, `","PartitionKey":`...)
+			dst = appendJSONString(dst, r.key)
+			dst = append(dst, '}')
+			continue
+		}
 		s.scratch = s.scratch[:0]
 		for k := range r.events {
 			s.scratch = s.meta.appendData(s.scratch, &r.events[k], len(r.key))
@@ -393,12 +416,25 @@ type recordMeta struct {
 	region    string
 	envID     string
 	function  string
-	partition string // "request", "function" or "random"
+	partition partitionMode
+
+	format     recordFormat
+	textObject bool // KINESIS_TELEMETRY_TEXT_RECORD=object: text lines' record becomes {"message":…}
+	logs       cloudWatchNames
 }
 
 func newRecordMeta(reg registration, cfg config, region, envID string) recordMeta {
 	m := recordMeta{
 		reg: reg, envID: envID, function: reg.FunctionName, partition: cfg.PartitionKey,
+		format: cfg.RecordFormat, textObject: cfg.TextRecord == textAsObject,
+		logs: cloudWatchNames{
+			owner: reg.AccountID, group: cfg.LogGroup, stream: cfg.LogStream,
+			filter: cfg.SubscriptionFilter, format: cfg.LogFormat,
+		},
+	}
+	if m.logs.owner == "" {
+		// Without the accountId feature of register, the stream's account is the best owner.
+		m.logs.owner = cfg.Stream.Account
 	}
 	m.setRegion(region)
 	return m
@@ -422,12 +458,16 @@ func (m *recordMeta) setRegion(region string) {
 // function's ("function"), or spreads them evenly ("random", derived from the event id so that a
 // retry goes to the same shard).
 func (m *recordMeta) partitionKey(e *event) string {
+	if m.format == formatCloudWatch && m.logs.stream != "" {
+		// CloudWatch's ByLogStream distribution: one environment's events stay in order.
+		return truncateKey(m.logs.stream)
+	}
 	switch m.partition {
-	case "function":
+	case partitionFunction:
 		if m.function != "" {
 			return truncateKey(m.function)
 		}
-	case "random":
+	case partitionRandom:
 		h := fnv.New64a()
 		h.Write([]byte(e.idPrefix))
 		h.Write(strconv.AppendUint(nil, e.seq, 10))
@@ -454,34 +494,78 @@ func truncateKey(k string) string {
 
 // sameRecord reports whether b may share an aggregated record with a.
 func (m *recordMeta) sameRecord(a, b *event) bool {
-	return m.partition == "random" || m.partitionKey(a) == m.partitionKey(b)
+	return m.partition == partitionRandom || m.partitionKey(a) == m.partitionKey(b)
 }
 
 // dataSize is the length of the record data appendData writes for e.
 func (m *recordMeta) dataSize(e *event, keyLen int) int {
+	return m.dataSizeWithin(e, maxRecordBytes-keyLen)
+}
+
+// dataSizeWithin is the length of the record data appendDataWithin writes for e.
+func (m *recordMeta) dataSizeWithin(e *event, limit int) int {
 	n := m.envelopeSize(e)
-	if n+keyLen > maxRecordBytes {
-		return len(m.appendTruncated(nil, e, maxRecordBytes-keyLen))
+	if n > limit {
+		return len(m.appendTruncated(nil, e, limit))
 	}
 	return n
 }
 
 func (m *recordMeta) envelopeSize(e *event) int {
 	const fixed = len(`{"id":"-",,"requestId":,"event":}`)
-	return fixed + len(e.idPrefix) + digits(e.seq) + len(m.fields) + jsonStringLen(e.requestID) + len(e.raw)
+	n := fixed + len(e.idPrefix) + digits(e.seq) + len(m.fields) + jsonStringLen(e.requestID) + len(e.raw)
+	if e.traceID != "" {
+		n += len(`,"traceId":`) + jsonStringLen(e.traceID)
+	}
+	if e.tenantID != "" {
+		n += len(`,"tenantId":`) + jsonStringLen(e.tenantID)
+	}
+	if m.wrapsText(e) {
+		n += len(textWrapOpen) + len(textWrapClose)
+	}
+	return n
 }
+
+// wrapsText reports whether e's record, a text line, is written as {"message":"…"}, so that
+// event.record has one JSON type in every document (OpenSearch maps a field by the first one).
+func (m *recordMeta) wrapsText(e *event) bool { return m.textObject && e.text }
+
+const textWrapOpen, textWrapClose = `{"message":`, `}`
 
 // appendData appends the record data for one event: the envelope with the event as received, or,
 // for an event too large for a record, the envelope with the event's record cut to fit and
 // "truncatedBytes" saying how many bytes were cut.
 func (m *recordMeta) appendData(dst []byte, e *event, keyLen int) []byte {
-	if m.envelopeSize(e)+keyLen > maxRecordBytes {
-		return m.appendTruncated(dst, e, maxRecordBytes-keyLen)
+	return m.appendDataWithin(dst, e, maxRecordBytes-keyLen)
+}
+
+// appendDataWithin is appendData for data of at most limit bytes.
+func (m *recordMeta) appendDataWithin(dst []byte, e *event, limit int) []byte {
+	if m.envelopeSize(e) > limit {
+		return m.appendTruncated(dst, e, limit)
+	}
+	if m.wrapsText(e) {
+		if start, end := recordSpan(e.raw); start >= 0 {
+			dst = m.appendEnvelopeHead(dst, e, -1)
+			dst = append(dst, e.raw[:start]...)
+			dst = append(dst, textWrapOpen...)
+			dst = append(dst, e.raw[start:end]...)
+			dst = append(dst, textWrapClose...)
+			dst = append(dst, e.raw[end:]...)
+			return append(dst, '}')
+		}
 	}
 	return m.appendEnvelope(dst, e, e.raw, -1)
 }
 
 func (m *recordMeta) appendEnvelope(dst []byte, e *event, raw []byte, truncated int) []byte {
+	dst = m.appendEnvelopeHead(dst, e, truncated)
+	dst = append(dst, raw...)
+	return append(dst, '}')
+}
+
+// appendEnvelopeHead writes the envelope up to its event: {"id":…,…,"event":
+func (m *recordMeta) appendEnvelopeHead(dst []byte, e *event, truncated int) []byte {
 	dst = append(dst, `{"id":"`...)
 	dst = append(dst, e.idPrefix...)
 	dst = append(dst, '-')
@@ -490,13 +574,19 @@ func (m *recordMeta) appendEnvelope(dst []byte, e *event, raw []byte, truncated 
 	dst = append(dst, m.fields...)
 	dst = append(dst, `,"requestId":`...)
 	dst = appendJSONString(dst, e.requestID)
+	if e.traceID != "" {
+		dst = append(dst, `,"traceId":`...)
+		dst = appendJSONString(dst, e.traceID)
+	}
+	if e.tenantID != "" {
+		dst = append(dst, `,"tenantId":`...)
+		dst = appendJSONString(dst, e.tenantID)
+	}
 	if truncated >= 0 {
 		dst = append(dst, `,"truncatedBytes":`...)
 		dst = strconv.AppendInt(dst, int64(truncated), 10)
 	}
-	dst = append(dst, `,"event":`...)
-	dst = append(dst, raw...)
-	return append(dst, '}')
+	return append(dst, `,"event":`...)
 }
 
 // appendTruncated writes the event with its record replaced by a string holding the record's
@@ -522,14 +612,29 @@ func (m *recordMeta) appendTruncated(dst []byte, e *event, limit int) []byte {
 		inner = append(inner, `,"type":`...)
 		inner = append(inner, orNull(ev.Type)...)
 		inner = append(inner, `,"record":`...)
-		inner = appendJSONString(inner, string(text[:keep]))
+		if m.textObject {
+			inner = append(inner, textWrapOpen...)
+		}
+		inner = appendJSONBytes(inner, text[:keep])
+		if m.textObject {
+			inner = append(inner, textWrapClose...)
+		}
 		inner = append(inner, '}')
 		return inner
 	}
 	// Escaping can make the text longer than its bytes: with the room the envelope leaves (its
 	// length with no text and the largest possible count of cut bytes), keep whole characters,
 	// in one pass, while their escaped form fits.
-	room := limit - len(m.appendEnvelope(nil, e, build(0), len(text)))
+	keep := fitEscaped(text, limit-len(m.appendEnvelope(nil, e, build(0), len(text))))
+	return m.appendEnvelope(dst, e, build(keep), len(text)-keep)
+}
+
+// fitEscaped returns how many bytes of text, in whole characters, fit in room bytes once escaped
+// inside a JSON string.
+func fitEscaped(text []byte, room int) int {
+	if len(text) <= room/6 {
+		return len(text) // no byte escapes to more than six
+	}
 	keep := 0
 	for keep < len(text) {
 		size, escaped := escapedRune(text[keep:])
@@ -539,20 +644,32 @@ func (m *recordMeta) appendTruncated(dst []byte, e *event, limit int) []byte {
 		room -= escaped
 		keep += size
 	}
-	return m.appendEnvelope(dst, e, build(keep), len(text)-keep)
+	return keep
 }
+
+// jsonEscaped is the one table of JSON string escaping, as appendJSONString writes it: for each
+// ASCII byte, its length inside a JSON string (1 as is; 2 for \" \\ \n \r \t; 6 for \u00XX).
+// escapedRune, appendJSONString and jsonStringLen all read it; FuzzRecordBuilding checks that
+// predicted sizes match what is written.
+var jsonEscaped = func() (t [utf8.RuneSelf]uint8) {
+	for c := range t {
+		switch {
+		case plainByte[c]:
+			t[c] = 1
+		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
+			t[c] = 2
+		default:
+			t[c] = 6
+		}
+	}
+	return t
+}()
 
 // escapedRune returns the length of the first character of b and of its form inside a JSON string
 // as appendJSONString writes it.
 func escapedRune(b []byte) (size, escaped int) {
-	c := b[0]
-	switch {
-	case c < utf8.RuneSelf && plainByte[c]:
-		return 1, 1
-	case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
-		return 1, 2
-	case c < utf8.RuneSelf:
-		return 1, 6
+	if c := b[0]; c < utf8.RuneSelf {
+		return 1, int(jsonEscaped[c])
 	}
 	r, size := utf8.DecodeRune(b)
 	if r == utf8.RuneError && size == 1 {
@@ -578,26 +695,27 @@ func digits(n uint64) int {
 }
 
 // appendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, as in encoding/json.
+// The string's bytes are only read (unsafe.Slice, no copy): one escaping loop serves strings and
+// byte slices.
 func appendJSONString(dst []byte, s string) []byte {
+	return appendJSONBytes(dst, unsafe.Slice(unsafe.StringData(s), len(s)))
+}
+
+// appendJSONBytes appends b as a JSON string, escaped by the jsonEscaped table.
+func appendJSONBytes(dst, b []byte) []byte {
 	dst = append(dst, '"')
 	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
+	for i := 0; i < len(b); {
+		c := b[i]
 		if c < utf8.RuneSelf {
-			if plainByte[c] {
+			if jsonEscaped[c] == 1 {
 				i++
 				continue
 			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
+			dst = append(dst, b[start:i]...)
+			switch jsonEscaped[c] {
+			case 2:
+				dst = append(dst, '\\', shortEscape[c])
 			default:
 				dst = append(dst, '\\', 'u', '0', '0', hexDigit[c>>4], hexDigit[c&0xf])
 			}
@@ -605,9 +723,9 @@ func appendJSONString(dst []byte, s string) []byte {
 			start = i
 			continue
 		}
-		r, n := utf8.DecodeRuneInString(s[i:])
+		r, n := utf8.DecodeRune(b[i:])
 		if r == utf8.RuneError && n == 1 {
-			dst = append(dst, s[start:i]...)
+			dst = append(dst, b[start:i]...)
 			dst = append(dst, "\ufffd"...)
 			i++
 			start = i
@@ -615,35 +733,22 @@ func appendJSONString(dst []byte, s string) []byte {
 		}
 		i += n
 	}
-	dst = append(dst, s[start:]...)
+	dst = append(dst, b[start:]...)
 	return append(dst, '"')
 }
+
+// shortEscape is the letter after the backslash of the two-byte escapes.
+var shortEscape = [utf8.RuneSelf]byte{'"': '"', '\\': '\\', '\n': 'n', '\r': 'r', '\t': 't'}
 
 const hexDigit = "0123456789abcdef"
 
 // jsonStringLen is len(appendJSONString(nil, s)).
 func jsonStringLen(s string) int {
+	b := unsafe.Slice(unsafe.StringData(s), len(s))
 	n := 2
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			switch {
-			case plainByte[c]:
-				n++
-			case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
-				n += 2
-			default:
-				n += 6
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			n += 3
-		} else {
-			n += size
-		}
+	for i := 0; i < len(b); {
+		size, escaped := escapedRune(b[i:])
+		n += escaped
 		i += size
 	}
 	return n
@@ -952,7 +1057,7 @@ func (s *stats) marks() lossMarks {
 const countsEvery = time.Minute
 
 // countsType is the event type of the counts record.
-const countsType = "kinesis-telemetry-extension.counts"
+const countsType = "kinesis-telemetry-extension.counts" // untyped: compared with eventType and with strings
 
 // emitCountsIfDue buffers a counts record when something was lost since the last one, or when
 // the last one is older than countsEvery and telemetry has flowed since.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -43,6 +44,8 @@ type envelopeOf struct {
 	Account        string          `json:"account"`
 	Region         string          `json:"region"`
 	RequestID      string          `json:"requestId"`
+	TraceID        string          `json:"traceId"`
+	TenantID       string          `json:"tenantId"`
 	TruncatedBytes *int            `json:"truncatedBytes"`
 	Event          json.RawMessage `json:"event"`
 }
@@ -185,7 +188,7 @@ func TestPartitionKeys(t *testing.T) {
 	e := event{requestID: "req", idPrefix: "p", seq: 7}
 	none := event{idPrefix: "p", seq: 8}
 	for _, tt := range []struct {
-		mode      string
+		mode      partitionMode
 		want      string
 		wantNoReq string
 	}{
@@ -676,7 +679,7 @@ func FuzzRecordBuilding(f *testing.F) {
 			return
 		}
 		e.requestID, e.idPrefix, e.seq = requestID, "p", 7
-		for _, mode := range []string{"request", "random"} {
+		for _, mode := range []partitionMode{partitionRequest, partitionRandom} {
 			m := testMeta(config{PartitionKey: mode})
 			key := m.partitionKey(&e)
 			if key == "" || len(key) > 256 {
@@ -700,7 +703,55 @@ func FuzzRecordBuilding(f *testing.F) {
 				t.Fatalf("id %q", env.ID)
 			}
 		}
+		checkAggregatedFormats(t, e)
 	})
+}
+
+// checkAggregatedFormats builds the kpl and cloudwatch records of one event (also with trace
+// fields and text records as objects): within the Kinesis record limit, decodable, the event
+// whole unless truncated.
+func checkAggregatedFormats(t *testing.T, e event) {
+	e.traceID, e.tenantID, e.arrived = "1-5759e988-bd862e3fe1be46a994272793", "t\"1", time.Unix(1700000000, 0)
+	for _, tr := range []textRecord{textAsString, textAsObject} {
+		m := testMeta(config{RecordFormat: formatKPL, TextRecord: tr})
+		recs := m.packKPL([]event{e, e}, 1<<20-4096)
+		n := 0
+		for _, r := range recs {
+			if len(r.data)+len(r.key) > maxRecordBytes {
+				t.Fatalf("kpl record of %d bytes", len(r.data)+len(r.key))
+			}
+			for _, u := range decodeKPL(t, r.data) {
+				var env envelopeOf
+				if err := json.Unmarshal(u.data, &env); err != nil {
+					t.Fatalf("kpl user record is not an envelope: %v", err)
+				}
+				if tr == textAsString && env.TruncatedBytes == nil && string(env.Event) != string(e.raw) {
+					t.Fatalf("kpl: event changed")
+				}
+				n++
+			}
+		}
+		if n != 2 {
+			t.Fatalf("kpl: %d user records for 2 events", n)
+		}
+		if d := m.dataSizeWithin(&e, 5000); d > 5000 || d != len(m.appendDataWithin(nil, &e, 5000)) {
+			t.Fatalf("dataSizeWithin %d", d)
+		}
+	}
+	for _, f := range []logFormat{logText, logJSON} {
+		m := testMeta(config{RecordFormat: formatCloudWatch, LogFormat: f, LogStream: "s", LogGroup: "g"})
+		var zw *gzip.Writer
+		for _, r := range m.packCloudWatch([]event{e, e}, 1<<20-4096, &zw) {
+			if len(r.data)+len(r.key) > maxRecordBytes {
+				t.Fatalf("cloudwatch record of %d bytes", len(r.data)+len(r.key))
+			}
+			for _, le := range decodeCloudWatch(t, r.data).LogEvents {
+				if len(le.ID) != 56 || len(le.Message) > 256*1024 {
+					t.Fatalf("log event id %q, message of %d bytes", le.ID, len(le.Message))
+				}
+			}
+		}
+	}
 }
 
 // TestStaleConnectionsAreNotTrusted: after a pause as long as a freeze can be, the client opens a

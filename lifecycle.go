@@ -173,8 +173,11 @@ func (e *extension) start(ctx context.Context, host string, getenv func(string) 
 		return fmt.Errorf("listen for telemetry on %s (KINESIS_TELEMETRY_PORT=%d: choose a port no other extension uses): %w", addr, e.cfg.Port, err)
 	}
 	e.stopListener = serveListener(ln, newListener(e.buf, e.stats, e.cfg), e.logs.out)
-	meta := newRecordMeta(e.reg, e.cfg, getenv("AWS_REGION"), environmentID(getenv("AWS_LAMBDA_LOG_STREAM_NAME")))
+	meta := newRecordMeta(e.reg, e.cfg, getenv("AWS_REGION"), environmentID(e.cfg.LogStream))
 	e.ship = newShipper(e.cfg, e.buf, e.stats, e.logs, meta)
+	if e.cfg.RecordFormat == formatCloudWatch && len(e.cfg.DefaultLogNames) > 0 {
+		e.logs.printf("cloudwatch records: Lambda did not set %s; using Lambda's default naming", strings.Join(e.cfg.DefaultLogNames, ", "))
+	}
 
 	e.sub, err = subscribeTelemetry(ctx, e.api, e.cfg)
 	if err != nil {

@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -160,19 +161,36 @@ func (l *listener) accept(body []byte) error {
 // event is one Telemetry API event as it waits in the buffer.
 type event struct {
 	raw       []byte // the event exactly as received (invalid UTF-8 replaced)
-	typ       string
+	typ       eventType
 	requestID string // the event's own, or the invocation it was printed in
 	level     int8   // index into logLevels for JSON log lines, -1 when unknown
 	text      bool   // record is a string (a text log line)
 	idPrefix  string // with seq, the event's id
 	seq       uint64
 	arrived   time.Time
+	traceID   string // Root of the invocation's X-Amzn-Trace-Id, from its platform.start
+	tenantID  string // the invocation's tenant (functions with tenant isolation)
 }
+
+// eventType is a Telemetry API event's type. Lambda adds types over time: any name is valid and
+// shipped as it is; these are the ones the extension acts on.
+type eventType string
+
+const (
+	typeFunction            eventType = "function"
+	typeExtension           eventType = "extension"
+	typePlatformInitStart   eventType = "platform.initStart"
+	typePlatformStart       eventType = "platform.start"
+	typePlatformRuntimeDone eventType = "platform.runtimeDone"
+	typePlatformReport      eventType = "platform.report"
+	typePlatformRestore     eventType = "platform.restoreStart"
+	typePlatformLogsDropped eventType = "platform.logsDropped"
+)
 
 // isPlatform reports whether the event is a platform event, which are never dropped to make room.
 func (e *event) isPlatform() bool { return !isLogType(e.typ) }
 
-func isLogType(t string) bool { return t == "function" || t == "extension" }
+func isLogType(t eventType) bool { return t == typeFunction || t == typeExtension }
 
 // size is what the event costs the buffer: its bytes plus bookkeeping.
 func (e *event) size() int { return len(e.raw) + 128 }
@@ -195,24 +213,39 @@ func newEvent(f eventFields) event {
 	if f.level != nil {
 		e.level = int8(levelIndex(unquote(f.level)))
 	}
+	if !isLogType(typ) {
+		// Only Lambda's own records: a JSON log line's "tenantId" or "tracing" is the user's.
+		e.traceID = traceRoot(unquote(f.traceValue))
+		e.tenantID = unquote(f.tenantID)
+	}
 	return e
 }
 
-// internType avoids an allocation per event for the common types.
-func internType(t string) string {
-	switch t {
-	case "function":
-		return "function"
-	case "extension":
-		return "extension"
-	case "platform.start":
-		return "platform.start"
-	case "platform.runtimeDone":
-		return "platform.runtimeDone"
-	case "platform.report":
-		return "platform.report"
+// traceRoot returns the Root of an X-Amzn-Trace-Id value ("Root=1-…;Parent=…;Sampled=1").
+func traceRoot(v string) string {
+	for part := range strings.SplitSeq(v, ";") {
+		if root, ok := strings.CutPrefix(strings.TrimSpace(part), "Root="); ok {
+			return root
+		}
 	}
-	return t
+	return ""
+}
+
+// internType avoids an allocation per event for the common types.
+func internType(t string) eventType {
+	switch eventType(t) {
+	case typeFunction:
+		return typeFunction
+	case typeExtension:
+		return typeExtension
+	case typePlatformStart:
+		return typePlatformStart
+	case typePlatformRuntimeDone:
+		return typePlatformRuntimeDone
+	case typePlatformReport:
+		return typePlatformReport
+	}
+	return eventType(t)
 }
 
 func levelIndex(s string) int {
@@ -259,6 +292,7 @@ type buffer struct {
 	seq       uint64
 	idPrefix  string
 	lastStart string // request id of the last platform.start: log lines without one belong to it
+	tags      tagSet // trace and tenant of recent invocations, from their platform.start
 	done      recentSet
 	reported  recentSet
 	changed   chan struct{} // closed whenever events arrive
@@ -267,7 +301,7 @@ type buffer struct {
 func newBuffer(maxBytes int, idPrefix string, st *stats) *buffer {
 	return &buffer{
 		max: maxBytes, idPrefix: idPrefix, stats: st, changed: make(chan struct{}),
-		done: newRecentSet(256), reported: newRecentSet(256),
+		done: newRecentSet(256), reported: newRecentSet(256), tags: newTagSet(256),
 	}
 }
 
@@ -280,22 +314,26 @@ func (b *buffer) add(evs []event, f *filter) {
 	for i := range evs {
 		e := &evs[i]
 		switch e.typ {
-		case "platform.start":
+		case typePlatformStart:
 			if e.requestID != "" {
 				b.lastStart = e.requestID
+				b.tags.add(e.requestID, invocationTags{trace: e.traceID, tenant: e.tenantID})
 			}
-		case "platform.runtimeDone":
+		case typePlatformRuntimeDone:
 			b.done.add(e.requestID, now)
-		case "platform.report":
+		case typePlatformReport:
 			b.reported.add(e.requestID, now)
-		case "platform.restoreStart":
+		case typePlatformRestore:
 			// A SnapStart restore clones this process: ids must not repeat across clones.
 			b.idPrefix = newIDPrefix()
-		case "platform.logsDropped":
+		case typePlatformLogsDropped:
 			b.stats.lambdaDropped(e.raw)
 		}
 		if e.requestID == "" && isLogType(e.typ) {
 			e.requestID = b.lastStart
+		}
+		if t, ok := b.tags.at[e.requestID]; ok {
+			e.traceID, e.tenantID = cmp.Or(e.traceID, t.trace), cmp.Or(e.tenantID, t.tenant)
 		}
 		if !f.keep(e, b.stats) {
 			continue
@@ -555,6 +593,29 @@ func (s *recentSet) get(id string) (time.Time, bool) {
 	return t, ok
 }
 
+// invocationTags are what every event of an invocation carries from its platform.start.
+type invocationTags struct{ trace, tenant string }
+
+// tagSet remembers the tags of the last n invocations, forgetting the oldest.
+type tagSet struct {
+	at    map[string]invocationTags
+	order []string
+	n     int
+}
+
+func newTagSet(n int) tagSet { return tagSet{at: map[string]invocationTags{}, n: n} }
+
+func (s *tagSet) add(id string, t invocationTags) {
+	if _, ok := s.at[id]; !ok {
+		if len(s.order) >= s.n {
+			delete(s.at, s.order[0])
+			s.order = s.order[1:]
+		}
+		s.order = append(s.order, id)
+	}
+	s.at[id] = t
+}
+
 // eventFields is what scanBatch finds in one element of a batch. Token fields hold the raw JSON
 // string token (with quotes), or nil when absent or not a string.
 type eventFields struct {
@@ -563,6 +624,8 @@ type eventFields struct {
 	typ        []byte
 	requestID  []byte // record.requestId
 	level      []byte // record.level (JSON-format log lines)
+	tenantID   []byte // record.tenantId
+	traceValue []byte // record.tracing.value (X-Amzn-Trace-Id)
 	recordText bool   // record is a string
 	badUTF8    bool
 }
@@ -675,30 +738,48 @@ func (s *scanner) event() (eventFields, error) {
 			switch s.peek() {
 			case '"':
 				f.recordText = true
-				f.requestID, f.level = nil, nil
+				f.requestID, f.level, f.tenantID, f.traceValue = nil, nil, nil, nil
 			case '{':
 				f.recordText = false
-				f.requestID, f.level = nil, nil
+				f.requestID, f.level, f.tenantID, f.traceValue = nil, nil, nil, nil
 				return s.members(func(key []byte) error {
-					if s.peek() != '"' || (string(key) != `"requestId"` && string(key) != `"level"`) {
-						return s.value()
+					switch string(key) {
+					case `"requestId"`:
+						return s.strInto(&f.requestID)
+					case `"level"`:
+						return s.strInto(&f.level)
+					case `"tenantId"`:
+						return s.strInto(&f.tenantID)
+					case `"tracing"`:
+						if s.peek() == '{' {
+							return s.members(func(key []byte) error {
+								if string(key) == `"value"` {
+									return s.strInto(&f.traceValue)
+								}
+								return s.value()
+							})
+						}
 					}
-					start := s.pos
-					if err := s.str(); err != nil {
-						return err
-					}
-					if string(key) == `"requestId"` {
-						f.requestID = s.data[start:s.pos]
-					} else {
-						f.level = s.data[start:s.pos]
-					}
-					return nil
+					return s.value()
 				})
 			}
 		}
 		return s.value()
 	})
 	return f, err
+}
+
+// strInto scans the value at the position into *tok when it is a string, and skips it otherwise.
+func (s *scanner) strInto(tok *[]byte) error {
+	if s.peek() != '"' {
+		return s.value()
+	}
+	start := s.pos
+	if err := s.str(); err != nil {
+		return err
+	}
+	*tok = s.data[start:s.pos]
+	return nil
 }
 
 // members scans an object, calling member with each key with the position at its value; member
@@ -984,16 +1065,16 @@ var ownLogMarker = []byte(`"` + logPrefix)
 // keep reports whether e is shipped, counting why not; it may redact e.raw.
 func (f *filter) keep(e *event, st *stats) bool {
 	switch {
-	case e.typ == "extension" && bytes.Contains(e.raw, ownLogMarker):
+	case e.typ == typeExtension && bytes.Contains(e.raw, ownLogMarker):
 		st.filteredOwn.Add(1)
 		return false
-	case f.exclude[e.typ]:
+	case f.exclude[string(e.typ)]:
 		st.filteredExcluded.Add(1)
 		return false
 	case isLogType(e.typ) && e.level >= 0 && int(e.level) < f.minLevel:
 		st.filteredLevel.Add(1)
 		return false
-	case e.typ == "function" && f.sample < 1 && e.level < levelError && !sampled(e.requestID, f.sample):
+	case e.typ == typeFunction && f.sample < 1 && e.level < levelError && !sampled(e.requestID, f.sample):
 		st.filteredSampled.Add(1)
 		return false
 	}

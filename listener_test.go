@@ -158,7 +158,7 @@ func newTestBuffer(max int) (*buffer, *stats) {
 
 func platformEvent(typ, req string) event {
 	raw := fmt.Sprintf(`{"time":"t","type":%q,"record":{"requestId":%q}}`, typ, req)
-	return event{raw: []byte(raw), typ: typ, requestID: req, level: -1}
+	return event{raw: []byte(raw), typ: eventType(typ), requestID: req, level: -1}
 }
 
 func logEvent(msg string) event {
@@ -176,7 +176,7 @@ func TestBufferAttributesLogLinesToTheInvocation(t *testing.T) {
 	got := b.take(everything, 100, 1<<30, func(*event) int { return 1 })
 	var reqs []string
 	for _, e := range got {
-		reqs = append(reqs, e.typ+"="+e.requestID)
+		reqs = append(reqs, string(e.typ)+"="+e.requestID)
 	}
 	want := "function= platform.start=r1 function=r1 platform.runtimeDone=r1 function=r1 platform.start=r2 function=r2"
 	if strings.Join(reqs, " ") != want {

@@ -8,6 +8,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -118,10 +119,19 @@ type config struct {
 	Exclude      map[string]bool
 	MinLevel     int // index into logLevels; 0 keeps everything
 	Redact       []*regexp.Regexp
-	RecordFormat string // "event" or "ndjson"
-	RecordBytes  int    // upper bound of an aggregated (ndjson) record
-	PartitionKey string // "request", "function" or "random"
+	RecordFormat recordFormat
+	RecordBytes  int // upper bound of an aggregated (ndjson, kpl, cloudwatch before gzip) record
+	PartitionKey partitionMode
+	TextRecord   textRecord // how text log lines appear in the envelope
 	Sample       float64
+
+	// What the cloudwatch format says about the log it mirrors. LogGroup and LogStream are
+	// Lambda's, or documented defaults (DefaultLogNames lists which) when Lambda did not set them.
+	SubscriptionFilter string
+	LogFormat          logFormat
+	LogGroup           string
+	LogStream          string
+	DefaultLogNames    []string
 
 	Managed     bool // Lambda Managed Instances: SHUTDOWN-only registration, schema 2025-01-29
 	FailOnError bool
@@ -171,9 +181,31 @@ func parseConfig(getenv func(string) string) (config, error) {
 	c.Exclude = p.set("KINESIS_TELEMETRY_EXCLUDE")
 	c.MinLevel = p.level("KINESIS_TELEMETRY_MIN_LEVEL")
 	c.Redact = p.redact("KINESIS_TELEMETRY_REDACT", p.boolean("KINESIS_TELEMETRY_REDACT_SECRETS", false))
-	c.RecordFormat = p.choice("KINESIS_TELEMETRY_RECORD_FORMAT", "event", "event", "ndjson")
+	c.RecordFormat = recordFormat(p.choice("KINESIS_TELEMETRY_RECORD_FORMAT", string(formatEvent), recordFormatNames...))
 	c.RecordBytes = p.integer("KINESIS_TELEMETRY_RECORD_MAX_BYTES", 262144, 1024, maxRecordBytes-4096)
-	c.PartitionKey = p.choice("KINESIS_TELEMETRY_PARTITION_KEY", "request", "request", "function", "random")
+	c.PartitionKey = partitionMode(p.choice("KINESIS_TELEMETRY_PARTITION_KEY", string(partitionRequest), string(partitionRequest), string(partitionFunction), string(partitionRandom)))
+	c.TextRecord = textRecord(p.choice("KINESIS_TELEMETRY_TEXT_RECORD", string(textAsString), string(textAsString), string(textAsObject)))
+	c.SubscriptionFilter = p.value("KINESIS_TELEMETRY_SUBSCRIPTION_FILTER")
+	if c.SubscriptionFilter == "" {
+		c.SubscriptionFilter = "kinesis-telemetry-extension"
+	}
+	// Lambda's own variables, read for the cloudwatch format. AWS_LAMBDA_LOG_FORMAT is JSON when
+	// the function logs in JSON; anything else is Lambda's default, Text.
+	c.LogFormat = logText
+	if strings.EqualFold(p.value("AWS_LAMBDA_LOG_FORMAT"), "JSON") {
+		c.LogFormat = logJSON
+	}
+	c.LogGroup, c.LogStream = p.value("AWS_LAMBDA_LOG_GROUP_NAME"), p.value("AWS_LAMBDA_LOG_STREAM_NAME")
+	if c.LogGroup == "" {
+		// Lambda's default log group: https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs.html
+		c.LogGroup = "/aws/lambda/" + p.value("AWS_LAMBDA_FUNCTION_NAME")
+		c.DefaultLogNames = append(c.DefaultLogNames, "AWS_LAMBDA_LOG_GROUP_NAME="+c.LogGroup)
+	}
+	if c.LogStream == "" {
+		// Lambda's stream naming, YYYY/MM/DD/[version]<environment id>; the id part is made up.
+		c.LogStream = time.Now().UTC().Format("2006/01/02") + "/[" + cmp.Or(p.value("AWS_LAMBDA_FUNCTION_VERSION"), "$LATEST") + "]" + newIDPrefix()
+		c.DefaultLogNames = append(c.DefaultLogNames, "AWS_LAMBDA_LOG_STREAM_NAME="+c.LogStream)
+	}
 	c.Sample = p.fraction("KINESIS_TELEMETRY_SAMPLE", 1)
 
 	if c.Managed {

@@ -1515,7 +1515,7 @@ func TestTemplateArchivePartitionKey(t *testing.T) {
 		for _, k := range path {
 			v = tplMap(v)[k]
 		}
-		if s, ok := v.(string); !ok || s != e.typ {
+		if s, ok := v.(string); !ok || s != string(e.typ) {
 			t.Errorf("%s on the envelope of a %s event: got %v, want its type", m[1], e.typ, v)
 		}
 	}
