@@ -58,9 +58,9 @@ const (
 // lifecycleEvent is an INVOKE or SHUTDOWN event from /event/next.
 type lifecycleEvent struct {
 	EventType      eventType `json:"eventType"`
-	DeadlineMs     int64  `json:"deadlineMs"` // epoch milliseconds, not a duration
-	RequestID      string `json:"requestId"`
-	ShutdownReason string `json:"shutdownReason"`
+	DeadlineMs     int64     `json:"deadlineMs"` // epoch milliseconds, not a duration
+	RequestID      string    `json:"requestId"`
+	ShutdownReason string    `json:"shutdownReason"`
 }
 
 func (c *extensionsClient) register(ctx context.Context, name string, events []eventType) (registration, error) {
