@@ -178,15 +178,17 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		}
 		s.pace.refund(n - len(recs))
 		accepted, throttled, pushback := s.send(ctx, r, recs)
-		s.pace.observe(accepted, throttled, pushback, len(recs) == n && queued > n)
-		if throttled == 0 && !pushback {
+		// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does: an
+		// outage or 5xx says nothing about the stream's rate, and is met with backoff instead.
+		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, len(recs) == n && queued > n)
+		if throttled == 0 && pushback == noPushback {
 			failures = 0
 			continue
 		}
 		s.pushbackAt.Store(time.Now().UnixNano())
 		r.pushed.Store(true)
 		r.urgent = r.urgent || r.escalate
-		if pushback {
+		if pushback != noPushback {
 			failures++
 			if !s.pause(ctx, r, backoff(failures-1)) {
 				break
@@ -253,10 +255,19 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 	}
 }
 
+// callPushback is how a whole call met pushback.
+type callPushback int
+
+const (
+	noPushback callPushback = iota
+	throughput              // refused whole for throughput: throttling, KMS throttling
+	failure                 // no answer, a 5xx, credentials that cannot be had
+)
+
 // send makes one PutRecords call and settles its records: stored ones are delivered, refused ones
 // dropped, the rest go back to the buffer. It returns how many entries were stored and how many
-// were refused for throughput, and whether the whole call met pushback.
-func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (accepted, throttled int, pushback bool) {
+// were refused for throughput, and how the whole call met pushback.
+func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (accepted, throttled int, pushback callPushback) {
 	s.body = s.encodeBody(s.body[:0], recs)
 	s.stats.calls.Add(1)
 	s.stats.entries.Add(uint64(len(recs)))
@@ -290,10 +301,10 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 			}
 		}
 		s.retryLater(again, false)
-		return accepted, throttled, false
+		return accepted, throttled, noPushback
 	case !isRetryable(err):
 		s.drop(recs, err)
-		return 0, 0, false
+		return 0, 0, noPushback
 	}
 	unknown := maybeStored(err)
 	if unknown {
@@ -305,14 +316,15 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 	if ctx.Err() == nil && callCtx.Err() == nil {
 		s.logs.once("retry:"+code, "kinesis: PutRecords failed, the events wait in the buffer: %v", err)
 	}
-	if isThrottleCode(code) {
-		s.stats.throttles.Add(1)
-	}
 	if code == "ExpiredTokenException" {
 		s.client.invalidateCredentials()
 	}
 	s.retryLater(recs, unknown)
-	return 0, 0, true
+	if isThrottleCode(code) {
+		s.stats.throttles.Add(1)
+		return 0, 0, throughput
+	}
+	return 0, 0, failure
 }
 
 // guard derives the context of one call. After the invocation's runtime is done a call may run
@@ -383,19 +395,21 @@ func backoff(attempt int) time.Duration {
 // about that, so that throttled entries are not re-sent faster than the stream can take them
 // (N environments retrying at will multiply the traffic that is already too much).
 //
-// It is AIMD on a token bucket of entries per second, like TCP congestion control and the AWS
-// SDKs' adaptive retry mode: unpaced until the first pushback; then the rate starts at the
-// accepted rate measured over the last second times paceDecrease, falls by that factor again at
-// each further pushback (at most once per paceCutEvery, one congestion event), and rises by
-// paceIncrease of itself per second (at least paceMinStep entries/s per second) while calls are
-// fully accepted and the backlog wanted more than the bucket gave; paceProbeAfter the last
-// pushback it doubles per second instead, like TCP's slow start, so that a passing throttle does
-// not hold the environment back for long. The estimate is per stream:
-// per-shard knowledge would need ListShards, an extra IAM permission. Throttling by bytes
-// (1 MiB/s per shard) shows as the same per-entry error and is paced the same way.
+// It is AIMD on a token bucket of entries per second, in the manner of DCTCP (TCP with a
+// decrease proportional to the share of marked packets) and of the AWS SDKs' adaptive retry
+// mode: unpaced until the first pushback; then the rate starts at the rate sent over the last
+// second, cut by half the share throttled; at the end of each paceEpoch with pushback it is cut
+// by half the epoch's throttled share (all of it throttled: halved); and while the backlog wants
+// more than the bucket gives, it rises by paceIncrease of itself per second (at least
+// paceMinStep), or doubles per second once paceProbeAfter has passed without pushback, like
+// TCP's slow start, so that a passing throttle does not hold the environment back for long.
+// A proportional cut matters where a fixed share of entries is refused whatever the rate (one
+// hot shard of several): a cut at every throttle would starve the shards that have room.
 //
-// Time is wall-clock time, frozen periods included: the stream's shards refill while the
-// environment is frozen, and so does the bucket, up to paceBurst of traffic.
+// The estimate is per stream: per-shard knowledge would need ListShards, an extra IAM
+// permission. Throttling by bytes (1 MiB/s per shard) shows as the same per-entry error and is
+// paced the same way. Time is wall-clock time, frozen periods included: the stream's shards
+// refill while the environment is frozen, and so does the bucket, up to paceBurst of traffic.
 type pacer struct {
 	now func() time.Time
 
@@ -403,22 +417,23 @@ type pacer struct {
 	rate   float64 // entries per second, when paced
 	tokens float64
 	at     time.Time // when tokens were last refilled
-	cutAt  time.Time // the last decrease
 	upAt   time.Time // the last increase
+	calmAt time.Time // the last pushback
 
-	accepted   float64 // accepted entries, decaying with time constant paceWindow
-	acceptedAt time.Time
+	epochAt                    time.Time // start of the current epoch
+	epochSent, epochThrottled  float64
+	recentSent, recentAccepted float64   // entries, decaying with time constant paceWindow
+	recentAt                   time.Time // of the decay
 }
 
 const (
-	paceDecrease   = 0.7
 	paceIncrease   = 0.1 // of the rate, per second
 	paceProbe      = 1.0 // of the rate, per second, paceProbeAfter the last pushback
 	paceProbeAfter = 2 * time.Second
 	paceMinStep    = 20  // entries/s per second
 	paceMinRate    = 10  // entries per second
 	paceMaxRate    = 1e6 // above this the stream is not the limit: pacing stops
-	paceCutEvery   = 250 * time.Millisecond
+	paceEpoch      = 500 * time.Millisecond
 	paceWindow     = time.Second
 	paceBurst      = time.Second
 	paceBatch      = 50 * time.Millisecond // a call waits for at least this much traffic (or the backlog)
@@ -476,41 +491,56 @@ func (p *pacer) wait(want int) time.Duration {
 	return time.Duration(need / p.rate * float64(time.Second))
 }
 
-// measured is the accepted rate over about the last paceWindow.
-func (p *pacer) measured(now time.Time) float64 {
-	p.decay(now)
-	return p.accepted / paceWindow.Seconds()
-}
-
 func (p *pacer) decay(now time.Time) {
-	if !p.acceptedAt.IsZero() {
-		p.accepted *= math.Exp(-now.Sub(p.acceptedAt).Seconds() / paceWindow.Seconds())
+	if !p.recentAt.IsZero() {
+		f := math.Exp(-now.Sub(p.recentAt).Seconds() / paceWindow.Seconds())
+		p.recentSent *= f
+		p.recentAccepted *= f
 	}
-	p.acceptedAt = now
+	p.recentAt = now
 }
 
-// observe learns from one call's answer: sent entries, of which accepted were stored and
-// throttled refused for throughput; pushback is a whole-call pushback (throttling, 5xx, a slow
-// or lost answer); starved says the backlog wanted more than the bucket granted.
-func (p *pacer) observe(accepted, throttled int, pushback, starved bool) {
+// observe learns from one call's answer: of its sent entries, accepted were stored and throttled
+// refused for throughput; pushback says the whole call met pushback (throttling, 5xx, a lost or
+// slow answer: all of it counts as throttled); starved says the backlog wanted more than the
+// bucket granted.
+func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	now := p.now()
+	if pushback {
+		throttled = max(sent, 1)
+	}
 	p.decay(now)
-	p.accepted += float64(accepted)
-	switch {
-	case throttled > 0 || pushback:
+	p.recentSent += float64(sent)
+	p.recentAccepted += float64(accepted)
+	if throttled > 0 {
+		p.calmAt = now
 		if !p.paced {
-			p.paced, p.rate, p.at, p.upAt = true, max(paceMinRate, paceDecrease*p.measured(now)), now, now
-		} else if now.Sub(p.cutAt) >= paceCutEvery {
-			p.refill(now)
-			p.rate = max(paceMinRate, p.rate*paceDecrease)
+			share := float64(throttled) / float64(max(sent, 1))
+			p.paced, p.at, p.upAt, p.tokens = true, now, now, 0
+			p.rate = max(paceMinRate, p.recentSent/paceWindow.Seconds()*(1-share/2))
+			p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
+			return
 		}
-		p.cutAt, p.tokens = now, 0
-	case p.paced && starved:
-		p.refill(now)
+	}
+	if !p.paced {
+		return
+	}
+	p.refill(now)
+	p.epochSent += float64(max(sent, throttled))
+	p.epochThrottled += float64(throttled)
+	if now.Sub(p.epochAt) >= paceEpoch {
+		if p.epochThrottled > 0 {
+			share := min(1, p.epochThrottled/max(p.epochSent, 1))
+			p.rate = max(paceMinRate, p.rate*(1-share/2))
+			p.tokens = min(p.tokens, 0)
+		}
+		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
+	}
+	if starved {
 		dt := min(now.Sub(p.upAt), time.Second).Seconds()
 		growth := paceIncrease
-		if now.Sub(p.cutAt) >= paceProbeAfter {
-			growth = paceProbe // the stream has stopped pushing back: find its new limit fast
+		if now.Sub(p.calmAt) >= paceProbeAfter {
+			growth = paceProbe
 		}
 		p.rate += dt * max(paceMinStep, p.rate*growth)
 		if p.rate > paceMaxRate {
