@@ -10,6 +10,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"regexp"
 	"runtime"
 	"slices"
@@ -17,7 +18,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -150,7 +150,7 @@ type fleetEnv struct {
 	added        []time.Duration
 	stderr       string
 	exitCode     int
-	peakRSS      int // bytes: the exited process's maximum resident set (its VmHWM)
+	peakRSS      int // bytes: the process's VmHWM, last read before it exited
 	nextInFlight atomic.Int32
 	finished     bool
 }
@@ -259,6 +259,7 @@ func (e *fleetEnv) run(t testing.TB, c fleetCase, peer *kinesisPeer, proxy *shar
 	})
 	ext := startExtension(t, fl, env)
 	fl.freeze = ext.cmd.Process
+	hwm := watchPeakRSS(ext)
 	fl.init()
 	ready()
 	<-begin
@@ -280,11 +281,49 @@ func (e *fleetEnv) run(t testing.TB, c fleetCase, peer *kinesisPeer, proxy *shar
 	}
 	fl.shutdown("spindown", 2*time.Second)
 	e.exitCode = ext.wait(5 * time.Second)
-	if ru, ok := ext.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && e.exitCode >= 0 {
-		e.peakRSS = int(ru.Maxrss) << 10 // KiB on Linux
-	}
+	e.peakRSS = hwm()
 	e.posted, e.added, e.stderr = fl.postedEvents(), fl.addedTimes(), ext.stderr.String()
 	e.finished = true
+}
+
+// watchPeakRSS reads the extension's VmHWM (its peak resident set) every 20 ms until it exits,
+// frozen or not; peak returns the last value read, in bytes. (The reaped child's rusage is no
+// substitute: Linux folds in the memory of the child before its exec, which shares the test
+// process's, so it reports the test binary's peak.)
+func watchPeakRSS(ext *extProcess) (peak func() int) {
+	var last atomic.Int64
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if kb, ok := procStatusKB(ext.cmd.Process.Pid, "VmHWM:"); ok {
+				last.Store(int64(kb) << 10)
+			}
+			select {
+			case <-ext.done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() int { <-stopped; return int(last.Load()) }
+}
+
+// procStatusKB reads one "<field> <n> kB" line of /proc/<pid>/status.
+func procStatusKB(pid int, field string) (int, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			return kb, err == nil
+		}
+	}
+	return 0, false
 }
 
 // fleetCounts is the part of the extension's counts record the fleet reads. Unknown is new with
