@@ -104,8 +104,8 @@ func BenchmarkFleet(b *testing.B) {
 			b.ReportMetric(r.goodput*100, "goodput-%")
 			b.ReportMetric(r.offered, "offered-x")
 			b.ReportMetric(r.amplification, "amplification")
-			b.ReportMetric(ms(r.p50), "added-p50-ms")
-			b.ReportMetric(ms(r.p95), "added-p95-ms")
+			b.ReportMetric(fleetMs(r.p50), "added-p50-ms")
+			b.ReportMetric(fleetMs(r.p95), "added-p95-ms")
 			b.ReportMetric(float64(r.peakRSS)/(1<<20), "peak-RSS-MiB")
 			b.ReportMetric(float64(r.dropped), "dropped")
 			b.ReportMetric(float64(r.unknown), "unknown")
@@ -116,7 +116,7 @@ func BenchmarkFleet(b *testing.B) {
 	fmt.Printf("fleet of %d environments, one stream:\n%s\n%s\n", fleetEnvs, fleetHeader, strings.Join(rows, "\n"))
 }
 
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+func fleetMs(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // fleetReport is what one run measured, over all environments.
 type fleetReport struct {
@@ -138,7 +138,7 @@ const fleetHeader = "case               produced delivered missing dropped unkno
 func (r fleetReport) row() string {
 	return fmt.Sprintf("%-18s %8d %9d %7d %7d %7d %7d %7.2fx %6.1f%% %6.2f  %7.1f / %6.1f / %6.1f   %5.1f-%5.1f",
 		r.c.name, r.produced, r.delivered, r.missing, r.dropped, r.unknown, r.doubled, r.offered, r.goodput*100,
-		r.amplification, ms(r.p50), ms(r.p95), ms(r.worst), float64(r.minRSS)/(1<<20), float64(r.peakRSS)/(1<<20))
+		r.amplification, fleetMs(r.p50), fleetMs(r.p95), fleetMs(r.worst), float64(r.minRSS)/(1<<20), float64(r.peakRSS)/(1<<20))
 }
 
 // fleetEnv is one execution environment of the fleet.
