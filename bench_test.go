@@ -60,7 +60,7 @@ func BenchmarkIngest(b *testing.B) {
 			}
 			recs := s.packRecords(evs)
 			s.body = s.encodeBody(s.body[:0], recs)
-			buf.release(evs)
+			buf.release(evs, outcome{kind: wasDelivered})
 		}
 	}
 	b.StopTimer()

@@ -53,10 +53,10 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 	go func() { listenHost <- resolveListenHost(ctx) }()
 
 	api := newExtensionsClient(runtimeAPI)
-	events := []string{"INVOKE", "SHUTDOWN"}
+	events := []eventType{eventInvoke, eventShutdown}
 	if cfg.Managed {
 		// Lambda Managed Instances let extensions register for SHUTDOWN only.
-		events = []string{"SHUTDOWN"}
+		events = []eventType{eventShutdown}
 	}
 	name := filepath.Base(os.Args[0])
 	reg, err := api.register(ctx, name, events)
@@ -127,7 +127,7 @@ type config struct {
 
 // flushStrategy says when buffered telemetry is sent; see lifecycle.go.
 type flushStrategy struct {
-	Mode   string // "adaptive", "end", "background" or "periodic"
+	Mode   flushMode // flushAdaptive, flushEnd, flushBackground or flushPeriodic
 	Period time.Duration
 }
 
@@ -176,8 +176,8 @@ func parseConfig(getenv func(string) string) (config, error) {
 	if c.Managed {
 		// Managed instances never freeze and send no platform.runtimeDone: only a timer can
 		// decide when to ship.
-		if c.Flush.Mode != "periodic" {
-			c.Flush = flushStrategy{Mode: "periodic", Period: time.Second}
+		if c.Flush.Mode != flushPeriodic {
+			c.Flush = flushStrategy{Mode: flushPeriodic, Period: time.Second}
 		}
 	}
 	return c, errors.Join(p.errs...)
@@ -400,18 +400,18 @@ func (p *envParser) flush(name, def string) flushStrategy {
 	if s == "" {
 		s = def
 	}
-	mode, arg, hasArg := strings.Cut(s, ",")
-	switch {
-	case (mode == "adaptive" || mode == "end" || mode == "background") && !hasArg:
+	name, arg, hasArg := strings.Cut(s, ",")
+	switch mode := flushMode(name); {
+	case (mode == flushAdaptive || mode == flushEnd || mode == flushBackground) && !hasArg:
 		return flushStrategy{Mode: mode}
-	case mode == "periodic":
+	case mode == flushPeriodic:
 		ms, err := strconv.Atoi(strings.TrimSpace(arg))
 		if err == nil && ms >= 100 && ms <= 3600000 {
 			return flushStrategy{Mode: mode, Period: time.Duration(ms) * time.Millisecond}
 		}
 	}
 	p.fail(name, s, "set adaptive (default), end, background, or periodic,<ms> with ms from 100 to 3600000")
-	return flushStrategy{Mode: def}
+	return flushStrategy{Mode: flushMode(def)}
 }
 
 // builtinSecrets are the opt-in patterns of KINESIS_TELEMETRY_REDACT_SECRETS.
