@@ -221,7 +221,11 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 	r.goodput = float64(after.Stored-before.Stored) / window.Seconds() / c.capacity()
 	final := proxy.snapshot()
 	r.entries, r.throttled, r.outageCalls = final.Entries, final.Throttled, final.OutageCalls
-	r.analyse(tb, envs, peer.readAll(tb, fleetStream))
+	stored := peer.readAll(tb, fleetStream)
+	if len(stored) != final.Stored {
+		r.problems = append(r.problems, fmt.Sprintf("the stream holds %d records, the proxy stored %d", len(stored), final.Stored))
+	}
+	r.analyse(tb, envs, stored)
 	if r.delivered > 0 {
 		r.amplification = float64(r.entries) / float64(r.delivered)
 	}
@@ -233,6 +237,9 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 		r.problems = append(r.problems, "no call met the outage: the case tests too little")
 	}
 	tb.Logf("proxy: %+v", final)
+	if final.Forwarded > 0 {
+		tb.Logf("kinesalite answered the proxy in %v on average, %v at most", final.ForwardTime/time.Duration(final.Forwarded), final.ForwardMax)
+	}
 	return r
 }
 
@@ -247,10 +254,10 @@ func (e *fleetEnv) run(t testing.TB, c fleetCase, peer *kinesisPeer, proxy *shar
 	fl.seq = e.index * 10_000_000
 	fl.set(func() {
 		fl.onNext = func() {
-			// A call the extension abandoned stays counted until the proxy sees the closed
-			// connection, a moment later; a call still awaited stays much longer.
-			for wait := 0; proxy.inFlight(e.accessKey) > 0; wait++ {
-				if wait == 20 {
+			// A call still awaited on a connection the extension has not closed. (The grace
+			// covers a close still on its way through the kernel.)
+			for wait := 0; proxy.awaitedCalls(e.accessKey) > 0; wait++ {
+				if wait == 5 {
 					e.nextInFlight.Add(1)
 					return
 				}
@@ -500,6 +507,9 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 			}
 			own = c
 			r.countsFromLog++
+		}
+		if line := fleetSummary.FindString(e.stderr); line != "" {
+			tb.Logf("%s: %s", name, line)
 		}
 		if own.Received != produced {
 			r.problems = append(r.problems, fmt.Sprintf("%s: the extension received %d events, %d were produced", name, own.Received, produced))

@@ -274,6 +274,9 @@ func TestShardProxyOutageAndInFlight(t *testing.T) {
 		}()
 		io.WriteString(w, `{"StreamName":"outage","Records":[`)
 		waitFor(t, func() bool { return proxy.inFlight(key) == 1 }, "the open call counted in flight")
+		if n := proxy.awaitedCalls(key); n != 1 {
+			t.Errorf("awaitedCalls %d while the client sends its request, want 1", n)
+		}
 		if abandon {
 			cancel()
 			w.CloseWithError(context.Canceled) // the transport waits for the body's writer to stop
@@ -282,6 +285,10 @@ func TestShardProxyOutageAndInFlight(t *testing.T) {
 			w.Close()
 		}
 		<-done
+		if n := proxy.awaitedCalls(key); n != 0 && abandon {
+			// The client closed its connection: whatever the proxy's HTTP server has noticed yet.
+			t.Errorf("awaitedCalls %d after the client gave up, want 0", n)
+		}
 		waitFor(t, func() bool { return proxy.inFlight(key) == 0 }, "the call no longer in flight")
 		cancel()
 		w.Close()

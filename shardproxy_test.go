@@ -36,9 +36,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
+	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -115,6 +118,10 @@ type shardProxyCounts struct {
 	Throttled   int // entries failed for a shard's limits
 	OutageCalls int // calls answered 503 or reset during an outage
 	Refused     int // connections reset as they were accepted during an outage
+
+	Forwarded   int           // calls forwarded to kinesalite
+	ForwardTime time.Duration // their total time there: kinesalite's own latency, queueing included
+	ForwardMax  time.Duration
 }
 
 // shardProxy is a running proxy owned by one test.
@@ -134,7 +141,7 @@ type shardProxy struct {
 	shards   []*throttledShard
 	outage   outageMode
 	counts   shardProxyCounts
-	inflight map[string]int // PutRecords calls open per client (access key id)
+	inflight map[string]map[string]int // PutRecords calls open per client (access key id) and connection (remote address)
 	errs     []string
 }
 
@@ -152,7 +159,7 @@ func startShardProxy(t testing.TB, peer *kinesisPeer, stream string, limits shar
 		forward:  &http.Client{Transport: &http.Transport{}},
 		served:   make(chan struct{}),
 		now:      time.Now,
-		inflight: map[string]int{},
+		inflight: map[string]map[string]int{},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -216,7 +223,57 @@ func (p *shardProxy) snapshot() shardProxyCounts {
 func (p *shardProxy) inFlight(accessKey string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.inflight[accessKey]
+	n := 0
+	for _, c := range p.inflight[accessKey] {
+		n += c
+	}
+	return n
+}
+
+// awaitedCalls returns how many of the client's calls in flight it still waits for: those whose
+// connection the client has not closed. It asks the kernel (/proc/net/tcp), where a connection
+// the client closed is in CLOSE_WAIT on the proxy's side as soon as the client's close returns,
+// while the proxy's HTTP server notices only when its goroutine next runs, which on a loaded
+// machine can take long enough to mistake an abandoned call for an awaited one. Without /proc it
+// returns inFlight.
+func (p *shardProxy) awaitedCalls(accessKey string) int {
+	p.mu.Lock()
+	var remotes []string
+	for addr, n := range p.inflight[accessKey] {
+		if n > 0 {
+			remotes = append(remotes, addr)
+		}
+	}
+	p.mu.Unlock()
+	if len(remotes) == 0 {
+		return 0
+	}
+	table, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return len(remotes)
+	}
+	_, port, _ := strings.Cut(strings.TrimPrefix(p.URL, "http://"), ":")
+	local, _ := strconv.Atoi(port)
+	established := map[int]bool{} // client ports of connections to the proxy still open both ways
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		f := strings.Fields(line)
+		// sl local_address rem_address st …; addresses as hex IP:port, st 01 = ESTABLISHED.
+		if len(f) < 4 || f[3] != "01" || !strings.HasSuffix(f[1], fmt.Sprintf(":%04X", local)) {
+			continue
+		}
+		if _, rp, ok := strings.Cut(f[2], ":"); ok {
+			if n, err := strconv.ParseInt(rp, 16, 32); err == nil {
+				established[int(n)] = true
+			}
+		}
+	}
+	n := 0
+	for _, addr := range remotes {
+		if ap, err := netip.ParseAddrPort(addr); err != nil || established[int(ap.Port())] {
+			n++
+		}
+	}
+	return n
 }
 
 // shardFor returns the shard a record goes to: by its explicit hash key when given, else by the
@@ -283,13 +340,18 @@ func (p *shardProxy) track(r *http.Request) (release func()) {
 		key = m[1]
 	}
 	p.mu.Lock()
-	p.inflight[key]++
+	if p.inflight[key] == nil {
+		p.inflight[key] = map[string]int{}
+	}
+	p.inflight[key][r.RemoteAddr]++
 	p.mu.Unlock()
 	var once sync.Once
 	done := func() {
 		once.Do(func() {
 			p.mu.Lock()
-			p.inflight[key]--
+			if p.inflight[key][r.RemoteAddr]--; p.inflight[key][r.RemoteAddr] == 0 {
+				delete(p.inflight[key], r.RemoteAddr)
+			}
 			p.mu.Unlock()
 		})
 	}
@@ -382,7 +444,14 @@ func (p *shardProxy) putRecords(w http.ResponseWriter, r *http.Request, release 
 		status = http.StatusOK
 		answer, _, err = shardMergeAnswer([]byte(`{"Records":[]}`), nil, throttled, len(entries))
 	} else {
+		began := time.Now()
 		status, header, answer, err = p.send(r, req.without(refused))
+		took := time.Since(began)
+		p.mu.Lock()
+		p.counts.Forwarded++
+		p.counts.ForwardTime += took
+		p.counts.ForwardMax = max(p.counts.ForwardMax, took)
+		p.mu.Unlock()
 		if err == nil && status == http.StatusOK {
 			var stored int
 			answer, stored, err = shardMergeAnswer(answer, routed, throttled, len(entries))
