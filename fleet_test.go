@@ -132,7 +132,7 @@ type fleetReport struct {
 	p50, p95, worst                       time.Duration
 	peakRSS, minRSS                       int           // bytes, over environments
 	peerMean, peerMax                     time.Duration // kinesalite's answer time to the proxy: the emulator's own latency
-	countsFromLog                         int // environments whose final counts record did not land: their log line was used
+	countsFromLog                         int           // environments whose final counts record did not land: their log line was used
 	problems                              []string
 }
 
