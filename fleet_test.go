@@ -132,17 +132,18 @@ type fleetReport struct {
 	p50, p95, worst                       time.Duration
 	peakRSS, minRSS                       int           // bytes, over environments
 	peerMean, peerMax                     time.Duration // kinesalite's answer time to the proxy: the emulator's own latency
+	extCPU, peerCPU                       time.Duration // CPU time of the extensions (together) and of kinesalite
 	countsFromLog                         int           // environments whose final counts record did not land: their log line was used
 	problems                              []string
 }
 
-const fleetHeader = "case               produced delivered missing dropped unknown doubled  offered goodput  ampl.  added p50 / p95 / max ms   peak RSS MiB (min-max)  kinesalite ms (mean/max)"
+const fleetHeader = "case               produced delivered missing dropped unknown doubled  offered goodput  ampl.  added p50 / p95 / max ms   peak RSS MiB (min-max)  kinesalite ms (mean/max)  CPU s (extensions/kinesalite)"
 
 func (r fleetReport) row() string {
-	return fmt.Sprintf("%-18s %8d %9d %7d %7d %7d %7d %7.2fx %6.1f%% %6.2f  %7.1f / %6.1f / %6.1f   %5.1f-%5.1f           %6.1f / %7.1f",
+	return fmt.Sprintf("%-18s %8d %9d %7d %7d %7d %7d %7.2fx %6.1f%% %6.2f  %7.1f / %6.1f / %6.1f   %5.1f-%5.1f           %6.1f / %7.1f       %6.1f / %5.1f",
 		r.c.name, r.produced, r.delivered, r.missing, r.dropped, r.unknown, r.doubled, r.offered, r.goodput*100,
 		r.amplification, fleetMs(r.p50), fleetMs(r.p95), fleetMs(r.worst), float64(r.minRSS)/(1<<20), float64(r.peakRSS)/(1<<20),
-		fleetMs(r.peerMean), fleetMs(r.peerMax))
+		fleetMs(r.peerMean), fleetMs(r.peerMax), r.extCPU.Seconds(), r.peerCPU.Seconds())
 }
 
 // fleetEnv is one execution environment of the fleet.
@@ -157,6 +158,7 @@ type fleetEnv struct {
 	stderr       string
 	exitCode     int
 	peakRSS      int // bytes: the process's VmHWM, last read before it exited
+	cpu          time.Duration
 	nextInFlight atomic.Int32
 	finished     bool
 }
@@ -220,11 +222,13 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 	window := time.Since(start) - fleetWarmUp
 	done.Wait()
 	proxy.setOutage(outageNone)
+	proxy.settle()
 
 	r := fleetReport{c: c}
 	r.goodput = float64(after.Stored-before.Stored) / window.Seconds() / c.capacity()
 	final := proxy.snapshot()
 	r.entries, r.throttled, r.outageCalls = final.Entries, final.Throttled, final.OutageCalls
+	r.peerCPU = procCPU(peer.cmd.Process.Pid)
 	stored := peer.readAll(tb, fleetStream)
 	if len(stored) != final.Stored {
 		r.problems = append(r.problems, fmt.Sprintf("the stream holds %d records, the proxy stored %d", len(stored), final.Stored))
@@ -294,6 +298,9 @@ func (e *fleetEnv) run(t testing.TB, c fleetCase, peer *kinesisPeer, proxy *shar
 	fl.shutdown("spindown", 2*time.Second)
 	e.exitCode = ext.wait(5 * time.Second)
 	e.peakRSS = hwm()
+	if e.exitCode >= 0 {
+		e.cpu = ext.cmd.ProcessState.UserTime() + ext.cmd.ProcessState.SystemTime()
+	}
 	e.posted, e.added, e.stderr = fl.postedEvents(), fl.addedTimes(), ext.stderr.String()
 	e.finished = true
 }
@@ -321,6 +328,24 @@ func watchPeakRSS(ext *extProcess) (peak func() int) {
 		}
 	}()
 	return func() int { <-stopped; return int(last.Load()) }
+}
+
+// procCPU returns the user and system CPU time a running process has used (/proc/<pid>/stat,
+// in clock ticks of 10 ms on Linux), or 0.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which ends with the last ')': utime and stime are the
+	// 12th and 13th of them.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // procStatusKB reads one "<field> <n> kB" line of /proc/<pid>/status.
@@ -455,6 +480,7 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 			continue
 		}
 		added = append(added, e.added...)
+		r.extCPU += e.cpu
 		r.peakRSS = max(r.peakRSS, e.peakRSS)
 		if r.minRSS < 0 || e.peakRSS < r.minRSS {
 			r.minRSS = e.peakRSS

@@ -211,6 +211,10 @@ func (p *shardProxy) setOutage(m outageMode) {
 	p.outage = m
 }
 
+// settle waits until no call is being handled: a call whose client has gone (an extension that
+// cut it, or exited) may still be forwarded, and then stored. Call it only when no client is left.
+func (p *shardProxy) settle() { p.handlers.Wait() }
+
 // snapshot returns the counters.
 func (p *shardProxy) snapshot() shardProxyCounts {
 	p.mu.Lock()
