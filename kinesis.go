@@ -180,7 +180,7 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		accepted, throttled, pushback := s.send(ctx, r, recs)
 		// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does: an
 		// outage or 5xx says nothing about the stream's rate, and is met with backoff instead.
-		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, len(recs) == n && queued > n)
+		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, n < want)
 		if throttled == 0 && pushback == noPushback {
 			failures = 0
 			continue
@@ -488,7 +488,7 @@ func (p *pacer) wait(want int) time.Duration {
 	if need <= 0 {
 		return 0
 	}
-	return time.Duration(need / p.rate * float64(time.Second))
+	return time.Duration(math.Ceil(need / p.rate * float64(time.Second)))
 }
 
 func (p *pacer) decay(now time.Time) {

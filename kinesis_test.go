@@ -919,3 +919,266 @@ func TestPacerFleetSimulation(t *testing.T) {
 		})
 	}
 }
+
+// fakeClock is a settable clock for the pacer.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time          { return c.t }
+func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+func TestPacer(t *testing.T) {
+	start := time.Unix(1000, 0)
+	// sendFor feeds the pacer calls of up to 500 entries every 10 ms for d, the stream taking
+	// accept(n) of each, and returns the entries sent.
+	sendFor := func(p *pacer, c *fakeClock, d time.Duration, accept func(n int) int) (sent int) {
+		for end := c.t.Add(d); c.t.Before(end); c.advance(10 * time.Millisecond) {
+			n := p.grant(500)
+			if n == 0 {
+				continue
+			}
+			ok := accept(n)
+			p.observe(n, ok, n-ok, false, n < 500)
+			sent += n
+		}
+		return sent
+	}
+	all := func(n int) int { return n }
+	none := func(int) int { return 0 }
+	for _, tt := range []struct {
+		name string
+		run  func(t *testing.T, p *pacer, c *fakeClock)
+	}{
+		{"unpaced until pushback", func(t *testing.T, p *pacer, c *fakeClock) {
+			if sent := sendFor(p, c, time.Second, all); sent != 100*500 {
+				t.Errorf("sent %d in 1 s without pushback, want all 50000", sent)
+			}
+			if paced, _ := p.pacing(); paced {
+				t.Error("paced without pushback")
+			}
+		}},
+		{"first pushback starts at the sent rate less half the throttled share", func(t *testing.T, p *pacer, c *fakeClock) {
+			p.observe(100, 100, 0, false, false)
+			c.advance(100 * time.Millisecond)
+			p.observe(100, 50, 50, false, false)
+			_, rate := p.pacing()
+			// About 200 entries sent in the last second (decaying), 50% throttled: × 0.75.
+			if rate < 120 || rate > 160 {
+				t.Errorf("rate %.0f, want about 150", rate)
+			}
+			if n := p.grant(500); n != 0 {
+				t.Errorf("granted %d right after pushback, want 0 (the bucket empties)", n)
+			}
+			w := p.wait(500)
+			c.advance(w)
+			if n := p.grant(500); n == 0 || w <= 0 || w > 100*time.Millisecond {
+				t.Errorf("after waiting %v, granted %d", w, n)
+			}
+		}},
+		{"a fully throttled epoch halves the rate", func(t *testing.T, p *pacer, c *fakeClock) {
+			p.observe(500, 0, 500, false, false)
+			_, r0 := p.pacing()
+			sendFor(p, c, 600*time.Millisecond, none)
+			if _, r1 := p.pacing(); r1 > r0*0.55 || r1 < paceMinRate {
+				t.Errorf("rate %.0f after a throttled epoch, from %.0f: want about half", r1, r0)
+			}
+		}},
+		{"a stream that refuses everything: the rate stays near the floor", func(t *testing.T, p *pacer, c *fakeClock) {
+			p.observe(1, 0, 1, true, false)
+			sent := sendFor(p, c, 10*time.Second, none)
+			if _, r := p.pacing(); r < paceMinRate || r > 2*paceMinRate+paceMinStep || sent > 10*(2*paceMinRate+paceMinStep) {
+				t.Errorf("rate %.1f, %d sent in 10 s; want near the floor %d", r, sent, paceMinRate)
+			}
+		}},
+		{"calm: the rate grows, fast after paceProbeAfter", func(t *testing.T, p *pacer, c *fakeClock) {
+			p.observe(100, 50, 50, false, false)
+			_, r0 := p.pacing()
+			sendFor(p, c, time.Second, all)
+			_, r1 := p.pacing()
+			sendFor(p, c, 3*time.Second, all)
+			_, r2 := p.pacing()
+			if r1 <= r0 || r1 > r0*1.5+paceMinStep || r2 < 4*r1 {
+				t.Errorf("rates %.0f → %.0f (1 s) → %.0f (3 s more): want slow growth, then doubling per second", r0, r1, r2)
+			}
+		}},
+		{"it settles near what the stream takes", func(t *testing.T, p *pacer, c *fakeClock) {
+			// The stream takes 300 entries/s: a token bucket on the stream side.
+			stream, at := 300.0, c.t
+			take := func(n int) int {
+				stream = min(300, stream+300*c.t.Sub(at).Seconds())
+				at = c.t
+				ok := min(n, int(stream))
+				stream -= float64(ok)
+				return ok
+			}
+			p.observe(500, 0, 500, false, false)
+			sendFor(p, c, 20*time.Second, take)
+			sent := sendFor(p, c, 20*time.Second, take)
+			if rate := float64(sent) / 20; rate < 250 || rate > 450 {
+				t.Errorf("sent %.0f entries/s to a stream taking 300/s", rate)
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &fakeClock{t: start}
+			tt.run(t, newPacer(c.now), c)
+		})
+	}
+}
+
+func TestIsRetryableCode(t *testing.T) {
+	for _, tt := range []struct {
+		code   string
+		status int
+		want   bool
+	}{
+		{"ProvisionedThroughputExceededException", 400, true},
+		{"KMSThrottlingException", 400, true},
+		{"InternalFailure", 500, true},
+		{"ServiceUnavailable", 503, true},
+		{"ExpiredTokenException", 400, true},
+		{"HTTP502", 502, true},
+		{"HTTP429", 429, true},
+		{"AccessDeniedException", 400, false},
+		{"ResourceNotFoundException", 400, false},
+		{"KMSDisabledException", 400, false},
+		{"ValidationException", 400, false},
+		{"InvalidArgumentException", 0, false},
+		{"UnrecognizedClientException", 400, false},
+	} {
+		if got := isRetryableCode(tt.code, tt.status); got != tt.want {
+			t.Errorf("isRetryableCode(%s, %d) = %v, want %v", tt.code, tt.status, got, tt.want)
+		}
+	}
+}
+
+func TestDecodeAPIError(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		status   int
+		header   string // X-Amzn-ErrorType
+		body     string
+		want     apiError
+		wantText string
+	}{
+		{"__type and message", 400, "", `{"__type":"ResourceNotFoundException","message":"Stream s not found"}`, apiError{400, "ResourceNotFoundException", "Stream s not found"}, "HTTP 400 ResourceNotFoundException: Stream s not found"},
+		{"namespaced type, Message", 400, "", `{"__type":"com.amazonaws.kinesis.v20131202#AccessDeniedException","Message":"no"}`, apiError{400, "AccessDeniedException", "no"}, ""},
+		{"type from the header", 400, "KMSThrottlingException:http://internal", `not json`, apiError{400, "KMSThrottlingException", ""}, ""},
+		{"nothing but a status", 502, "", `<html>bad gateway</html>`, apiError{502, "HTTP502", ""}, ""},
+		{"long message cut", 400, "", `{"__type":"ValidationException","message":"` + strings.Repeat("x", 400) + `"}`, apiError{400, "ValidationException", strings.Repeat("x", 300) + "…"}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := &http.Response{StatusCode: tt.status, Header: http.Header{}}
+			if tt.header != "" {
+				resp.Header.Set("X-Amzn-ErrorType", tt.header)
+			}
+			got := decodeAPIError(resp, []byte(tt.body))
+			if *got != tt.want {
+				t.Errorf("got %+v, want %+v", *got, tt.want)
+			}
+			if tt.wantText != "" && got.Error() != tt.wantText {
+				t.Errorf("Error() = %q, want %q", got.Error(), tt.wantText)
+			}
+		})
+	}
+}
+
+// TestUnknownOutcomeIsCountedApart: a call whose request was written and whose answer never came
+// may have stored its records: they are sent again and counted as unconfirmed, and if never
+// confirmed they count as unknown, not dropped. A failure before the request was written (no
+// connection, no credentials) stored nothing: those events are dropped (counted) at shutdown.
+func TestUnknownOutcomeIsCountedApart(t *testing.T) {
+	hold := make(chan struct{})
+	held := newFakeKinesis(t, func(int, putRecordsRequest) (int, string) { <-hold; return 500, "" })
+	t.Cleanup(func() { close(hold) }) // before the server's Close, which waits for its handlers
+	reset := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close()
+	}))
+	t.Cleanup(reset.Close)
+	refused := httptest.NewServer(http.NotFoundHandler())
+	refused.Close() // nothing listens there any more
+	for _, tt := range []struct {
+		name        string
+		endpoint    string
+		noCreds     bool
+		wantUnknown bool
+	}{
+		{"answer never came (request timeout)", held.URL, false, true},
+		{"connection reset after the request", reset.URL, false, true},
+		{"connection refused", refused.URL, false, false},
+		{"no credentials", held.URL, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, buf, st := testShipper(t, config{RequestTimeout: 100 * time.Millisecond}, tt.endpoint)
+			if tt.noCreds {
+				s.newClient = func(context.Context) (*kinesisClient, error) {
+					creds := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+						return aws.Credentials{}, fmt.Errorf("no credentials here")
+					})
+					return newKinesisClient(tt.endpoint, "eu-west-1", creds, 100*time.Millisecond), nil
+				}
+			}
+			addLogs(buf, 5)
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			s.ship(ctx, everything)
+			if buf.buffered() != 5 {
+				t.Fatalf("buffered %d after the failed round, want all 5 kept", buf.buffered())
+			}
+			s.dropRemaining()
+			wantUnknown, wantDropped := uint64(0), uint64(5)
+			if tt.wantUnknown {
+				wantUnknown, wantDropped = 5, 0
+			}
+			if st.unknown.Load() != wantUnknown || st.droppedShutdown.Load() != wantDropped || (st.unconfirmed.Load() > 0) != tt.wantUnknown {
+				t.Errorf("unknown %d, dropped %d, unconfirmed %d; want unknown %d, dropped %d", st.unknown.Load(), st.droppedShutdown.Load(), st.unconfirmed.Load(), wantUnknown, wantDropped)
+			}
+		})
+	}
+}
+
+// TestRoundGivesWayAfterRuntimeDone: once the invocation's runtime is done, a round that meets
+// pushback ends at once, and a call on the wire of a stream that pushes back is cut after
+// wireGrace; the events stay buffered. A healthy stream gets everything sent.
+func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
+	throttleAll := func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		for i := range rs {
+			rs[i] = `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard"}`
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, len(rs), strings.Join(rs, ","))
+	}
+	t.Run("throttled", func(t *testing.T) {
+		fk := newFakeKinesis(t, throttleAll)
+		s, buf, _ := testShipper(t, config{}, fk.URL)
+		addLogs(buf, 50)
+		start := time.Now()
+		s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second})
+		if took := time.Since(start); took > 100*time.Millisecond || len(fk.received()) != 1 || buf.buffered() != 50 {
+			t.Errorf("round took %v with %d calls, %d buffered; want one call, at once, all 50 kept", took, len(fk.received()), buf.buffered())
+		}
+	})
+	t.Run("slow answer while pushed back", func(t *testing.T) {
+		fk := newFakeKinesis(t, slowKinesis(500*time.Millisecond))
+		s, buf, st := testShipper(t, config{}, fk.URL)
+		s.pushbackAt.Store(time.Now().UnixNano())
+		addLogs(buf, 50)
+		soft := make(chan struct{})
+		time.AfterFunc(20*time.Millisecond, func() { close(soft) })
+		start := time.Now()
+		s.shipRound(context.Background(), &round{before: everything, soft: soft, budget: time.Second})
+		if took := time.Since(start); took > 20*time.Millisecond+wireGrace+50*time.Millisecond || buf.buffered() != 50 || st.unconfirmed.Load() != 50 {
+			t.Errorf("round took %v, %d buffered, %d unconfirmed; want cut wireGrace after runtimeDone, all kept as maybe stored", took, buf.buffered(), st.unconfirmed.Load())
+		}
+	})
+	t.Run("healthy", func(t *testing.T) {
+		fk := newFakeKinesis(t, allOK)
+		s, buf, st := testShipper(t, config{}, fk.URL)
+		addLogs(buf, 1200)
+		s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second})
+		if st.delivered.Load() != 1200 {
+			t.Errorf("delivered %d of 1200 after runtimeDone against a healthy stream", st.delivered.Load())
+		}
+	})
+}

@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,7 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 		return 1
 	}
 	cfg, cfgErr := parseConfig(getenv)
+	limitMemory(getenv, cfg.MaxBufferBytes)
 
 	// Resolving sandbox.localdomain may wait on DNS; do it while the register call is in flight.
 	listenHost := make(chan string, 1)
@@ -182,6 +184,26 @@ func parseConfig(getenv func(string) string) (config, error) {
 	}
 	return c, errors.Join(p.errs...)
 }
+
+// limitMemory sets a soft memory limit of the buffer cap plus memoryHeadroom, and a lower GC
+// target, unless the user set GOMEMLIMIT or GOGC: the extension shares the function's memory, and
+// the collector's default (heap up to twice what is live) lets a burst through the buffer leave
+// megabytes behind. See README, Bounded memory.
+func limitMemory(getenv func(string) string, bufferCap int) {
+	if getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(bufferCap) + memoryHeadroom)
+	}
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+}
+
+// memoryHeadroom is what the Go runtime may use beyond the buffer (its own heap, stacks, request
+// bodies); gcPercent the collector's target (Go's default is 100).
+const (
+	memoryHeadroom = 4 << 20
+	gcPercent      = 50
+)
 
 // defaultMaxBuffer is a sixteenth of the function's memory (8 MiB for 128 MB), between 4 and 64 MiB.
 func defaultMaxBuffer(getenv func(string) string) int {
