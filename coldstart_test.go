@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -110,6 +111,18 @@ func BenchmarkMemory(b *testing.B) {
 			len(oursRSS), summarize(oursRSS), summarize(oursHWM), summarize(floorRSS), summarize(floorHWM))
 		b.Logf("last start: extension %s; floor %s", oursLast, floorLast)
 		b.Logf("target idle VmRSS < %.0f MiB: %s", idleTargetMiB, met(rss < idleTargetMiB))
+	})
+
+	// The issue-11 case: 20 lines per invocation, dense invocations, a real freeze (SIGSTOP)
+	// between them; the peak resident set of the extension and of the floor in the same run.
+	b.Run("lines=20,frozen", func(b *testing.B) {
+		ext := frozenTraffic(b, ours, true)
+		fl := frozenTraffic(b, floor, false)
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(ext, "hwm-MiB")
+		b.ReportMetric(fl, "floor-hwm-MiB")
+		b.Logf("%d dense frozen invocations of 20 lines: peak VmHWM extension %.2f MiB, floor %.2f MiB; target <= 10 MiB: %s",
+			frozenInvocations, ext, fl, met(ext <= 10))
 	})
 
 	for _, flush := range []string{"adaptive", "end"} {
@@ -203,6 +216,56 @@ func steadyTraffic(b *testing.B, bin string, extra []string) {
 	b.Logf("VmRSS MiB at the first next %.2f; after N invocations: %s; VmHWM at the end %.2f MiB; least-squares slope %+.1f KiB per 1,000 invocations",
 		kibToMiB(atStart.rss), strings.Join(lines, ", "), kibToMiB(last.hwm), growth)
 	b.Logf("at the first next: %s; at the end: %s", atStart, last)
+}
+
+// frozenInvocations is the length of a frozenTraffic run.
+const frozenInvocations = 2000
+
+// frozenTraffic runs frozenInvocations dense invocations of 10 text and 10 JSON lines against one
+// process of bin, frozen (SIGSTOP) between invocations as Lambda does, and returns its peak
+// resident set (VmHWM, MiB) before shutdown. check says that every event must reach the fake
+// Kinesis (the floor ships nothing).
+func frozenTraffic(b *testing.B, bin string, check bool) float64 {
+	f := newFakeLambda(b)
+	fk := newFakeKinesis(b, allOK)
+	p, _ := launch(b, bin, lambdaEnv(f, fk.URL))
+	f.freeze = p.cmd.Process
+	f.init()
+	var posted, stored int
+	forget := func() {
+		f.mu.Lock()
+		posted += len(f.posted)
+		f.posted = nil
+		f.mu.Unlock()
+		fk.mu.Lock()
+		for _, s := range fk.stored {
+			if !bytes.Contains(s.data, []byte(`"type":"`+countsType+`"`)) {
+				stored++
+			}
+		}
+		fk.stored, fk.calls, fk.headers = nil, nil, nil
+		fk.mu.Unlock()
+	}
+	for i := 1; i <= frozenInvocations; i++ {
+		f.invoke(invocation{requestID: fmt.Sprintf("79b4f56e-95b1-4643-9700-%012d", i), textLines: 10, jsonLines: 10})
+		if i%100 == 0 {
+			forget()
+		}
+	}
+	f.awaitNext()
+	f.freeze.Signal(syscall.SIGCONT)
+	mem := readMemory(b, p.cmd.Process.Pid)
+	b.Logf("%s after %d invocations: %s", filepath.Base(bin), frozenInvocations, mem)
+	hwm := kibToMiB(mem.hwm)
+	f.shutdown("spindown", 2*time.Second)
+	if code := p.wait(10 * time.Second); code != 0 {
+		b.Fatalf("exit code %d after SHUTDOWN; output:\n%s", code, p.stderr.String())
+	}
+	forget()
+	if check && stored != posted {
+		b.Errorf("fake Kinesis stored %d events, want the %d posted", stored, posted)
+	}
+	return hwm
 }
 
 // buildBenchBinaries builds the extension and the floor the way build.sh builds the layer binary

@@ -17,9 +17,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,23 +44,30 @@ const (
 )
 
 // shipper moves events from the buffer into Kinesis. One ship round runs at a time; every event
-// it takes from the buffer ends delivered, dropped and counted, or back at the buffer's front.
+// it takes from the buffer ends delivered, dropped, of unknown outcome, or back in the buffer,
+// and is counted (counts.go).
+//
+// Pushback — throttled entries, KMS throttling, 5xx answers, lost or slow answers, an unreachable
+// endpoint, credentials that cannot be had — never costs the function time: what was not stored
+// goes back to the buffer, the pacer lowers the rate, and the data waits for a later round.
 type shipper struct {
 	cfg   config
 	buf   *buffer
 	stats *stats
 	logs  *logger
 	meta  recordMeta
+	pace  *pacer
 
 	mu       sync.Mutex // one round at a time; guards the fields below
 	client   *kinesisClient
 	body     []byte       // reused request body
 	scratch  []byte       // reused record data
 	gz       *gzip.Writer // reused by cloudwatch records
-	lastSent time.Time
 	countsAt time.Time
-	sending  atomic.Bool // a PutRecords call is on the wire (read without mu)
 	countsOf lossMarks
+
+	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
+	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
 
 	// newClient builds the Kinesis client on first use, so that loading the AWS configuration
 	// stays off the start-up path. Tests replace it.
@@ -66,16 +75,73 @@ type shipper struct {
 }
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
-	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta}
+	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now)}
 	s.newClient = func(ctx context.Context) (*kinesisClient, error) {
 		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
 	}
 	return s
 }
 
-// ship sends the events buffered before the mark until none is left or ctx ends. Events not
-// confirmed by Kinesis when ctx ends go back to the front of the buffer.
+// Pushback timing.
+const (
+	// wireGrace is how long a call on the wire may go on after the invocation's runtime is done,
+	// once the stream pushes back. Past it the call is cut: its events become of unknown outcome
+	// and are sent again later.
+	wireGrace = 30 * time.Millisecond
+	// pressureMemory is how long one pushback makes the stream count as pushing back.
+	pressureMemory = 10 * time.Second
+)
+
+// round says how one ship round may spend its time. The zero value (with a mark) sends until
+// everything before the mark is sent or ctx ends, waiting for the pacer and backoffs as needed.
+type round struct {
+	before uint64 // send only events buffered before this mark
+	// soft is closed when the invocation's runtime is done (nil when no invocation waits: at
+	// shutdown, in managed mode, for KINESIS_TELEMETRY_FLUSH=end). From then on the round never
+	// waits, starts no call once it has seen pushback, and ends at the latest budget later; a
+	// call on the wire gets wireGrace once the stream pushes back, then it is cut.
+	soft   <-chan struct{}
+	budget time.Duration
+	// urgent takes the most valuable events first (takeNewest); escalate turns it on at the
+	// first pushback (a shutdown that finds the stream pushing back).
+	urgent, escalate bool
+
+	softAt atomic.Int64 // unix nanoseconds when soft was first seen closed
+	pushed atomic.Bool  // this round saw pushback
+}
+
+// afterSoft reports whether soft is closed, and since when.
+func (r *round) afterSoft() (time.Time, bool) {
+	if r.soft == nil {
+		return time.Time{}, false
+	}
+	if at := r.softAt.Load(); at != 0 {
+		return time.Unix(0, at), true
+	}
+	select {
+	case <-r.soft:
+		r.softAt.CompareAndSwap(0, time.Now().UnixNano())
+		return time.Unix(0, r.softAt.Load()), true
+	default:
+		return time.Time{}, false
+	}
+}
+
+// pressured reports whether the stream pushed back within pressureMemory.
+func (s *shipper) pressured(now time.Time) bool {
+	at := s.pushbackAt.Load()
+	return at != 0 && now.Sub(time.Unix(0, at)) < pressureMemory
+}
+
+// ship sends the events buffered before the mark until none is left or ctx ends, waiting for the
+// pacer and backoffs as needed; it returns ctx's error when ctx ended it.
 func (s *shipper) ship(ctx context.Context, before uint64) error {
+	return s.shipRound(ctx, &round{before: before})
+}
+
+// shipRound runs one round (see round) over the events buffered before r.before. It returns ctx's
+// error when ctx ended it.
+func (s *shipper) shipRound(ctx context.Context, r *round) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n, _ := s.buf.state(); n == 0 {
@@ -92,23 +158,80 @@ func (s *shipper) ship(ctx context.Context, before uint64) error {
 		s.client = c
 	}
 	defer s.stats.noteFlush(time.Now(), s.stats.flushCounters())
+	failures := 0 // whole calls failed in a row, for the backoff
 	for ctx.Err() == nil {
-		evs := s.buf.take(before, s.eventsPerCall(), maxCallBytes, s.recordSize)
-		if len(evs) == 0 {
+		if at, ok := r.afterSoft(); ok && (r.pushed.Load() || time.Since(at) >= r.budget) {
 			return nil
 		}
-		recs := s.packRecords(evs)
-		if n := fitCall(recs); n < len(recs) {
-			s.buf.putBack(eventsOf(recs[n:]))
-			recs = recs[:n]
+		queued, _ := s.buf.state()
+		want := min(queued, maxRecordsPerCall)
+		n := s.pace.grant(want)
+		if n == 0 {
+			if want == 0 {
+				return nil
+			}
+			if !s.pause(ctx, r, s.pace.wait(want)) {
+				break
+			}
+			continue
 		}
-		if err := s.deliver(ctx, recs); err != nil {
-			return err
+		recs := s.takeRecords(r, n)
+		if len(recs) == 0 {
+			s.pace.refund(n)
+			return nil
+		}
+		s.pace.refund(n - len(recs))
+		accepted, throttled, pushback := s.send(ctx, r, recs)
+		if pushback == noCredentials {
+			s.pushbackAt.Store(time.Now().UnixNano())
+			r.pushed.Store(true)
+			return nil
+		}
+		// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does: an
+		// outage or 5xx says nothing about the stream's rate, and is met with backoff instead.
+		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, n < want)
+		if throttled == 0 && pushback == noPushback {
+			failures = 0
+			continue
+		}
+		s.pushbackAt.Store(time.Now().UnixNano())
+		r.pushed.Store(true)
+		r.urgent = r.urgent || r.escalate
+		if pushback != noPushback {
+			failures++
+			if !s.pause(ctx, r, backoff(failures-1)) {
+				break
+			}
 		}
 	}
 	return ctx.Err()
 }
 
+// takeRecords takes the next call's records from the buffer: at most n records within the call
+// limits, oldest first before the mark, or most valuable first when the round is urgent.
+func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
+	events := min(n, s.eventsPerCall())
+	if s.cfg.RecordFormat == "ndjson" {
+		events = s.eventsPerCall()
+	}
+	var evs []event
+	if r.urgent {
+		evs = s.buf.takeNewest(events, maxCallBytes, s.recordSize)
+	} else {
+		evs = s.buf.take(r.before, events, maxCallBytes, s.recordSize)
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	recs := s.packRecords(evs)
+	if k := min(fitCall(recs), n); k < len(recs) {
+		s.buf.putBack(eventsOf(recs[k:]))
+		recs = recs[:k]
+	}
+	return recs
+}
+
+// eventsPerCall is the most events one call can carry.
 func (s *shipper) eventsPerCall() int {
 	if s.cfg.RecordFormat.aggregated() {
 		return 50 * maxRecordsPerCall
@@ -116,70 +239,163 @@ func (s *shipper) eventsPerCall() int {
 	return maxRecordsPerCall
 }
 
-// deliver sends recs with PutRecords, re-sending only the entries that failed with a retryable
-// error, with full-jitter backoff, until all are delivered or dropped, or ctx ends.
-func (s *shipper) deliver(ctx context.Context, recs []pendingRecord) error {
-	for attempt := 0; ; attempt++ {
-		s.body = s.encodeBody(s.body[:0], recs)
-		s.stats.calls.Add(1)
-		s.stats.bytesSent.Add(uint64(len(s.body)))
-		if attempt > 0 {
-			s.stats.retries.Add(1)
-		}
-		s.sending.Store(true)
-		results, err := s.client.putRecords(ctx, s.body, len(recs))
-		s.sending.Store(false)
-		s.lastSent = time.Now()
-		var retry []pendingRecord
-		switch {
-		case err != nil && ctx.Err() != nil:
-			// The call was cut short by the flush deadline: Kinesis may or may not have stored
-			// the records. Sending them again later risks a duplicate (same id); dropping them
-			// would risk a loss.
-			s.stats.unconfirmed.Add(telemetryEvents(eventsOf(recs)))
-			s.buf.putBack(eventsOf(recs))
-			return ctx.Err()
-		case err != nil && !isRetryable(err):
-			s.drop(recs, err)
-			return nil
-		case err != nil:
-			s.logs.once("retry:"+errorCode(err), "kinesis: PutRecords failed, retrying: %v", err)
-			if errorCode(err) == "ProvisionedThroughputExceededException" {
-				s.stats.throttles.Add(1)
-			}
-			if errorCode(err) == "ExpiredTokenException" {
-				s.client.invalidateCredentials()
-			}
-			retry = recs
-		default:
-			for i, r := range results {
-				switch {
-				case r.ErrorCode == "":
-					s.delivered(recs[i])
-				case isRetryableCode(r.ErrorCode, 0):
-					if r.ErrorCode == "ProvisionedThroughputExceededException" {
-						s.stats.throttles.Add(1)
-					}
-					retry = append(retry, recs[i])
-				default:
-					s.drop(recs[i:i+1], &apiError{Code: r.ErrorCode, Message: r.ErrorMessage})
-				}
-			}
-		}
-		if len(retry) == 0 {
-			return nil
-		}
-		recs = retry
-		wait := backoff(attempt)
-		if deadline, ok := ctx.Deadline(); ok {
-			// Leave time for another attempt before the deadline rather than sleep through it.
-			wait = min(wait, time.Until(deadline)/2)
-		}
-		if !sleepCtx(ctx, wait) {
-			s.buf.putBack(eventsOf(recs))
-			return ctx.Err()
-		}
+// pause waits d, as the round allows: never once the invocation's runtime is done, and never
+// through ctx's deadline (it leaves time for another attempt before it). It reports whether the
+// round may go on.
+func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
+	if d <= 0 {
+		return true
 	}
+	if _, ok := r.afterSoft(); ok {
+		return false
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(deadline)/2)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-r.soft: // nil when there is none: never ready
+		return false
+	}
+}
+
+// callPushback is how a whole call met pushback.
+type callPushback int
+
+const (
+	noPushback callPushback = iota
+	throughput              // refused whole for throughput: throttling, KMS throttling
+	failure                 // no answer, a 5xx, credentials that cannot be had
+	noCredentials           // the role cannot be assumed now: nothing was sent
+)
+
+// send makes one PutRecords call and settles its records: stored ones are delivered, refused ones
+// dropped, the rest go back to the buffer. It returns how many entries were stored and how many
+// were refused for throughput, and how the whole call met pushback.
+func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (accepted, throttled int, pushback callPushback) {
+	s.body = s.encodeBody(s.body[:0], recs)
+	callCtx, done := s.guard(ctx, r)
+	s.sending.Store(true)
+	results, err := s.client.putRecords(callCtx, s.body, len(recs))
+	s.sending.Store(false)
+	done()
+	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
+		// Nothing was sent, and the role will not be asked again for a while (credentials.go,
+		// which has logged the fix): the events wait, and the round ends.
+		s.shrinkBody()
+		s.retryLater(recs, false)
+		return 0, 0, noCredentials
+	}
+	s.stats.calls.Add(1)
+	s.stats.entries.Add(uint64(len(recs)))
+	s.stats.bytesSent.Add(uint64(len(s.body)))
+	if slices.ContainsFunc(recs, func(p pendingRecord) bool { return p.events[0].tried }) {
+		s.stats.retries.Add(1)
+	}
+	s.shrinkBody()
+
+	switch {
+	case err == nil:
+		var again []pendingRecord
+		for i, res := range results {
+			switch {
+			case res.ErrorCode == "":
+				s.delivered(recs[i])
+				accepted++
+			case isRetryableCode(res.ErrorCode, 0):
+				if isThrottleCode(res.ErrorCode) {
+					s.stats.throttles.Add(1)
+				}
+				throttled++
+				again = append(again, recs[i])
+			default:
+				s.drop(recs[i:i+1], &apiError{Code: res.ErrorCode, Message: res.ErrorMessage})
+			}
+		}
+		s.retryLater(again, false)
+		return accepted, throttled, noPushback
+	case !isRetryable(err):
+		s.drop(recs, err)
+		return 0, 0, noPushback
+	}
+	unknown := maybeStored(err)
+	if unknown {
+		// Kinesis may have stored them: sending them again risks a duplicate (same id), not
+		// sending them a loss. They go again, and count as unconfirmed.
+		s.stats.unconfirmed.Add(telemetryEvents(eventsOf(recs)))
+	}
+	code := errorCode(err)
+	if ctx.Err() == nil && callCtx.Err() == nil {
+		s.logs.once("retry:"+code, "kinesis: PutRecords failed, the events wait in the buffer: %v", err)
+	}
+	if code == "ExpiredTokenException" {
+		s.client.invalidateCredentials()
+	}
+	s.retryLater(recs, unknown)
+	if isThrottleCode(code) {
+		s.stats.throttles.Add(1)
+		return 0, 0, throughput
+	}
+	return 0, 0, failure
+}
+
+// guard derives the context of one call. After the invocation's runtime is done a call may run
+// until soft + budget; once the stream pushes back, only wireGrace from then (or from its start).
+func (s *shipper) guard(ctx context.Context, r *round) (context.Context, func()) {
+	callCtx, cancel := context.WithCancel(ctx)
+	if r.soft == nil {
+		return callCtx, cancel
+	}
+	start := time.Now()
+	finished := make(chan struct{})
+	go func() {
+		select {
+		case <-r.soft:
+		case <-finished:
+			return
+		}
+		at, _ := r.afterSoft()
+		cut := at.Add(r.budget)
+		if r.pushed.Load() || s.pressured(time.Now()) {
+			cut = earliest(cut, later(at, start).Add(wireGrace))
+		}
+		t := time.NewTimer(time.Until(cut))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-finished:
+		}
+	}()
+	return callCtx, func() { close(finished); cancel() }
+}
+
+// shrinkBody lets a request body grown by a spike (up to 5 MiB) go, rather than hold it for
+// the life of the environment.
+func (s *shipper) shrinkBody() {
+	const keep = 256 << 10
+	if cap(s.body) > keep {
+		s.body = nil
+	}
+	if cap(s.scratch) > keep {
+		s.scratch = nil
+	}
+}
+
+// retryLater puts records back in the buffer for a later call; unknown says the call's outcome
+// is unknown, so that they may already be stored.
+func (s *shipper) retryLater(recs []pendingRecord, unknown bool) {
+	evs := eventsOf(recs)
+	for i := range evs {
+		evs[i].tried = true
+		evs[i].maybeStored = evs[i].maybeStored || unknown
+	}
+	s.buf.putBack(evs)
 }
 
 // backoff is "full jitter": a random wait up to an exponentially growing cap.
@@ -192,52 +408,199 @@ func backoff(attempt int) time.Duration {
 	return time.Duration(rand.Int64N(int64(limit) + 1))
 }
 
-// sleepCtx waits for d and reports false if ctx ended first. The timer lives only while the
-// extension is awake: no send, and so no backoff, spans an /event/next.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
+// pacer estimates what the stream accepts from this environment and paces PutRecords entries to
+// about that, so that throttled entries are not re-sent faster than the stream can take them
+// (N environments retrying at will multiply the traffic that is already too much).
+//
+// It is AIMD on a token bucket of entries per second, in the manner of DCTCP (TCP with a
+// decrease proportional to the share of marked packets) and of the AWS SDKs' adaptive retry
+// mode: unpaced until the first pushback; then the rate starts at the rate sent over the last
+// second, cut by half the share throttled; at the end of each paceEpoch with pushback it is cut
+// by half the epoch's throttled share (all of it throttled: halved); and while the backlog wants
+// more than the bucket gives, it rises by paceIncrease of itself per second (at least
+// paceMinStep), or doubles per second once paceProbeAfter has passed without pushback, like
+// TCP's slow start, so that a passing throttle does not hold the environment back for long.
+// A proportional cut matters where a fixed share of entries is refused whatever the rate (one
+// hot shard of several): a cut at every throttle would starve the shards that have room.
+//
+// The estimate is per stream: per-shard knowledge would need ListShards, an extra IAM
+// permission. Throttling by bytes (1 MiB/s per shard) shows as the same per-entry error and is
+// paced the same way. Time is wall-clock time, frozen periods included: the stream's shards
+// refill while the environment is frozen, and so does the bucket, up to paceBurst of traffic.
+type pacer struct {
+	now func() time.Time
+
+	paced  bool
+	rate   float64 // entries per second, when paced
+	tokens float64
+	at     time.Time // when tokens were last refilled
+	upAt   time.Time // the last increase
+	calmAt time.Time // the last pushback
+
+	epochAt                    time.Time // start of the current epoch
+	epochSent, epochThrottled  float64
+	recentSent, recentAccepted float64   // entries, decaying with time constant paceWindow
+	recentAt                   time.Time // of the decay
+}
+
+const (
+	paceIncrease   = 0.1 // of the rate, per second
+	paceProbe      = 1.0 // of the rate, per second, paceProbeAfter the last pushback
+	paceProbeAfter = 2 * time.Second
+	paceMinStep    = 20  // entries/s per second
+	paceMinRate    = 10  // entries per second
+	paceMaxRate    = 1e6 // above this the stream is not the limit: pacing stops
+	paceEpoch      = 500 * time.Millisecond
+	paceWindow     = time.Second
+	paceBurst      = time.Second
+	paceBatch      = 50 * time.Millisecond // a call waits for at least this much traffic (or the backlog)
+)
+
+func newPacer(now func() time.Time) *pacer { return &pacer{now: now} }
+
+// refill adds the tokens earned since the last call.
+func (p *pacer) refill(now time.Time) {
+	if p.at.IsZero() {
+		p.at = now
+	}
+	if dt := now.Sub(p.at).Seconds(); dt > 0 {
+		p.tokens = min(p.tokens+dt*p.rate, p.rate*paceBurst.Seconds())
+	}
+	p.at = now
+}
+
+// batch is the least a call waits for: paceBatch of traffic, or all that is wanted.
+func (p *pacer) batch(want int) int {
+	return max(1, min(want, int(p.rate*paceBatch.Seconds())))
+}
+
+// grant returns how many of want entries may be sent now (0: wait), and spends them.
+func (p *pacer) grant(want int) int {
+	if !p.paced || want <= 0 {
+		return want
+	}
+	p.refill(p.now())
+	if p.tokens < float64(p.batch(want)) {
+		return 0
+	}
+	n := min(want, int(p.tokens))
+	p.tokens -= float64(n)
+	return n
+}
+
+// refund returns granted entries that were not sent after all.
+func (p *pacer) refund(n int) {
+	if p.paced {
+		p.tokens += float64(n)
 	}
 }
 
-func (s *shipper) delivered(r pendingRecord) {
-	s.stats.delivered.Add(telemetryEvents(r.events))
-	s.stats.records.Add(1)
-	s.buf.release(r.events)
+// wait is how long until grant(want) gives something.
+func (p *pacer) wait(want int) time.Duration {
+	if !p.paced {
+		return 0
+	}
+	p.refill(p.now())
+	need := float64(p.batch(want)) - p.tokens
+	if need <= 0 {
+		return 0
+	}
+	return time.Duration(math.Ceil(need / p.rate * float64(time.Second)))
 }
 
-// drop forgets records Kinesis will never accept, counts them under the error's code and says why
-// once per code.
+func (p *pacer) decay(now time.Time) {
+	if !p.recentAt.IsZero() {
+		f := math.Exp(-now.Sub(p.recentAt).Seconds() / paceWindow.Seconds())
+		p.recentSent *= f
+		p.recentAccepted *= f
+	}
+	p.recentAt = now
+}
+
+// observe learns from one call's answer: of its sent entries, accepted were stored and throttled
+// refused for throughput; pushback says the whole call met pushback (throttling, 5xx, a lost or
+// slow answer: all of it counts as throttled); starved says the backlog wanted more than the
+// bucket granted.
+func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
+	now := p.now()
+	if pushback {
+		throttled = max(sent, 1)
+	}
+	p.decay(now)
+	p.recentSent += float64(sent)
+	p.recentAccepted += float64(accepted)
+	if throttled > 0 {
+		p.calmAt = now
+		if !p.paced {
+			share := float64(throttled) / float64(max(sent, 1))
+			p.paced, p.at, p.upAt, p.tokens = true, now, now, 0
+			p.rate = max(paceMinRate, p.recentSent/paceWindow.Seconds()*(1-share/2))
+			p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
+			return
+		}
+	}
+	if !p.paced {
+		return
+	}
+	p.refill(now)
+	p.epochSent += float64(max(sent, throttled))
+	p.epochThrottled += float64(throttled)
+	if now.Sub(p.epochAt) >= paceEpoch {
+		if p.epochThrottled > 0 {
+			share := min(1, p.epochThrottled/max(p.epochSent, 1))
+			p.rate = max(paceMinRate, p.rate*(1-share/2))
+			p.tokens = min(p.tokens, 0)
+		}
+		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
+	}
+	if starved {
+		dt := min(now.Sub(p.upAt), time.Second).Seconds()
+		growth := paceIncrease
+		if now.Sub(p.calmAt) >= paceProbeAfter {
+			growth = paceProbe
+		}
+		p.rate += dt * max(paceMinStep, p.rate*growth)
+		if p.rate > paceMaxRate {
+			p.paced = false
+		}
+	}
+	p.upAt = now
+}
+
+// pacing reports whether the pacer limits the rate, and to what.
+func (p *pacer) pacing() (bool, float64) { return p.paced, p.rate }
+
+func (s *shipper) delivered(r pendingRecord) {
+	s.stats.records.Add(1)
+	s.buf.release(r.events, outcome{kind: wasDelivered})
+}
+
+// drop forgets records Kinesis will never accept, counts them under the error's code (as unknown
+// when an earlier call may have stored them) and says why once per code.
 func (s *shipper) drop(recs []pendingRecord, err error) {
 	code := errorCode(err)
 	var n uint64
 	for _, r := range recs {
 		n += telemetryEvents(r.events)
-		s.buf.release(r.events)
+		s.buf.release(r.events, outcome{kind: droppedRejected, code: code})
 	}
-	s.stats.dropRejected(code, n)
 	s.logs.once("drop:"+code, "kinesis: PutRecords rejected %d events, which are dropped and counted: %v%s", n, err, hint(code, s.cfg, s.meta.region))
 }
 
-// dropRemaining empties the buffer at shutdown, counting what could not be sent in time.
-func (s *shipper) dropRemaining(st *stats) {
+// dropRemaining empties the buffer at shutdown, counting what could not be sent in time: as
+// dropped, or as unknown where a call of unknown outcome may have stored it.
+func (s *shipper) dropRemaining() {
 	for {
 		evs := s.buf.take(everything, 1<<20, 1<<62, func(*event) int { return 0 })
 		if len(evs) == 0 {
 			return
 		}
-		s.buf.release(evs)
-		st.droppedShutdown.Add(telemetryEvents(evs))
+		s.buf.release(evs, outcome{kind: droppedShutdown})
 	}
 }
 
 // telemetryEvents counts the events that came from Lambda, leaving out the extension's own
-// counts records, so that received = delivered + dropped + filtered holds.
+// counts records.
 func telemetryEvents(evs []event) uint64 {
 	var n uint64
 	for i := range evs {
@@ -833,39 +1196,48 @@ func (e *apiError) Error() string {
 }
 
 // putRecords signs and sends one PutRecords request holding n records and returns the per-record
-// results. This is the only place that knows HTTP status codes and Kinesis error shapes.
+// results. This is the only place that knows HTTP status codes and Kinesis error shapes. A failure
+// without an answer is a *networkError that says whether the request had been written: only then
+// may Kinesis have stored the records.
 func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]putResult, error) {
 	if !k.lastDone.IsZero() && time.Since(k.lastDone) > staleAfter {
 		k.transport.CloseIdleConnections()
 	}
 	ctx, cancel := context.WithTimeout(ctx, k.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, k.url, bytes.NewReader(body))
+	creds, err := k.creds.Retrieve(ctx)
+	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
+		return nil, ce // nothing was sent; STS is asked again only after a wait (credentials.go)
+	}
+	if err != nil {
+		// Nothing was sent: pushback (the events wait), not a loss.
+		return nil, &networkError{err: fmt.Errorf("get AWS credentials: %w", err)}
+	}
+	var written atomic.Bool
+	trace := &httptrace.ClientTrace{WroteRequest: func(info httptrace.WroteRequestInfo) {
+		if info.Err == nil {
+			written.Store(true)
+		}
+	}}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodPost, k.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
 	req.Header.Set("X-Amz-Target", "Kinesis_20131202.PutRecords")
-	creds, err := k.creds.Retrieve(ctx)
-	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
-		return nil, ce // nothing was sent; retried like throttling, STS is asked again only after a wait
-	}
-	if err != nil {
-		return nil, &networkError{fmt.Errorf("get AWS credentials: %w", err)}
-	}
 	sum := sha256.Sum256(body)
 	if err := k.signer.SignHTTP(ctx, creds, req, hex.EncodeToString(sum[:]), "kinesis", k.region, time.Now()); err != nil {
 		return nil, fmt.Errorf("sign request: %w", err)
 	}
 	resp, err := k.http.Do(req)
 	if err != nil {
-		return nil, &networkError{err}
+		return nil, &networkError{err: err, written: written.Load()}
 	}
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	k.lastDone = time.Now()
 	if err != nil {
-		return nil, &networkError{fmt.Errorf("read answer: %w", err)}
+		return nil, &networkError{err: fmt.Errorf("read answer: %w", err), written: true}
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, decodeAPIError(resp, answer)
@@ -875,10 +1247,10 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 		Records           []putResult
 	}
 	if err := json.Unmarshal(answer, &out); err != nil {
-		return nil, &networkError{fmt.Errorf("decode answer: %w", err)}
+		return nil, &networkError{err: fmt.Errorf("decode answer: %w", err), written: true}
 	}
 	if len(out.Records) != n {
-		return nil, &networkError{fmt.Errorf("answer has %d results for %d records", len(out.Records), n)}
+		return nil, &networkError{err: fmt.Errorf("answer has %d results for %d records", len(out.Records), n), written: true}
 	}
 	return out.Records, nil
 }
@@ -913,11 +1285,32 @@ func decodeAPIError(resp *http.Response, body []byte) *apiError {
 	return &apiError{Status: resp.StatusCode, Code: code, Message: msg}
 }
 
-// networkError marks failures where Kinesis gave no answer: always worth retrying.
-type networkError struct{ err error }
+// networkError marks failures where Kinesis gave no answer: always worth retrying. written says
+// the request had been sent whole, so that Kinesis may have stored its records.
+type networkError struct {
+	err     error
+	written bool
+}
 
 func (e *networkError) Error() string { return e.err.Error() }
 func (e *networkError) Unwrap() error { return e.err }
+
+// maybeStored reports whether a failed call may nevertheless have stored its records: the request
+// was written and no answer said otherwise. Dial, TLS and credential failures happen before.
+func maybeStored(err error) bool {
+	var ne *networkError
+	return errors.As(err, &ne) && ne.written
+}
+
+// isThrottleCode tells throughput pushback from other transient faults (for the throttles count).
+func isThrottleCode(code string) bool {
+	switch code {
+	case "ProvisionedThroughputExceededException", "KMSThrottlingException", "ThrottlingException",
+		"Throttling", "LimitExceededException", "SlowDown":
+		return true
+	}
+	return false
+}
 
 func isRetryable(err error) bool {
 	var ae *apiError
@@ -954,188 +1347,4 @@ func errorCode(err error) string {
 		return "AssumeRole." + ce.Code
 	}
 	return "Error"
-}
-
-// stats are the extension's own counters, shipped as the counts record.
-type stats struct {
-	start time.Time
-
-	received, delivered, records                     atomic.Uint64
-	droppedFull, droppedShutdown                     atomic.Uint64
-	badBatches, badEvents                            atomic.Uint64
-	lambdaDroppedRecords, lambdaDroppedBytes         atomic.Uint64
-	calls, retries, throttles, bytesSent             atomic.Uint64
-	unconfirmed                                      atomic.Uint64 // events of calls cut short: maybe stored, sent again
-	filteredExcluded, filteredLevel, filteredSampled atomic.Uint64
-	filteredOwn                                      atomic.Uint64
-	invocations, postRuntimeCount, postRuntimeMicros atomic.Uint64
-	postRuntimeMaxMicros, postRuntimeLastMicros      atomic.Uint64
-	mu                                               sync.Mutex
-	rejected                                         map[string]uint64 // dropped by error code
-	assumeRole                                       codeCounts        // failed AssumeRole calls by error code (credentials.go)
-	lastFlush                                        flushCounters     // what the last ship round did
-}
-
-// flushCounters describe one ship round (or, as a snapshot, the totals before it).
-type flushCounters struct {
-	Events, Records, Bytes, Calls, Retries, Throttles, Dropped uint64
-	Ms                                                         float64
-}
-
-func (s *stats) flushCounters() flushCounters {
-	m := s.marks()
-	return flushCounters{
-		Events: s.delivered.Load(), Records: s.records.Load(), Bytes: s.bytesSent.Load(), Calls: s.calls.Load(),
-		Retries: s.retries.Load(), Throttles: s.throttles.Load(), Dropped: m.full + m.rejected + m.shutdown,
-	}
-}
-
-// noteFlush records what a ship round that started at start with the totals before did.
-func (s *stats) noteFlush(start time.Time, before flushCounters) {
-	after := s.flushCounters()
-	f := flushCounters{
-		Events: after.Events - before.Events, Records: after.Records - before.Records, Bytes: after.Bytes - before.Bytes,
-		Calls: after.Calls - before.Calls, Retries: after.Retries - before.Retries, Throttles: after.Throttles - before.Throttles,
-		Dropped: after.Dropped - before.Dropped, Ms: float64(time.Since(start).Microseconds()) / 1000,
-	}
-	s.mu.Lock()
-	s.lastFlush = f
-	s.mu.Unlock()
-}
-
-func newStats() *stats { return &stats{start: time.Now(), rejected: map[string]uint64{}} }
-
-func (s *stats) dropRejected(code string, n uint64) {
-	s.mu.Lock()
-	s.rejected[code] += n
-	s.mu.Unlock()
-}
-
-func (s *stats) addPostRuntime(d time.Duration) {
-	us := uint64(max(d, 0) / time.Microsecond)
-	s.postRuntimeCount.Add(1)
-	s.postRuntimeMicros.Add(us)
-	s.postRuntimeLastMicros.Store(us)
-	for {
-		old := s.postRuntimeMaxMicros.Load()
-		if us <= old || s.postRuntimeMaxMicros.CompareAndSwap(old, us) {
-			return
-		}
-	}
-}
-
-// lambdaDropped counts a platform.logsDropped event: telemetry Lambda dropped before it reached
-// the extension.
-func (s *stats) lambdaDropped(raw []byte) {
-	var ev struct {
-		Record struct {
-			DroppedRecords uint64 `json:"droppedRecords"`
-			DroppedBytes   uint64 `json:"droppedBytes"`
-		} `json:"record"`
-	}
-	if json.Unmarshal(raw, &ev) == nil {
-		s.lambdaDroppedRecords.Add(ev.Record.DroppedRecords)
-		s.lambdaDroppedBytes.Add(ev.Record.DroppedBytes)
-	}
-}
-
-// lossMarks are the counters whose change makes a counts record due at once.
-type lossMarks struct{ full, rejected, shutdown, lambda, bad uint64 }
-
-func (s *stats) marks() lossMarks {
-	s.mu.Lock()
-	var rejected uint64
-	for _, n := range s.rejected {
-		rejected += n
-	}
-	s.mu.Unlock()
-	return lossMarks{s.droppedFull.Load(), rejected, s.droppedShutdown.Load(), s.lambdaDroppedRecords.Load(), s.badBatches.Load() + s.badEvents.Load()}
-}
-
-// countsEvery is how often a counts record is shipped while telemetry flows; any loss makes one
-// due at the next flush.
-const countsEvery = time.Minute
-
-// countsType is the event type of the counts record.
-const countsType = "kinesis-telemetry-extension.counts" // untyped: compared with eventType and with strings
-
-// emitCountsIfDue buffers a counts record when something was lost since the last one, or when
-// the last one is older than countsEvery and telemetry has flowed since.
-func (s *shipper) emitCountsIfDue(now time.Time) {
-	s.mu.Lock()
-	due := s.stats.marks() != s.countsOf || (now.Sub(s.countsAt) >= countsEvery && s.stats.received.Load() > 0)
-	s.mu.Unlock()
-	if due {
-		s.emitCounts(now)
-	}
-}
-
-// emitCounts buffers a counts record. It goes to the platform queue: never dropped for room.
-func (s *shipper) emitCounts(now time.Time) {
-	s.mu.Lock()
-	s.countsAt, s.countsOf = now, s.stats.marks()
-	s.mu.Unlock()
-	raw := []byte(`{"time":"` + now.UTC().Format("2006-01-02T15:04:05.000Z") + `","type":"` + countsType + `","record":`)
-	raw = append(raw, s.stats.json(s.buf)...)
-	raw = append(raw, '}')
-	s.buf.addOwn(event{raw: raw, typ: countsType, level: -1})
-}
-
-// json renders the counters as the counts record's "record".
-func (s *stats) json(buf *buffer) []byte {
-	n, _ := buf.state()
-	s.mu.Lock()
-	lastFlush := s.lastFlush
-	rejected := make(map[string]uint64, len(s.rejected))
-	var rejectedTotal uint64
-	for k, v := range s.rejected {
-		rejected[k] = v
-		rejectedTotal += v
-	}
-	s.mu.Unlock()
-	count := s.postRuntimeCount.Load()
-	ms := func(us uint64) float64 { return float64(us) / 1000 }
-	mean := 0.0
-	if count > 0 {
-		mean = ms(s.postRuntimeMicros.Load()) / float64(count)
-	}
-	out, _ := json.Marshal(map[string]any{
-		"since":     s.start.UTC().Format(time.RFC3339Nano),
-		"received":  s.received.Load(),
-		"delivered": s.delivered.Load(),
-		"buffered":  n,
-		"dropped": map[string]any{
-			"total":      s.droppedFull.Load() + rejectedTotal + s.droppedShutdown.Load(),
-			"bufferFull": s.droppedFull.Load(),
-			"rejected":   rejected,
-			"shutdown":   s.droppedShutdown.Load(),
-		},
-		"filtered": map[string]uint64{
-			"excluded": s.filteredExcluded.Load(), "belowLevel": s.filteredLevel.Load(),
-			"sampledOut": s.filteredSampled.Load(), "ownLogs": s.filteredOwn.Load(),
-		},
-		"malformed":     map[string]uint64{"batches": s.badBatches.Load(), "events": s.badEvents.Load()},
-		"lambdaDropped": map[string]uint64{"records": s.lambdaDroppedRecords.Load(), "bytes": s.lambdaDroppedBytes.Load()},
-		"kinesis": map[string]uint64{
-			"calls": s.calls.Load(), "records": s.records.Load(), "bytes": s.bytesSent.Load(),
-			"retries": s.retries.Load(), "throttles": s.throttles.Load(), "unconfirmed": s.unconfirmed.Load(),
-		},
-		"lastFlush": map[string]any{
-			"events": lastFlush.Events, "records": lastFlush.Records, "bytes": lastFlush.Bytes, "calls": lastFlush.Calls,
-			"retries": lastFlush.Retries, "throttles": lastFlush.Throttles, "dropped": lastFlush.Dropped, "ms": lastFlush.Ms,
-		},
-		"invocations":      s.invocations.Load(),
-		"assumeRoleErrors": s.assumeRole.snapshot(),
-		"postRuntimeMs": map[string]any{
-			"count": count, "mean": mean, "max": ms(s.postRuntimeMaxMicros.Load()), "last": ms(s.postRuntimeLastMicros.Load()),
-		},
-	})
-	return out
-}
-
-// summary is the one-line account logged at shutdown.
-func (s *stats) summary() string {
-	m := s.marks()
-	return fmt.Sprintf("received %d, delivered %d, dropped %d (buffer full %d, rejected %d, shutdown %d), Lambda dropped %d, malformed %d, %d PutRecords calls, %d retries, %d events sent again after a call cut short",
-		s.received.Load(), s.delivered.Load(), m.full+m.rejected+m.shutdown, m.full, m.rejected, m.shutdown, m.lambda, m.bad, s.calls.Load(), s.retries.Load(), s.unconfirmed.Load())
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -306,19 +307,24 @@ func TestShipRetriesOnlyFailedEntries(t *testing.T) {
 	if err := s.ship(context.Background(), everything); err != nil {
 		t.Fatal(err)
 	}
+	// The failed entries go back to the buffer and are sent again, paced (the pacer may split them
+	// over several calls): exactly entries 1, 3 and 4 of the first call, in order.
 	calls := fk.received()
-	if len(calls) != 2 {
-		t.Fatalf("%d calls, want 2", len(calls))
+	var again []string
+	for _, c := range calls[1:] {
+		for _, r := range c.Records {
+			again = append(again, r.Data)
+		}
 	}
-	if len(calls[1].Records) != 3 || calls[1].Records[0].Data != calls[0].Records[1].Data ||
-		calls[1].Records[1].Data != calls[0].Records[3].Data || calls[1].Records[2].Data != calls[0].Records[4].Data {
-		t.Errorf("second call should carry exactly entries 1, 3, 4 of the first, in order")
+	first := calls[0].Records
+	if want := []string{first[1].Data, first[3].Data, first[4].Data}; fmt.Sprint(again) != fmt.Sprint(want) {
+		t.Errorf("later calls carry %d entries; want exactly entries 1, 3, 4 of the first, in order", len(again))
 	}
-	if st.delivered.Load() != 6 || st.throttles.Load() != 2 || st.retries.Load() != 1 {
-		t.Errorf("delivered %d throttles %d retries %d, want 6 2 1", st.delivered.Load(), st.throttles.Load(), st.retries.Load())
+	if st.delivered.Load() != 6 || st.throttles.Load() != 2 || st.retries.Load() != uint64(len(calls)-1) || st.entries.Load() != 9 {
+		t.Errorf("delivered %d throttles %d retries %d entries %d, want 6 2 %d 9", st.delivered.Load(), st.throttles.Load(), st.retries.Load(), st.entries.Load(), len(calls)-1)
 	}
-	if buf.inFlight != 0 {
-		t.Errorf("inFlight %d after delivery, want 0", buf.inFlight)
+	if buf.inFlight != 0 || buf.buffered() != 0 {
+		t.Errorf("inFlight %d, buffered %d after delivery, want 0", buf.inFlight, buf.buffered())
 	}
 }
 
@@ -331,6 +337,7 @@ func TestShipClassifiesWholeCallErrors(t *testing.T) {
 		wantDelivered uint64
 		wantRejected  uint64
 	}{
+		// Retried: at least one more call (the pacer may split the retry).
 		{"throttled then fine", 400, `{"__type":"ProvisionedThroughputExceededException","message":"slow down"}`, 2, 4, 0},
 		{"5xx then fine", 503, `{"__type":"ServiceUnavailable"}`, 2, 4, 0},
 		{"KMS throttling then fine", 400, `{"__type":"KMSThrottlingException"}`, 2, 4, 0},
@@ -358,8 +365,12 @@ func TestShipClassifiesWholeCallErrors(t *testing.T) {
 				rejected += n
 			}
 			st.mu.Unlock()
-			if n := len(fk.received()); n != tt.wantCalls || st.delivered.Load() != tt.wantDelivered || rejected != tt.wantRejected {
-				t.Errorf("calls %d delivered %d rejected %d, want %d %d %d", n, st.delivered.Load(), rejected, tt.wantCalls, tt.wantDelivered, tt.wantRejected)
+			n := len(fk.received())
+			if (tt.wantCalls == 1 && n != 1) || n < tt.wantCalls || st.delivered.Load() != tt.wantDelivered || rejected != tt.wantRejected {
+				t.Errorf("calls %d delivered %d rejected %d, want %d%s %d %d", n, st.delivered.Load(), rejected, tt.wantCalls, map[bool]string{true: "+"}[tt.wantCalls > 1], tt.wantDelivered, tt.wantRejected)
+			}
+			if st.unknown.Load() != 0 || st.unconfirmed.Load() != 0 {
+				t.Errorf("an answered error left %d unknown, %d unconfirmed: its outcome is known", st.unknown.Load(), st.unconfirmed.Load())
 			}
 			if n, _ := buf.state(); n != 0 || buf.inFlight != 0 {
 				t.Errorf("buffer holds %d, in flight %d: every event must be delivered or counted", n, buf.inFlight)
@@ -791,4 +802,362 @@ func TestStaleConnectionsAreNotTrusted(t *testing.T) {
 	if got := newConns(); got != 2 {
 		t.Errorf("%d connections after a long pause, want a fresh one (2)", got)
 	}
+}
+
+// fleetSim runs envs pacers on a simulated clock against one shard of capacity entries/s (a
+// token bucket with 1 s of burst, as Kinesis shards behave), each environment producing offered
+// entries/s and awake (not frozen) awake of every cycle. It returns goodput (stored/s over the
+// capacity) and amplification (entries sent / stored).
+func fleetSim(envs int, capacity, offered, randomFail float64, awake, cycle time.Duration, d time.Duration, seed uint64) (goodput, amplification float64) {
+	const step = 5 * time.Millisecond // one PutRecords round trip
+	rng := rand.New(rand.NewPCG(seed, 1))
+	var clock time.Time = time.Unix(0, 0)
+	now := func() time.Time { return clock }
+	type env struct {
+		p       *pacer
+		backlog float64
+		offset  time.Duration
+	}
+	fleet := make([]*env, envs)
+	for i := range fleet {
+		fleet[i] = &env{p: newPacer(now), offset: time.Duration(rng.Int64N(int64(cycle)))}
+	}
+	shard := capacity
+	var sent, stored float64
+	for t := time.Duration(0); t < d; t += step {
+		clock = time.Unix(0, 0).Add(t)
+		shard = min(capacity, shard+capacity*step.Seconds())
+		for _, e := range fleet {
+			e.backlog = min(e.backlog+offered*step.Seconds(), 4*offered) // a bounded buffer
+			if (t+e.offset)%cycle >= awake || e.backlog < 1 {
+				continue
+			}
+			want := min(500, int(e.backlog))
+			n := e.p.grant(want)
+			if n == 0 {
+				continue
+			}
+			ok := min(n, int(shard))
+			shard -= float64(ok)
+			e.backlog -= float64(ok)
+			if t > d/5 { // after the start-up
+				sent += float64(n)
+				stored += float64(ok)
+			}
+			if randomFail > 0 { // a share refused whatever the rate
+				refused := 0
+				for range ok {
+					if rng.Float64() < randomFail {
+						refused++
+					}
+				}
+				shard += float64(refused)
+				e.backlog += float64(refused)
+				if t > d/5 {
+					stored -= float64(refused)
+				}
+				ok -= refused
+			}
+			e.p.observe(n, ok, n-ok, false, n < want)
+		}
+	}
+	secs := (d - d/5).Seconds()
+	return stored / secs / min(capacity, offered*float64(envs)), sent / stored
+}
+
+// TestPacerFleetSimulation runs the pacer of N environments against one simulated shard: under
+// capacity nothing is re-sent; overloaded, the shard stays busy and re-sends stay few. It models
+// the shard's token bucket and the environments' freezes, not the network or Lambda's timing
+// (the fleet test measures those with real processes).
+func TestPacerFleetSimulation(t *testing.T) {
+	for _, tt := range []struct {
+		name            string
+		envs            int
+		capacity        float64
+		offered         float64 // per environment
+		randomFail      float64 // share of entries refused whatever the rate (a hot shard of several)
+		awake           time.Duration
+		maxAmp, minGood float64
+	}{
+		{"under capacity", 8, 4000, 250, 0, 60 * time.Millisecond, 1.05, 0.95},
+		{"2x overload", 8, 1000, 250, 0, 60 * time.Millisecond, 1.5, 0.85},
+		{"6x overload", 8, 300, 225, 0, 60 * time.Millisecond, 2, 0.85},
+		{"2x overload, awake 20%", 8, 1000, 250, 0, 20 * time.Millisecond, 1.5, 0.85},
+		{"one environment, 10x", 1, 100, 1000, 0, 60 * time.Millisecond, 1.5, 0.85},
+		// A share refused whatever the rate (one hot shard of several) is the per-stream
+		// estimate's weak case: the pacer settles low and the data waits (README, Backpressure).
+		// 1/0.9 = 1.11 is the least amplification possible.
+		{"10% refused, capacity ample", 8, 10000, 250, 0.1, 60 * time.Millisecond, 1.15, 0.5},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			good, amp := fleetSim(tt.envs, tt.capacity, tt.offered, tt.randomFail, tt.awake, 100*time.Millisecond, 60*time.Second, 7)
+			t.Logf("%-26s goodput %.2f of capacity, amplification %.3f", tt.name, good, amp)
+			if amp > tt.maxAmp || good < tt.minGood {
+				t.Errorf("goodput %.2f (want >= %.2f), amplification %.3f (want <= %.2f)", good, tt.minGood, amp, tt.maxAmp)
+			}
+		})
+	}
+}
+
+// fakeClock is a settable clock for the pacer.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time          { return c.t }
+func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+func TestPacer(t *testing.T) {
+	start := time.Unix(1000, 0)
+	// sendFor feeds the pacer calls of up to 500 entries every 10 ms for d, the stream taking
+	// accept(n) of each, and returns the entries sent.
+	sendFor := func(p *pacer, c *fakeClock, d time.Duration, accept func(n int) int) (sent int) {
+		for end := c.t.Add(d); c.t.Before(end); c.advance(10 * time.Millisecond) {
+			n := p.grant(500)
+			if n == 0 {
+				continue
+			}
+			ok := accept(n)
+			p.observe(n, ok, n-ok, false, n < 500)
+			sent += n
+		}
+		return sent
+	}
+	all := func(n int) int { return n }
+	none := func(int) int { return 0 }
+	for _, tt := range []struct {
+		name string
+		run  func(t *testing.T, p *pacer, c *fakeClock)
+	}{
+		{"unpaced until pushback", func(t *testing.T, p *pacer, c *fakeClock) {
+			if sent := sendFor(p, c, time.Second, all); sent != 100*500 {
+				t.Errorf("sent %d in 1 s without pushback, want all 50000", sent)
+			}
+			if paced, _ := p.pacing(); paced {
+				t.Error("paced without pushback")
+			}
+		}},
+		{"first pushback starts at the sent rate less half the throttled share", func(t *testing.T, p *pacer, c *fakeClock) {
+			p.observe(100, 100, 0, false, false)
+			c.advance(100 * time.Millisecond)
+			p.observe(100, 50, 50, false, false)
+			_, rate := p.pacing()
+			// About 200 entries sent in the last second (decaying), 50% throttled: × 0.75.
+			if rate < 120 || rate > 160 {
+				t.Errorf("rate %.0f, want about 150", rate)
+			}
+			if n := p.grant(500); n != 0 {
+				t.Errorf("granted %d right after pushback, want 0 (the bucket empties)", n)
+			}
+			w := p.wait(500)
+			c.advance(w)
+			if n := p.grant(500); n == 0 || w <= 0 || w > 100*time.Millisecond {
+				t.Errorf("after waiting %v, granted %d", w, n)
+			}
+		}},
+		{"a fully throttled epoch halves the rate", func(t *testing.T, p *pacer, c *fakeClock) {
+			p.observe(500, 0, 500, false, false)
+			_, r0 := p.pacing()
+			sendFor(p, c, 600*time.Millisecond, none)
+			if _, r1 := p.pacing(); r1 > r0*0.55 || r1 < paceMinRate {
+				t.Errorf("rate %.0f after a throttled epoch, from %.0f: want about half", r1, r0)
+			}
+		}},
+		{"a stream that refuses everything: the rate stays near the floor", func(t *testing.T, p *pacer, c *fakeClock) {
+			p.observe(1, 0, 1, true, false)
+			sent := sendFor(p, c, 10*time.Second, none)
+			if _, r := p.pacing(); r < paceMinRate || r > 2*paceMinRate+paceMinStep || sent > 10*(2*paceMinRate+paceMinStep) {
+				t.Errorf("rate %.1f, %d sent in 10 s; want near the floor %d", r, sent, paceMinRate)
+			}
+		}},
+		{"calm: the rate grows, fast after paceProbeAfter", func(t *testing.T, p *pacer, c *fakeClock) {
+			p.observe(100, 50, 50, false, false)
+			_, r0 := p.pacing()
+			sendFor(p, c, time.Second, all)
+			_, r1 := p.pacing()
+			sendFor(p, c, 3*time.Second, all)
+			_, r2 := p.pacing()
+			if r1 <= r0 || r1 > r0*1.5+paceMinStep || r2 < 4*r1 {
+				t.Errorf("rates %.0f → %.0f (1 s) → %.0f (3 s more): want slow growth, then doubling per second", r0, r1, r2)
+			}
+		}},
+		{"it settles near what the stream takes", func(t *testing.T, p *pacer, c *fakeClock) {
+			// The stream takes 300 entries/s: a token bucket on the stream side.
+			stream, at := 300.0, c.t
+			take := func(n int) int {
+				stream = min(300, stream+300*c.t.Sub(at).Seconds())
+				at = c.t
+				ok := min(n, int(stream))
+				stream -= float64(ok)
+				return ok
+			}
+			p.observe(500, 0, 500, false, false)
+			sendFor(p, c, 20*time.Second, take)
+			sent := sendFor(p, c, 20*time.Second, take)
+			if rate := float64(sent) / 20; rate < 250 || rate > 450 {
+				t.Errorf("sent %.0f entries/s to a stream taking 300/s", rate)
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &fakeClock{t: start}
+			tt.run(t, newPacer(c.now), c)
+		})
+	}
+}
+
+func TestIsRetryableCode(t *testing.T) {
+	for _, tt := range []struct {
+		code   string
+		status int
+		want   bool
+	}{
+		{"ProvisionedThroughputExceededException", 400, true},
+		{"KMSThrottlingException", 400, true},
+		{"InternalFailure", 500, true},
+		{"ServiceUnavailable", 503, true},
+		{"ExpiredTokenException", 400, true},
+		{"HTTP502", 502, true},
+		{"HTTP429", 429, true},
+		{"AccessDeniedException", 400, false},
+		{"ResourceNotFoundException", 400, false},
+		{"KMSDisabledException", 400, false},
+		{"ValidationException", 400, false},
+		{"InvalidArgumentException", 0, false},
+		{"UnrecognizedClientException", 400, false},
+	} {
+		if got := isRetryableCode(tt.code, tt.status); got != tt.want {
+			t.Errorf("isRetryableCode(%s, %d) = %v, want %v", tt.code, tt.status, got, tt.want)
+		}
+	}
+}
+
+func TestDecodeAPIError(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		status   int
+		header   string // X-Amzn-ErrorType
+		body     string
+		want     apiError
+		wantText string
+	}{
+		{"__type and message", 400, "", `{"__type":"ResourceNotFoundException","message":"Stream s not found"}`, apiError{400, "ResourceNotFoundException", "Stream s not found"}, "HTTP 400 ResourceNotFoundException: Stream s not found"},
+		{"namespaced type, Message", 400, "", `{"__type":"com.amazonaws.kinesis.v20131202#AccessDeniedException","Message":"no"}`, apiError{400, "AccessDeniedException", "no"}, ""},
+		{"type from the header", 400, "KMSThrottlingException:http://internal", `not json`, apiError{400, "KMSThrottlingException", ""}, ""},
+		{"nothing but a status", 502, "", `<html>bad gateway</html>`, apiError{502, "HTTP502", ""}, ""},
+		{"long message cut", 400, "", `{"__type":"ValidationException","message":"` + strings.Repeat("x", 400) + `"}`, apiError{400, "ValidationException", strings.Repeat("x", 300) + "…"}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := &http.Response{StatusCode: tt.status, Header: http.Header{}}
+			if tt.header != "" {
+				resp.Header.Set("X-Amzn-ErrorType", tt.header)
+			}
+			got := decodeAPIError(resp, []byte(tt.body))
+			if *got != tt.want {
+				t.Errorf("got %+v, want %+v", *got, tt.want)
+			}
+			if tt.wantText != "" && got.Error() != tt.wantText {
+				t.Errorf("Error() = %q, want %q", got.Error(), tt.wantText)
+			}
+		})
+	}
+}
+
+// TestUnknownOutcomeIsCountedApart: a call whose request was written and whose answer never came
+// may have stored its records: they are sent again and counted as unconfirmed, and if never
+// confirmed they count as unknown, not dropped. A failure before the request was written (no
+// connection, no credentials) stored nothing: those events are dropped (counted) at shutdown.
+func TestUnknownOutcomeIsCountedApart(t *testing.T) {
+	hold := make(chan struct{})
+	held := newFakeKinesis(t, func(int, putRecordsRequest) (int, string) { <-hold; return 500, "" })
+	t.Cleanup(func() { close(hold) }) // before the server's Close, which waits for its handlers
+	reset := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close()
+	}))
+	t.Cleanup(reset.Close)
+	refused := httptest.NewServer(http.NotFoundHandler())
+	refused.Close() // nothing listens there any more
+	for _, tt := range []struct {
+		name        string
+		endpoint    string
+		noCreds     bool
+		wantUnknown bool
+	}{
+		{"answer never came (request timeout)", held.URL, false, true},
+		{"connection reset after the request", reset.URL, false, true},
+		{"connection refused", refused.URL, false, false},
+		{"no credentials", held.URL, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, buf, st := testShipper(t, config{RequestTimeout: 100 * time.Millisecond}, tt.endpoint)
+			if tt.noCreds {
+				s.newClient = func(context.Context) (*kinesisClient, error) {
+					creds := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+						return aws.Credentials{}, fmt.Errorf("no credentials here")
+					})
+					return newKinesisClient(tt.endpoint, "eu-west-1", creds, 100*time.Millisecond), nil
+				}
+			}
+			addLogs(buf, 5)
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			s.ship(ctx, everything)
+			if buf.buffered() != 5 {
+				t.Fatalf("buffered %d after the failed round, want all 5 kept", buf.buffered())
+			}
+			s.dropRemaining()
+			wantUnknown, wantDropped := uint64(0), uint64(5)
+			if tt.wantUnknown {
+				wantUnknown, wantDropped = 5, 0
+			}
+			if st.unknown.Load() != wantUnknown || st.droppedShutdown.Load() != wantDropped || (st.unconfirmed.Load() > 0) != tt.wantUnknown {
+				t.Errorf("unknown %d, dropped %d, unconfirmed %d; want unknown %d, dropped %d", st.unknown.Load(), st.droppedShutdown.Load(), st.unconfirmed.Load(), wantUnknown, wantDropped)
+			}
+		})
+	}
+}
+
+// TestRoundGivesWayAfterRuntimeDone: once the invocation's runtime is done, a round that meets
+// pushback ends at once, and a call on the wire of a stream that pushes back is cut after
+// wireGrace; the events stay buffered. A healthy stream gets everything sent.
+func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
+	throttleAll := func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		for i := range rs {
+			rs[i] = `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard"}`
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, len(rs), strings.Join(rs, ","))
+	}
+	t.Run("throttled", func(t *testing.T) {
+		fk := newFakeKinesis(t, throttleAll)
+		s, buf, _ := testShipper(t, config{}, fk.URL)
+		addLogs(buf, 50)
+		start := time.Now()
+		s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second})
+		if took := time.Since(start); took > 100*time.Millisecond || len(fk.received()) != 1 || buf.buffered() != 50 {
+			t.Errorf("round took %v with %d calls, %d buffered; want one call, at once, all 50 kept", took, len(fk.received()), buf.buffered())
+		}
+	})
+	t.Run("slow answer while pushed back", func(t *testing.T) {
+		fk := newFakeKinesis(t, slowKinesis(500*time.Millisecond))
+		s, buf, st := testShipper(t, config{}, fk.URL)
+		s.pushbackAt.Store(time.Now().UnixNano())
+		addLogs(buf, 50)
+		soft := make(chan struct{})
+		time.AfterFunc(20*time.Millisecond, func() { close(soft) })
+		start := time.Now()
+		s.shipRound(context.Background(), &round{before: everything, soft: soft, budget: time.Second})
+		if took := time.Since(start); took > 20*time.Millisecond+wireGrace+50*time.Millisecond || buf.buffered() != 50 || st.unconfirmed.Load() != 50 {
+			t.Errorf("round took %v, %d buffered, %d unconfirmed; want cut wireGrace after runtimeDone, all kept as maybe stored", took, buf.buffered(), st.unconfirmed.Load())
+		}
+	})
+	t.Run("healthy", func(t *testing.T) {
+		fk := newFakeKinesis(t, allOK)
+		s, buf, st := testShipper(t, config{}, fk.URL)
+		addLogs(buf, 1200)
+		s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second})
+		if st.delivered.Load() != 1200 {
+			t.Errorf("delivered %d of 1200 after runtimeDone against a healthy stream", st.delivered.Load())
+		}
+	})
 }

@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -48,16 +47,24 @@ type registration struct {
 	AccountID       string `json:"accountId"`
 }
 
+// lifecycleType is the type of a lifecycle event from /event/next, and what register subscribes to.
+type lifecycleType string
+
+const (
+	eventInvoke   lifecycleType = "INVOKE"
+	eventShutdown lifecycleType = "SHUTDOWN"
+)
+
 // lifecycleEvent is an INVOKE or SHUTDOWN event from /event/next.
 type lifecycleEvent struct {
-	EventType      string `json:"eventType"`
-	DeadlineMs     int64  `json:"deadlineMs"` // epoch milliseconds, not a duration
-	RequestID      string `json:"requestId"`
-	ShutdownReason string `json:"shutdownReason"`
+	EventType      lifecycleType `json:"eventType"`
+	DeadlineMs     int64         `json:"deadlineMs"` // epoch milliseconds, not a duration
+	RequestID      string        `json:"requestId"`
+	ShutdownReason string        `json:"shutdownReason"`
 }
 
-func (c *extensionsClient) register(ctx context.Context, name string, events []string) (registration, error) {
-	body, _ := json.Marshal(map[string][]string{"events": events})
+func (c *extensionsClient) register(ctx context.Context, name string, events []lifecycleType) (registration, error) {
+	body, _ := json.Marshal(map[string][]lifecycleType{"events": events})
 	hdr := http.Header{"Lambda-Extension-Name": {name}, "Lambda-Extension-Accept-Feature": {"accountId"}}
 	status, answer, id, err := c.call(ctx, http.MethodPost, c.base+"/register", body, hdr)
 	if err != nil {
@@ -203,7 +210,7 @@ func (e *extension) run(ctx context.Context) int {
 		if err != nil {
 			if ctx.Err() != nil {
 				// SIGTERM without a SHUTDOWN event: flush what we can in the time Lambda allows.
-				ev = lifecycleEvent{EventType: "SHUTDOWN", ShutdownReason: "signal", DeadlineMs: time.Now().Add(1500 * time.Millisecond).UnixMilli()}
+				ev = lifecycleEvent{EventType: eventShutdown, ShutdownReason: "signal", DeadlineMs: time.Now().Add(1500 * time.Millisecond).UnixMilli()}
 			} else {
 				e.logs.printf("%v: the Extensions API failed, exiting", err)
 				_ = e.api.exitError(context.Background(), "Extension.NextFailed", err)
@@ -211,9 +218,9 @@ func (e *extension) run(ctx context.Context) int {
 			}
 		}
 		switch ev.EventType {
-		case "INVOKE":
+		case eventInvoke:
 			e.onInvoke(ev)
-		case "SHUTDOWN":
+		case eventShutdown:
 			if stopPeriodic != nil {
 				stopPeriodic(shutdownDeadline(ev).Add(-countsReserve))
 			}
@@ -236,7 +243,7 @@ func (e *extension) runIdle(ctx context.Context) int {
 			e.logs.printf("%v: the Extensions API failed, exiting", err)
 			return 1
 		}
-		if ev.EventType == "SHUTDOWN" {
+		if ev.EventType == eventShutdown {
 			return 0
 		}
 	}
@@ -258,9 +265,11 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 	deadline := time.UnixMilli(ev.DeadlineMs).Add(-deadlineSafety)
 
 	switch e.flushMode(now) {
-	case "end":
-		e.flushBeforeNext(ev.RequestID, deadline)
-	case "background":
+	case flushEnd:
+		e.flushBeforeNext(ev.RequestID, deadline, false)
+	case flushEndYielding:
+		e.flushBeforeNext(ev.RequestID, deadline, true)
+	case flushBackground:
 		e.shipWhileInvoked(ev.RequestID, deadline)
 	}
 	e.lastRequest = ev.RequestID
@@ -279,38 +288,81 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 // Lambda counts the invocation as timed out.
 const deadlineSafety = 50 * time.Millisecond
 
-// flushMode picks, for one invocation, "end" (wait for the invocation's telemetry and ship it
-// before /event/next), "background" (ship what is buffered while the function runs) or "skip".
-//
-// adaptive: the first invocation, and any invocation when invocations are sparse (the average gap
-// between them exceeds MAX_DELAY) or when the buffer holds data older than MAX_DELAY, ships at the
-// end; otherwise the next invocation will come soon enough to carry the data, so it ships in the
-// background. Without a telemetry subscription there is no runtimeDone to wait for: background.
-func (e *extension) flushMode(now time.Time) string {
-	n, oldest := e.buf.state()
-	switch e.cfg.Flush.Mode {
-	case "end":
-		return "end"
-	case "background":
-		return "background"
-	case "periodic":
-		if n > 0 && now.Sub(e.lastShip) >= e.cfg.Flush.Period {
-			return "background"
-		}
-		return "skip"
-	}
-	switch {
-	case !e.platformTelemetry():
-		return "background"
-	case e.gap == 0, e.gap > e.cfg.MaxDelay, n > 0 && now.Sub(oldest) > e.cfg.MaxDelay:
-		return "end"
-	}
-	return "background"
+// flushMode is a flush strategy (KINESIS_TELEMETRY_FLUSH) or what one chooses for an invocation.
+type flushMode string
+
+const (
+	flushAdaptive   flushMode = "adaptive"
+	flushEnd        flushMode = "end"
+	flushBackground flushMode = "background"
+	flushPeriodic   flushMode = "periodic"
+
+	// Choices for one invocation only. flushEndYielding ships before /event/next like end, but
+	// as a background round does after runtimeDone: it never waits for the stream, stops at the
+	// first pushback, and leaves what is left in the buffer. flushSkip ships nothing.
+	flushEndYielding flushMode = "end-yielding"
+	flushSkip        flushMode = "skip"
+)
+
+// flushFacts are what the choice for one invocation depends on.
+type flushFacts struct {
+	now       time.Time
+	gap       time.Duration // moving average of the time between invocations; 0 before the second
+	buffered  int           // events waiting
+	oldest    time.Time     // arrival of the oldest of them
+	lastShip  time.Time     // the last ship round's start
+	telemetry bool          // platform events (runtimeDone) will arrive
+	pressured bool          // the stream pushed back recently
 }
 
+// flushMode chooses how this invocation ships; see chooseFlush.
+func (e *extension) flushMode(now time.Time) flushMode {
+	n, oldest := e.buf.state()
+	return chooseFlush(e.cfg.Flush, e.cfg.MaxDelay, flushFacts{
+		now: now, gap: e.gap, buffered: n, oldest: oldest, lastShip: e.lastShip,
+		telemetry: e.platformTelemetry(), pressured: e.ship.pressured(now),
+	})
+}
+
+// chooseFlush picks, for one invocation, flushEnd (wait for the invocation's telemetry and ship
+// it before /event/next), flushEndYielding (the same, giving way to pushback), flushBackground
+// (ship what is buffered while the function runs) or flushSkip.
+//
+// adaptive: the first invocation, and any invocation when invocations are sparse (the average
+// gap between them exceeds maxDelay) or when the buffer holds data older than maxDelay, ships at
+// the end, yielding to pushback; otherwise the next invocation will come soon enough to carry the
+// data, so it ships in the background. Data that is old because the stream pushes back stays in
+// the background: shipping at the end would not make the stream take it sooner, only make the
+// invocation longer. Without a telemetry subscription there is no runtimeDone to wait for.
+func chooseFlush(s flushStrategy, maxDelay time.Duration, f flushFacts) flushMode {
+	switch s.Mode {
+	case flushEnd, flushBackground:
+		return s.Mode
+	case flushPeriodic:
+		if f.buffered > 0 && f.now.Sub(f.lastShip) >= s.Period {
+			return flushBackground
+		}
+		return flushSkip
+	}
+	switch {
+	case !f.telemetry:
+		return flushBackground
+	case f.gap == 0, f.gap > maxDelay:
+		return flushEndYielding
+	case f.buffered > 0 && f.now.Sub(f.oldest) > maxDelay && !f.pressured:
+		return flushEndYielding
+	}
+	return flushBackground
+}
+
+// closed is a channel that is always closed: a soft end that has already come.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 // flushBeforeNext waits until the invocation's platform.runtimeDone has arrived (so that its log
-// lines are in the buffer), then ships everything within the flush budget.
-func (e *extension) flushBeforeNext(requestID string, deadline time.Time) {
+// lines are in the buffer), then ships everything within the flush budget. yielding gives way to
+// pushback at once (flushEndYielding); otherwise throttled data is paced and retried until the
+// budget ends, the bound of KINESIS_TELEMETRY_FLUSH=end.
+func (e *extension) flushBeforeNext(requestID string, deadline time.Time, yielding bool) {
 	if e.platformTelemetry() {
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		e.buf.waitRuntimeDone(ctx, requestID)
@@ -318,32 +370,32 @@ func (e *extension) flushBeforeNext(requestID string, deadline time.Time) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), earliest(time.Now().Add(e.cfg.FlushBudget), deadline))
 	defer cancel()
-	e.shipNow(ctx, everything)
+	r := &round{before: everything}
+	if yielding {
+		r.soft, r.budget = closed, e.cfg.FlushBudget
+	}
+	e.shipNow(ctx, r)
 }
 
 // shipWhileInvoked ships what was buffered when the invocation began, while the function runs;
-// the invocation's own telemetry waits for the next one. The sending stops, and its unconfirmed
-// records go back to the buffer, at the latest a flush budget after the invocation's runtimeDone
-// arrives, so the extension never holds the environment for long after the function.
+// the invocation's own telemetry waits for the next one. Once the invocation's runtimeDone
+// arrives the round gives way (see round): no waiting, no new call after pushback, a call on the
+// wire cut after wireGrace when the stream pushes back, and nothing past the flush budget.
 func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
-	before := e.buf.mark()
+	r := &round{before: e.buf.mark(), budget: e.cfg.FlushBudget, soft: closed}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if e.platformTelemetry() {
+		soft := make(chan struct{})
+		r.soft = soft
 		go func() {
-			if _, ok := e.buf.waitRuntimeDone(ctx, requestID); !ok {
-				return
-			}
-			t := time.NewTimer(e.cfg.FlushBudget)
-			defer t.Stop()
-			select {
-			case <-t.C:
-				cancel()
-			case <-ctx.Done():
+			// Ends with ctx, when this function returns at the latest.
+			if _, ok := e.buf.waitRuntimeDone(ctx, requestID); ok {
+				close(soft)
 			}
 		}()
 	}
-	e.shipNow(ctx, before)
+	e.shipNow(ctx, r)
 }
 
 // shipPeriodically ships every period in the background (managed instances). The returned stop
@@ -361,7 +413,7 @@ func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline t
 			case <-quit:
 				return
 			case <-t.C:
-				e.shipNow(ctx, everything)
+				e.shipNow(ctx, &round{before: everything})
 			}
 		}
 	}()
@@ -378,12 +430,12 @@ func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline t
 	}
 }
 
-func (e *extension) shipNow(ctx context.Context, before uint64) {
+// shipNow runs one ship round. Its only error is ctx's: what was not sent waits in the buffer,
+// and the shipper has said once why.
+func (e *extension) shipNow(ctx context.Context, r *round) {
 	e.lastShip = time.Now()
 	e.ship.emitCountsIfDue(e.lastShip)
-	if err := e.ship.ship(ctx, before); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-		e.logs.once("ship:"+err.Error(), "ship: %v", err)
-	}
+	_ = e.ship.shipRound(ctx, r)
 }
 
 // platformTelemetry reports whether platform events (runtimeDone, report) will arrive: without
@@ -422,20 +474,31 @@ func (e *extension) onShutdown(ev lifecycleEvent) {
 		e.buf.waitQuiet(ctx, max(50*time.Millisecond, 2*time.Duration(e.cfg.BufferTimeoutMS)*time.Millisecond))
 		cancel()
 	}
+	// When time is short — the environment is reset after a timeout or failure, or the stream
+	// pushes back — the most valuable telemetry goes first: the newest invocation's platform
+	// events (its runtimeDone with status timeout, its report) and last lines.
+	urgent := ev.ShutdownReason == "timeout" || ev.ShutdownReason == "failure" || e.ship.pressured(time.Now())
 	ctx, cancel := context.WithDeadline(context.Background(), final.Add(-countsReserve))
-	e.shipNow(ctx, everything)
+	e.shipNow(ctx, &round{before: everything, urgent: urgent, escalate: true})
 	cancel()
-	e.ship.dropRemaining(e.stats)
+	e.ship.dropRemaining()
 	e.ship.emitCounts(time.Now())
 	ctx, cancel = context.WithDeadline(context.Background(), final)
 	_ = e.ship.ship(ctx, everything)
 	cancel()
-	e.logs.printf("shutdown (%s): %s", ev.ShutdownReason, e.stats.summary())
+	e.logs.printf("shutdown (%s): %s", ev.ShutdownReason, e.stats.summary(e.buf.buffered()))
 }
 
-// earliest returns the earlier of two times.
+// earliest returns the earlier of two times, later the later.
 func earliest(a, b time.Time) time.Time {
 	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
 		return a
 	}
 	return b

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -170,6 +171,11 @@ type event struct {
 	arrived   time.Time
 	traceID   string // Root of the invocation's X-Amzn-Trace-Id, from its platform.start
 	tenantID  string // the invocation's tenant (functions with tenant isolation)
+
+	// What the sender learnt about the event: tried, it was in a call that did not store it
+	// (a re-send is a retry); maybeStored, it was in a call of unknown outcome (a re-send may
+	// be a duplicate, and if it is never confirmed its fate is unknown, not dropped).
+	tried, maybeStored bool
 }
 
 // eventType is a Telemetry API event's type. Lambda adds types over time: any name is valid and
@@ -279,13 +285,15 @@ func unquote(tok []byte) string {
 
 // buffer holds events between the listener and the sender, bounded in bytes. Platform events and
 // log lines wait in two queues so that, when full, the oldest log lines can be dropped first
-// without disturbing the platform events; both are taken out in arrival order.
+// without disturbing the platform events. Each queue is kept in arrival order; the sender takes
+// from the oldest end, or at a short shutdown from the newest (takeNewest).
 type buffer struct {
 	mu       sync.Mutex
 	platform eventQueue
 	logs     eventQueue
 	bytes    int // in the queues
 	inFlight int // taken by the sender and not yet confirmed or put back
+	held     int // telemetry events (not the extension's own) queued or in flight: "buffered"
 	max      int
 	stats    *stats
 
@@ -293,6 +301,7 @@ type buffer struct {
 	idPrefix  string
 	lastStart string // request id of the last platform.start: log lines without one belong to it
 	tags      tagSet // trace and tenant of recent invocations, from their platform.start
+	newest    uint64 // seq of the last platform.start: the newest invocation's events are at or after it
 	done      recentSet
 	reported  recentSet
 	changed   chan struct{} // closed whenever events arrive
@@ -319,6 +328,7 @@ func (b *buffer) add(evs []event, f *filter) {
 				b.lastStart = e.requestID
 				b.tags.add(e.requestID, invocationTags{trace: e.traceID, tenant: e.tenantID})
 			}
+			b.newest = b.seq
 		case typePlatformRuntimeDone:
 			b.done.add(e.requestID, now)
 		case typePlatformReport:
@@ -346,6 +356,7 @@ func (b *buffer) add(evs []event, f *filter) {
 			b.logs.push(*e)
 		}
 		b.bytes += e.size()
+		b.held++
 	}
 	b.makeRoom()
 	close(b.changed)
@@ -365,8 +376,17 @@ func (b *buffer) makeRoom() {
 			return
 		}
 		b.bytes -= e.size()
-		b.stats.droppedFull.Add(1)
+		b.forget(&e, outcome{kind: droppedFull})
 	}
+}
+
+// forget ends a held event's life in the buffer, counting its fate.
+func (b *buffer) forget(e *event, o outcome) {
+	if e.typ == countsType {
+		return
+	}
+	b.held--
+	b.stats.settle(e, o)
 }
 
 // take removes and returns the oldest events that arrived before the mark, at most n of them
@@ -387,6 +407,42 @@ func (b *buffer) take(before uint64, n, maxBytes int, size func(*event) int) []e
 			break
 		}
 		e, _ := q.popFront()
+		total += s
+		b.bytes -= e.size()
+		b.inFlight += e.size()
+		out = append(out, e)
+	}
+	return out
+}
+
+// takeNewest is take for a shutdown short of time: it takes what matters most first — the newest
+// invocation's platform events (its runtimeDone, with status timeout after a timeout, and its
+// report), then its log lines newest first, then older platform events and older log lines, each
+// newest first.
+func (b *buffer) takeNewest(n, maxBytes int, size func(*event) int) []event {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []event
+	total := 0
+	for len(out) < n {
+		var q *eventQueue
+		switch {
+		case b.platform.len() > 0 && b.platform.back().seq >= b.newest:
+			q = &b.platform
+		case b.logs.len() > 0 && b.logs.back().seq >= b.newest:
+			q = &b.logs
+		case b.platform.len() > 0:
+			q = &b.platform
+		case b.logs.len() > 0:
+			q = &b.logs
+		default:
+			return out
+		}
+		s := size(q.back())
+		if len(out) > 0 && total+s > maxBytes {
+			break
+		}
+		e, _ := q.popBack()
 		total += s
 		b.bytes -= e.size()
 		b.inFlight += e.size()
@@ -420,29 +476,39 @@ func (b *buffer) mark() uint64 {
 // everything is a mark after every event.
 const everything = math.MaxUint64
 
-// putBack returns taken events, in their order, to the front of the buffer.
+// putBack returns taken events to the buffer, each at its place in the arrival order. The events
+// are split by queue once and each part is inserted with one copy, so that putting back k events
+// costs O(k) when they go to an end and O(k + queue) at worst, never O(k × queue).
 func (b *buffer) putBack(evs []event) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for i := len(evs) - 1; i >= 0; i-- {
-		e := evs[i]
-		if e.isPlatform() {
-			b.platform.pushFront(e)
-		} else {
-			b.logs.pushFront(e)
-		}
-		b.inFlight -= e.size()
-		b.bytes += e.size()
+	if len(evs) == 0 {
+		return
 	}
-	b.makeRoom()
-}
-
-// release forgets taken events that were delivered or dropped.
-func (b *buffer) release(evs []event) {
+	var platform, logs []event
+	for i := range evs {
+		if evs[i].isPlatform() {
+			platform = append(platform, evs[i])
+		} else {
+			logs = append(logs, evs[i])
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i := range evs {
 		b.inFlight -= evs[i].size()
+		b.bytes += evs[i].size()
+	}
+	b.platform.insert(platform)
+	b.logs.insert(logs)
+	b.makeRoom()
+}
+
+// release forgets taken events whose fate is known: delivered, rejected or of unknown outcome.
+func (b *buffer) release(evs []event, o outcome) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range evs {
+		b.inFlight -= evs[i].size()
+		b.forget(&evs[i], o)
 	}
 }
 
@@ -465,6 +531,13 @@ func (b *buffer) state() (n int, oldest time.Time) {
 		oldest = q.front().arrived
 	}
 	return b.platform.len() + b.logs.len(), oldest
+}
+
+// buffered is the number of telemetry events held, queued or in flight.
+func (b *buffer) buffered() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.held
 }
 
 // waitRuntimeDone waits until platform.runtimeDone for the request has arrived and returns when
@@ -522,7 +595,8 @@ func (b *buffer) runtimeDoneAt(requestID string) (time.Time, bool) {
 	return b.done.get(requestID)
 }
 
-// eventQueue is a FIFO that can also push to its front (for events put back after a failed send).
+// eventQueue is a deque of events in arrival (seq) order: pushed at the back, taken from either
+// end, and taken events can be inserted back at their place.
 type eventQueue struct {
 	items []event
 	head  int
@@ -530,6 +604,7 @@ type eventQueue struct {
 
 func (q *eventQueue) len() int      { return len(q.items) - q.head }
 func (q *eventQueue) front() *event { return &q.items[q.head] }
+func (q *eventQueue) back() *event  { return &q.items[len(q.items)-1] }
 
 func (q *eventQueue) push(e event) {
 	if q.head > 0 && q.head >= len(q.items)/2 {
@@ -539,16 +614,6 @@ func (q *eventQueue) push(e event) {
 		q.items, q.head = q.items[:n], 0
 	}
 	q.items = append(q.items, e)
-}
-
-func (q *eventQueue) pushFront(e event) {
-	if q.head == 0 {
-		grown := make([]event, len(q.items)+1, 2*len(q.items)+8)
-		copy(grown[1:], q.items)
-		q.items, q.head = grown, 1
-	}
-	q.head--
-	q.items[q.head] = e
 }
 
 func (q *eventQueue) popFront() (event, bool) {
@@ -563,6 +628,62 @@ func (q *eventQueue) popFront() (event, bool) {
 	}
 	return e, true
 }
+
+func (q *eventQueue) popBack() (event, bool) {
+	if q.len() == 0 {
+		return event{}, false
+	}
+	e := q.items[len(q.items)-1]
+	q.items[len(q.items)-1] = event{}
+	q.items = q.items[:len(q.items)-1]
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+	return e, true
+}
+
+// insert puts evs (taken from this queue, in any order) back at their places by seq: in front,
+// at the back, or merged in, with one copy of the queue at most.
+func (q *eventQueue) insert(evs []event) {
+	if len(evs) == 0 {
+		return
+	}
+	if !slices.IsSortedFunc(evs, bySeq) {
+		slices.SortFunc(evs, bySeq)
+	}
+	k := len(evs)
+	switch {
+	case q.len() == 0 || evs[k-1].seq < q.front().seq:
+		if q.head >= k {
+			// Room in the consumed part: no allocation.
+			q.head -= k
+			copy(q.items[q.head:], evs)
+			return
+		}
+		grown := make([]event, k+q.len(), k+q.len()+max(q.len()/4, 8))
+		copy(grown, evs)
+		copy(grown[k:], q.items[q.head:])
+		clear(q.items)
+		q.items, q.head = grown, 0
+	case evs[0].seq > q.back().seq:
+		q.items = append(q.items, evs...)
+	default:
+		merged := make([]event, 0, k+q.len()+max(q.len()/4, 8))
+		rest := q.items[q.head:]
+		for len(evs) > 0 && len(rest) > 0 {
+			if evs[0].seq < rest[0].seq {
+				merged, evs = append(merged, evs[0]), evs[1:]
+			} else {
+				merged, rest = append(merged, rest[0]), rest[1:]
+			}
+		}
+		merged = append(append(merged, evs...), rest...)
+		clear(q.items)
+		q.items, q.head = merged, 0
+	}
+}
+
+func bySeq(a, b event) int { return cmp.Compare(a.seq, b.seq) }
 
 // recentSet remembers the last n request ids seen with a time, forgetting the oldest.
 type recentSet struct {

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,16 +51,17 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 		return 1
 	}
 	cfg, cfgErr := parseConfig(getenv)
+	limitMemory(getenv, cfg.MaxBufferBytes)
 
 	// Resolving sandbox.localdomain may wait on DNS; do it while the register call is in flight.
 	listenHost := make(chan string, 1)
 	go func() { listenHost <- resolveListenHost(ctx) }()
 
 	api := newExtensionsClient(runtimeAPI)
-	events := []string{"INVOKE", "SHUTDOWN"}
+	events := []lifecycleType{eventInvoke, eventShutdown}
 	if cfg.Managed {
 		// Lambda Managed Instances let extensions register for SHUTDOWN only.
-		events = []string{"SHUTDOWN"}
+		events = []lifecycleType{eventShutdown}
 	}
 	name := filepath.Base(os.Args[0])
 	reg, err := api.register(ctx, name, events)
@@ -139,7 +141,7 @@ type config struct {
 
 // flushStrategy says when buffered telemetry is sent; see lifecycle.go.
 type flushStrategy struct {
-	Mode   string // "adaptive", "end", "background" or "periodic"
+	Mode   flushMode // flushAdaptive, flushEnd, flushBackground or flushPeriodic
 	Period time.Duration
 }
 
@@ -211,12 +213,32 @@ func parseConfig(getenv func(string) string) (config, error) {
 	if c.Managed {
 		// Managed instances never freeze and send no platform.runtimeDone: only a timer can
 		// decide when to ship.
-		if c.Flush.Mode != "periodic" {
-			c.Flush = flushStrategy{Mode: "periodic", Period: time.Second}
+		if c.Flush.Mode != flushPeriodic {
+			c.Flush = flushStrategy{Mode: flushPeriodic, Period: time.Second}
 		}
 	}
 	return c, errors.Join(p.errs...)
 }
+
+// limitMemory sets a soft memory limit of the buffer cap plus memoryHeadroom, and a lower GC
+// target, unless the user set GOMEMLIMIT or GOGC: the extension shares the function's memory, and
+// the collector's default (heap up to twice what is live) lets a burst through the buffer leave
+// megabytes behind. See README, Bounded memory.
+func limitMemory(getenv func(string) string, bufferCap int) {
+	if getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(bufferCap) + memoryHeadroom)
+	}
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+}
+
+// memoryHeadroom is what the Go runtime may use beyond the buffer (its own heap, stacks, request
+// bodies); gcPercent the collector's target (Go's default is 100).
+const (
+	memoryHeadroom = 4 << 20
+	gcPercent      = 50
+)
 
 // defaultMaxBuffer is a sixteenth of the function's memory (8 MiB for 128 MB), between 4 and 64 MiB.
 func defaultMaxBuffer(getenv func(string) string) int {
@@ -535,18 +557,18 @@ func (p *envParser) flush(name, def string) flushStrategy {
 	if s == "" {
 		s = def
 	}
-	mode, arg, hasArg := strings.Cut(s, ",")
-	switch {
-	case (mode == "adaptive" || mode == "end" || mode == "background") && !hasArg:
+	word, arg, hasArg := strings.Cut(s, ",")
+	switch mode := flushMode(word); {
+	case (mode == flushAdaptive || mode == flushEnd || mode == flushBackground) && !hasArg:
 		return flushStrategy{Mode: mode}
-	case mode == "periodic":
+	case mode == flushPeriodic:
 		ms, err := strconv.Atoi(strings.TrimSpace(arg))
 		if err == nil && ms >= 100 && ms <= 3600000 {
 			return flushStrategy{Mode: mode, Period: time.Duration(ms) * time.Millisecond}
 		}
 	}
 	p.fail(name, s, "set adaptive (default), end, background, or periodic,<ms> with ms from 100 to 3600000")
-	return flushStrategy{Mode: def}
+	return flushStrategy{Mode: flushMode(def)}
 }
 
 // builtinSecrets are the opt-in patterns of KINESIS_TELEMETRY_REDACT_SECRETS.

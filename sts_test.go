@@ -413,8 +413,8 @@ func TestRoleRefused(t *testing.T) {
 			if got := st.assumeRole.snapshot(); !reflect.DeepEqual(got, map[string]uint64{"AccessDenied": 1}) {
 				t.Errorf("assumeRole counts: got %v, want AccessDenied: 1", got)
 			}
-			var counts struct{ AssumeRoleErrors map[string]uint64 }
-			if err := json.Unmarshal(st.json(buf), &counts); err != nil || counts.AssumeRoleErrors["AccessDenied"] != 1 {
+			var counts countsRecord
+			if err := json.Unmarshal(st.json(buf.buffered()), &counts); err != nil || counts.AssumeRoleErrors["AccessDenied"] != 1 {
 				t.Errorf("counts record: assumeRoleErrors %v (%v), want AccessDenied: 1", counts.AssumeRoleErrors, err)
 			}
 			var fixes []string
