@@ -50,6 +50,11 @@ const (
 // listener up, telemetry subscribed) of the shipped binary and of the floor, and reports the
 // median, p90 and mean of each and the ratio of the medians. Targets: median under 10 ms and
 // within 1.5× of the floor (logged, not failed: a shared 2-core machine is too noisy to gate on).
+// extensionName is the file name build.sh gives the binary in the layer (extensions/<name>). The
+// extension registers under its executable's own file name (os.Args[0]), which is what Lambda
+// checks, so a renamed copy still registers correctly.
+const extensionName = "kinesis-telemetry-extension"
+
 func BenchmarkColdStart(b *testing.B) {
 	ours, floor := buildBenchBinaries(b)
 	f := newFakeLambda(b)

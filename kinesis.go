@@ -268,10 +268,10 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 type callPushback int
 
 const (
-	noPushback callPushback = iota
-	throughput              // refused whole for throughput: throttling, KMS throttling
-	failure                 // no answer, a 5xx, credentials that cannot be had
-	noCredentials           // the role cannot be assumed now: nothing was sent
+	noPushback    callPushback = iota
+	throughput                 // refused whole for throughput: throttling, KMS throttling
+	failure                    // no answer, a 5xx, credentials that cannot be had
+	noCredentials              // the role cannot be assumed now: nothing was sent
 )
 
 // send makes one PutRecords call and settles its records: stored ones are delivered, refused ones

@@ -43,7 +43,6 @@ func newExtensionsClient(runtimeAPI string) *extensionsClient {
 type registration struct {
 	FunctionName    string `json:"functionName"`
 	FunctionVersion string `json:"functionVersion"`
-	Handler         string `json:"handler"`
 	AccountID       string `json:"accountId"`
 }
 

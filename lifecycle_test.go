@@ -295,7 +295,6 @@ func TestCountsRecordMeasuresTheExtension(t *testing.T) {
 	}
 }
 
-
 // checkAccounting checks the counts record's identity, received = delivered + dropped.total +
 // filtered + buffered + unknown, and that it received every event produced.
 func checkAccounting(t *testing.T, c countsRecord, produced int) {

@@ -915,17 +915,9 @@ func (s *scanner) members(member func(key []byte) error) error {
 	}
 	for {
 		s.ws()
-		start := s.pos
-		if s.peek() != '"' {
-			return s.fail("expected a string key")
-		}
-		if err := s.str(); err != nil {
+		key, err := s.key()
+		if err != nil {
 			return err
-		}
-		key := s.data[start:s.pos]
-		s.ws()
-		if !s.consume(':') {
-			return s.fail("expected :")
 		}
 		s.ws()
 		if err := member(key); err != nil {
@@ -956,7 +948,7 @@ func (s *scanner) value() error {
 			}
 			s.stack = append(s.stack, c)
 			if c == '{' {
-				if err := s.key(); err != nil {
+				if _, err := s.key(); err != nil {
 					return err
 				}
 			}
@@ -986,7 +978,7 @@ func (s *scanner) value() error {
 			if s.consume(',') {
 				if top == '{' {
 					s.ws()
-					if err := s.key(); err != nil {
+					if _, err := s.key(); err != nil {
 						return err
 					}
 				}
@@ -1002,18 +994,20 @@ func (s *scanner) value() error {
 }
 
 // key scans `"key" :` inside an object.
-func (s *scanner) key() error {
+func (s *scanner) key() ([]byte, error) {
+	start := s.pos
 	if s.peek() != '"' {
-		return s.fail("expected a string key")
+		return nil, s.fail("expected a string key")
 	}
 	if err := s.str(); err != nil {
-		return err
+		return nil, err
 	}
+	key := s.data[start:s.pos]
 	s.ws()
 	if !s.consume(':') {
-		return s.fail("expected :")
+		return nil, s.fail("expected :")
 	}
-	return nil
+	return key, nil
 }
 
 // literals maps the first byte of a JSON literal to the literal.

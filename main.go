@@ -29,10 +29,6 @@ import (
 	"time"
 )
 
-// extensionName is the name the extension registers under. Lambda requires it to be the file
-// name of the executable in /opt/extensions.
-const extensionName = "kinesis-telemetry-extension"
-
 func main() {
 	os.Exit(run(os.Getenv, os.Stderr))
 }
@@ -629,8 +625,8 @@ func (l *logger) printf(format string, args ...any) {
 	l.out.Printf(format, args...)
 }
 
-// once logs the line the first time key is seen and reports whether it did.
-func (l *logger) once(key, format string, args ...any) bool {
+// once logs the line the first time key is seen.
+func (l *logger) once(key, format string, args ...any) {
 	l.mu.Lock()
 	seen := l.said[key]
 	l.said[key] = true
@@ -638,5 +634,4 @@ func (l *logger) once(key, format string, args ...any) bool {
 	if !seen {
 		l.out.Printf(format, args...)
 	}
-	return !seen
 }
