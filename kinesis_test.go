@@ -1204,3 +1204,47 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 		}
 	})
 }
+
+// TestUrgentRoundSendsTheNewestInvocationFirst: at a shutdown short of time (here the stream
+// takes 3 entries per call), the first entries sent are the newest invocation's platform events,
+// then its last lines, before anything older.
+func TestUrgentRoundSendsTheNewestInvocationFirst(t *testing.T) {
+	fk := newFakeKinesis(t, func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		for i := range rs {
+			rs[i] = `{"SequenceNumber":"1","ShardId":"shardId-000000000000"}`
+			if i >= 3 {
+				rs[i] = `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard"}`
+			}
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, max(0, len(rs)-3), strings.Join(rs, ","))
+	})
+	s, buf, _ := testShipper(t, config{}, fk.URL)
+	f := &filter{sample: 1}
+	for _, req := range []string{"old", "new"} {
+		evs := []event{platformEvent("platform.start", req)}
+		for i := range 20 {
+			e := logEvent(fmt.Sprintf("%s line %d", req, i))
+			e.requestID = req
+			evs = append(evs, e)
+		}
+		buf.add(append(evs, platformEvent("platform.runtimeDone", req)), f)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	s.shipRound(ctx, &round{before: everything, urgent: true})
+	first := fk.received()[0].Records
+	var got []string
+	for _, r := range first[:4] {
+		d, _ := base64.StdEncoding.DecodeString(r.Data)
+		var env envelopeOf
+		json.Unmarshal(d, &env)
+		var ev struct{ Type, Record any }
+		json.Unmarshal(env.Event, &ev)
+		got = append(got, fmt.Sprint(env.RequestID, " ", ev.Type, " ", ev.Record))
+	}
+	if !strings.HasPrefix(got[0], "new platform.runtimeDone") || !strings.HasPrefix(got[1], "new platform.start") ||
+		!strings.HasPrefix(got[2], "new function new line 19") || !strings.HasPrefix(got[3], "new function new line 18") {
+		t.Errorf("first entries of the urgent round:\n%s", strings.Join(got, "\n"))
+	}
+}
