@@ -232,8 +232,9 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 // takeRecords takes the next call's records from the buffer: at most n records within the call
 // limits, oldest first before the mark, or most valuable first when the round is urgent.
 func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
+	// n counts records; an aggregated record holds many events.
 	events := min(n, s.eventsPerCall())
-	if s.cfg.RecordFormat == "ndjson" {
+	if s.cfg.RecordFormat.aggregated() {
 		events = s.eventsPerCall()
 	}
 	var evs []event
@@ -683,7 +684,7 @@ func (s *shipper) packRecords(evs []event) []pendingRecord {
 		key := s.meta.partitionKey(e)
 		size := s.meta.dataSize(e, len(key))
 		j := i + 1
-		if s.cfg.RecordFormat == "ndjson" {
+		if s.cfg.RecordFormat == formatNDJSON {
 			size++ // newline
 			for j < len(evs) && j-i < maxNDJSONLines && s.meta.sameRecord(e, &evs[j]) {
 				next := s.meta.dataSize(&evs[j], len(key)) + 1
@@ -746,23 +747,19 @@ func (s *shipper) encodeBody(dst []byte, recs []pendingRecord) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		if r.data != nil {
-			dst = append(dst, `{"Data":"`...)
-			dst = appendBase64(dst, r.data)
-			dst = append(dst, `","PartitionKey":`...)
-			dst = appendJSONString(dst, r.key)
-			dst = append(dst, '}')
-			continue
-		}
-		s.scratch = s.scratch[:0]
-		for k := range r.events {
-			s.scratch = s.meta.appendData(s.scratch, &r.events[k], len(r.key))
-			if s.cfg.RecordFormat == "ndjson" {
-				s.scratch = append(s.scratch, '\n')
+		data := r.data // kpl and cloudwatch records are built whole by packRecords
+		if data == nil {
+			s.scratch = s.scratch[:0]
+			for k := range r.events {
+				s.scratch = s.meta.appendData(s.scratch, &r.events[k], len(r.key))
+				if s.cfg.RecordFormat == formatNDJSON {
+					s.scratch = append(s.scratch, '\n')
+				}
 			}
+			data = s.scratch
 		}
 		dst = append(dst, `{"Data":"`...)
-		dst = appendBase64(dst, s.scratch)
+		dst = appendBase64(dst, data)
 		dst = append(dst, `","PartitionKey":`...)
 		dst = appendJSONString(dst, r.key)
 		dst = append(dst, '}')
