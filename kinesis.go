@@ -29,7 +29,6 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
-	"unsafe"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
@@ -1017,55 +1016,6 @@ func (m *recordMeta) appendTruncated(dst []byte, e *event, limit int) []byte {
 	return m.appendEnvelope(dst, e, build(keep), len(text)-keep)
 }
 
-// fitEscaped returns how many bytes of text, in whole characters, fit in room bytes once escaped
-// inside a JSON string.
-func fitEscaped(text []byte, room int) int {
-	if len(text) <= room/6 {
-		return len(text) // no byte escapes to more than six
-	}
-	keep := 0
-	for keep < len(text) {
-		size, escaped := escapedRune(text[keep:])
-		if escaped > room {
-			break
-		}
-		room -= escaped
-		keep += size
-	}
-	return keep
-}
-
-// jsonEscaped is the one table of JSON string escaping, as appendJSONString writes it: for each
-// ASCII byte, its length inside a JSON string (1 as is; 2 for \" \\ \n \r \t; 6 for \u00XX).
-// escapedRune, appendJSONString and jsonStringLen all read it; FuzzRecordBuilding checks that
-// predicted sizes match what is written.
-var jsonEscaped = func() (t [utf8.RuneSelf]uint8) {
-	for c := range t {
-		switch {
-		case plainByte[c]:
-			t[c] = 1
-		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
-			t[c] = 2
-		default:
-			t[c] = 6
-		}
-	}
-	return t
-}()
-
-// escapedRune returns the length of the first character of b and of its form inside a JSON string
-// as appendJSONString writes it.
-func escapedRune(b []byte) (size, escaped int) {
-	if c := b[0]; c < utf8.RuneSelf {
-		return 1, int(jsonEscaped[c])
-	}
-	r, size := utf8.DecodeRune(b)
-	if r == utf8.RuneError && size == 1 {
-		return 1, 3 // becomes U+FFFD
-	}
-	return size, size
-}
-
 func orNull(b []byte) []byte {
 	if len(b) == 0 {
 		return []byte("null")
@@ -1080,66 +1030,6 @@ func digits(n uint64) int {
 		d++
 	}
 	return d
-}
-
-// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, as in encoding/json.
-// The string's bytes are only read (unsafe.Slice, no copy): one escaping loop serves strings and
-// byte slices.
-func appendJSONString(dst []byte, s string) []byte {
-	return appendJSONBytes(dst, unsafe.Slice(unsafe.StringData(s), len(s)))
-}
-
-// appendJSONBytes appends b as a JSON string, escaped by the jsonEscaped table.
-func appendJSONBytes(dst, b []byte) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(b); {
-		c := b[i]
-		if c < utf8.RuneSelf {
-			if jsonEscaped[c] == 1 {
-				i++
-				continue
-			}
-			dst = append(dst, b[start:i]...)
-			switch jsonEscaped[c] {
-			case 2:
-				dst = append(dst, '\\', shortEscape[c])
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigit[c>>4], hexDigit[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, n := utf8.DecodeRune(b[i:])
-		if r == utf8.RuneError && n == 1 {
-			dst = append(dst, b[start:i]...)
-			dst = append(dst, "\ufffd"...)
-			i++
-			start = i
-			continue
-		}
-		i += n
-	}
-	dst = append(dst, b[start:]...)
-	return append(dst, '"')
-}
-
-// shortEscape is the letter after the backslash of the two-byte escapes.
-var shortEscape = [utf8.RuneSelf]byte{'"': '"', '\\': '\\', '\n': 'n', '\r': 'r', '\t': 't'}
-
-const hexDigit = "0123456789abcdef"
-
-// jsonStringLen is len(appendJSONString(nil, s)).
-func jsonStringLen(s string) int {
-	b := unsafe.Slice(unsafe.StringData(s), len(s))
-	n := 2
-	for i := 0; i < len(b); {
-		size, escaped := escapedRune(b[i:])
-		n += escaped
-		i += size
-	}
-	return n
 }
 
 // kinesisClient sends signed PutRecords requests to one stream's endpoint.

@@ -229,6 +229,22 @@ func (e *extension) run(ctx context.Context) int {
 	}
 }
 
+// cannotShip handles a configuration or start-up error (of the given stage): with
+// KINESIS_TELEMETRY_FAIL_ON_ERROR it is reported to Lambda as an init error, which fails the
+// function's init; otherwise it is logged once and the extension stays registered, idle. It
+// returns the process exit code.
+func (e *extension) cannotShip(ctx context.Context, stage, errorType string, err error, until string) int {
+	if e.cfg.FailOnError {
+		e.logs.printf("%s: %v", stage, err)
+		if rerr := e.api.initError(ctx, errorType, err); rerr != nil {
+			e.logs.printf("report the init error to Lambda: %v", rerr)
+		}
+		return 1
+	}
+	e.logs.printf("%s: %v; telemetry is NOT shipped: the extension stays registered and does nothing%s", stage, err, until)
+	return e.runIdle(ctx)
+}
+
 // runIdle keeps the extension registered and harmless when it cannot work: Lambda fails the
 // function's init if a registered extension exits, so it answers every event and exits 0 on
 // SHUTDOWN.
@@ -263,12 +279,12 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 	e.lastInvoke = now
 	deadline := time.UnixMilli(ev.DeadlineMs).Add(-deadlineSafety)
 
-	switch e.flushMode(now) {
-	case flushEnd:
+	switch e.flushChoice(now) {
+	case shipBeforeNext:
 		e.flushBeforeNext(ev.RequestID, deadline, false)
-	case flushEndYielding:
+	case shipBeforeNextYielding:
 		e.flushBeforeNext(ev.RequestID, deadline, true)
-	case flushBackground:
+	case shipInBackground:
 		e.shipWhileInvoked(ev.RequestID, deadline)
 	}
 	e.lastRequest = ev.RequestID
@@ -287,7 +303,7 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 // Lambda counts the invocation as timed out.
 const deadlineSafety = 50 * time.Millisecond
 
-// flushMode is a flush strategy (KINESIS_TELEMETRY_FLUSH) or what one chooses for an invocation.
+// flushMode is a flush strategy, the word of KINESIS_TELEMETRY_FLUSH.
 type flushMode string
 
 const (
@@ -295,13 +311,24 @@ const (
 	flushEnd        flushMode = "end"
 	flushBackground flushMode = "background"
 	flushPeriodic   flushMode = "periodic"
-
-	// Choices for one invocation only. flushEndYielding ships before /event/next like end, but
-	// as a background round does after runtimeDone: it never waits for the stream, stops at the
-	// first pushback, and leaves what is left in the buffer. flushSkip ships nothing.
-	flushEndYielding flushMode = "end-yielding"
-	flushSkip        flushMode = "skip"
 )
+
+// flushChoice is how one invocation ships, as its strategy decides (chooseFlush).
+type flushChoice int
+
+const (
+	shipInBackground flushChoice = iota // what was buffered when the invocation began, while it runs
+	shipBeforeNext                      // wait for the invocation's runtimeDone, ship, then /event/next
+	// shipBeforeNextYielding ships before /event/next like shipBeforeNext, but as a background
+	// round does after runtimeDone: it never waits for the stream, stops at the first pushback,
+	// and leaves what is left in the buffer.
+	shipBeforeNextYielding
+	shipNothing
+)
+
+func (c flushChoice) String() string {
+	return [...]string{"background", "before next", "before next, yielding", "nothing"}[c]
+}
 
 // flushFacts are what the choice for one invocation depends on.
 type flushFacts struct {
@@ -314,8 +341,8 @@ type flushFacts struct {
 	pressured bool          // the stream pushed back recently
 }
 
-// flushMode chooses how this invocation ships; see chooseFlush.
-func (e *extension) flushMode(now time.Time) flushMode {
+// flushChoice chooses how this invocation ships; see chooseFlush.
+func (e *extension) flushChoice(now time.Time) flushChoice {
 	n, oldest := e.buf.state()
 	return chooseFlush(e.cfg.Flush, e.cfg.MaxDelay, flushFacts{
 		now: now, gap: e.gap, buffered: n, oldest: oldest, lastShip: e.lastShip,
@@ -323,9 +350,9 @@ func (e *extension) flushMode(now time.Time) flushMode {
 	})
 }
 
-// chooseFlush picks, for one invocation, flushEnd (wait for the invocation's telemetry and ship
-// it before /event/next), flushEndYielding (the same, giving way to pushback), flushBackground
-// (ship what is buffered while the function runs) or flushSkip.
+// chooseFlush picks how one invocation ships under the strategy s: end always ships before
+// /event/next, background always in the background, periodic in the background when a period
+// has passed.
 //
 // adaptive: the first invocation, and any invocation when invocations are sparse (the average
 // gap between them exceeds maxDelay) or when the buffer holds data older than maxDelay, ships at
@@ -333,25 +360,27 @@ func (e *extension) flushMode(now time.Time) flushMode {
 // data, so it ships in the background. Data that is old because the stream pushes back stays in
 // the background: shipping at the end would not make the stream take it sooner, only make the
 // invocation longer. Without a telemetry subscription there is no runtimeDone to wait for.
-func chooseFlush(s flushStrategy, maxDelay time.Duration, f flushFacts) flushMode {
+func chooseFlush(s flushStrategy, maxDelay time.Duration, f flushFacts) flushChoice {
 	switch s.Mode {
-	case flushEnd, flushBackground:
-		return s.Mode
+	case flushEnd:
+		return shipBeforeNext
+	case flushBackground:
+		return shipInBackground
 	case flushPeriodic:
 		if f.buffered > 0 && f.now.Sub(f.lastShip) >= s.Period {
-			return flushBackground
+			return shipInBackground
 		}
-		return flushSkip
+		return shipNothing
 	}
 	switch {
 	case !f.telemetry:
-		return flushBackground
+		return shipInBackground
 	case f.gap == 0, f.gap > maxDelay:
-		return flushEndYielding
+		return shipBeforeNextYielding
 	case f.buffered > 0 && f.now.Sub(f.oldest) > maxDelay && !f.pressured:
-		return flushEndYielding
+		return shipBeforeNextYielding
 	}
-	return flushBackground
+	return shipInBackground
 }
 
 // closed is a channel that is always closed: a soft end that has already come.
@@ -359,7 +388,7 @@ var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c
 
 // flushBeforeNext waits until the invocation's platform.runtimeDone has arrived (so that its log
 // lines are in the buffer), then ships everything within the flush budget. yielding gives way to
-// pushback at once (flushEndYielding); otherwise throttled data is paced and retried until the
+// pushback at once (shipBeforeNextYielding); otherwise throttled data is paced and retried until the
 // budget ends, the bound of KINESIS_TELEMETRY_FLUSH=end.
 func (e *extension) flushBeforeNext(requestID string, deadline time.Time, yielding bool) {
 	if e.platformTelemetry() {

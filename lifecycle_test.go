@@ -333,24 +333,24 @@ func TestChooseFlush(t *testing.T) {
 		name     string
 		strategy flushStrategy
 		facts    flushFacts
-		want     flushMode
+		want     flushChoice
 	}{
-		{"end is end", flushStrategy{Mode: flushEnd}, dense, flushEnd},
-		{"background is background", flushStrategy{Mode: flushBackground}, dense, flushBackground},
-		{"periodic, due", flushStrategy{Mode: flushPeriodic, Period: time.Second}, with(dense, func(f *flushFacts) { f.lastShip = now.Add(-2 * time.Second) }), flushBackground},
-		{"periodic, not due", flushStrategy{Mode: flushPeriodic, Period: time.Second}, with(dense, func(f *flushFacts) { f.lastShip = now.Add(-time.Millisecond) }), flushSkip},
-		{"periodic, nothing buffered", flushStrategy{Mode: flushPeriodic, Period: time.Second}, with(dense, func(f *flushFacts) { f.buffered = 0 }), flushSkip},
-		{"adaptive, dense", adaptive, dense, flushBackground},
-		{"adaptive, first invocation", adaptive, with(dense, func(f *flushFacts) { f.gap = 0 }), flushEndYielding},
-		{"adaptive, sparse", adaptive, with(dense, func(f *flushFacts) { f.gap = 11 * time.Second }), flushEndYielding},
-		{"adaptive, old data", adaptive, with(dense, func(f *flushFacts) { f.oldest = now.Add(-11 * time.Second) }), flushEndYielding},
+		{"end is end", flushStrategy{Mode: flushEnd}, dense, shipBeforeNext},
+		{"background is background", flushStrategy{Mode: flushBackground}, dense, shipInBackground},
+		{"periodic, due", flushStrategy{Mode: flushPeriodic, Period: time.Second}, with(dense, func(f *flushFacts) { f.lastShip = now.Add(-2 * time.Second) }), shipInBackground},
+		{"periodic, not due", flushStrategy{Mode: flushPeriodic, Period: time.Second}, with(dense, func(f *flushFacts) { f.lastShip = now.Add(-time.Millisecond) }), shipNothing},
+		{"periodic, nothing buffered", flushStrategy{Mode: flushPeriodic, Period: time.Second}, with(dense, func(f *flushFacts) { f.buffered = 0 }), shipNothing},
+		{"adaptive, dense", adaptive, dense, shipInBackground},
+		{"adaptive, first invocation", adaptive, with(dense, func(f *flushFacts) { f.gap = 0 }), shipBeforeNextYielding},
+		{"adaptive, sparse", adaptive, with(dense, func(f *flushFacts) { f.gap = 11 * time.Second }), shipBeforeNextYielding},
+		{"adaptive, old data", adaptive, with(dense, func(f *flushFacts) { f.oldest = now.Add(-11 * time.Second) }), shipBeforeNextYielding},
 		{"adaptive, old data while the stream pushes back", adaptive, with(dense, func(f *flushFacts) {
 			f.oldest, f.pressured = now.Add(-11*time.Second), true
-		}), flushBackground},
+		}), shipInBackground},
 		{"adaptive, sparse while the stream pushes back", adaptive, with(dense, func(f *flushFacts) {
 			f.gap, f.pressured = 11*time.Second, true
-		}), flushEndYielding},
-		{"adaptive, no telemetry subscription", adaptive, with(dense, func(f *flushFacts) { f.telemetry, f.gap = false, 0 }), flushBackground},
+		}), shipBeforeNextYielding},
+		{"adaptive, no telemetry subscription", adaptive, with(dense, func(f *flushFacts) { f.telemetry, f.gap = false, 0 }), shipInBackground},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := chooseFlush(tt.strategy, maxDelay, tt.facts); got != tt.want {

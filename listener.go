@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,7 +22,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 )
 
 // subscription is the outcome of the Telemetry API subscription.
@@ -134,6 +132,21 @@ func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// serveListener serves l on ln. Its goroutine is owned by the caller through the returned stop
+// function, which closes the server and waits for the goroutine.
+func serveListener(ln net.Listener, l *listener, errorLog *log.Logger) (stop func()) {
+	srv := &http.Server{Handler: l, ReadHeaderTimeout: 5 * time.Second, ErrorLog: errorLog}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln) // returns http.ErrServerClosed after Close
+	}()
+	return func() {
+		_ = srv.Close()
+		<-done
+	}
 }
 
 // accept decodes one posted batch and adds its events to the buffer. A body that is not a JSON
@@ -270,19 +283,6 @@ func levelIndex(s string) int {
 	return -1
 }
 
-// unquote returns the value of a JSON string token that scanBatch has validated.
-func unquote(tok []byte) string {
-	if len(tok) < 2 {
-		return ""
-	}
-	if bytes.IndexByte(tok, '\\') < 0 {
-		return string(tok[1 : len(tok)-1])
-	}
-	var s string
-	_ = json.Unmarshal(tok, &s)
-	return s
-}
-
 // buffer holds events between the listener and the sender, bounded in bytes. Platform events and
 // log lines wait in two queues so that, when full, the oldest log lines can be dropped first
 // without disturbing the platform events. Each queue is kept in arrival order; the sender takes
@@ -393,26 +393,13 @@ func (b *buffer) forget(e *event, o outcome) {
 // and, by the size function, at most maxBytes (but always at least one). They count as in flight
 // until confirmed or put back.
 func (b *buffer) take(before uint64, n, maxBytes int, size func(*event) int) []event {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []event
-	total := 0
-	for len(out) < n {
+	return b.takeWhile(n, maxBytes, size, func() (*eventQueue, bool) {
 		q := b.oldestQueue()
 		if q == nil || q.front().seq >= before {
-			break
+			return nil, false
 		}
-		s := size(q.front())
-		if len(out) > 0 && total+s > maxBytes {
-			break
-		}
-		e, _ := q.popFront()
-		total += s
-		b.bytes -= e.size()
-		b.inFlight += e.size()
-		out = append(out, e)
-	}
-	return out
+		return q, false
+	})
 }
 
 // takeNewest is take for a shutdown short of time: it takes what matters most first — the newest
@@ -420,29 +407,43 @@ func (b *buffer) take(before uint64, n, maxBytes int, size func(*event) int) []e
 // report), then its log lines newest first, then older platform events and older log lines, each
 // newest first.
 func (b *buffer) takeNewest(n, maxBytes int, size func(*event) int) []event {
+	return b.takeWhile(n, maxBytes, size, func() (*eventQueue, bool) {
+		switch {
+		case b.platform.len() > 0 && b.platform.back().seq >= b.newest:
+			return &b.platform, true
+		case b.logs.len() > 0 && b.logs.back().seq >= b.newest:
+			return &b.logs, true
+		case b.platform.len() > 0:
+			return &b.platform, true
+		case b.logs.len() > 0:
+			return &b.logs, true
+		}
+		return nil, true
+	})
+}
+
+// takeWhile takes events one at a time from the queue end that next names (nil: stop; back: the
+// newest end, else the oldest), at most n of them and, by size, at most maxBytes (but always at
+// least one). They count as in flight until released or put back. b.mu is taken here.
+func (b *buffer) takeWhile(n, maxBytes int, size func(*event) int, next func() (q *eventQueue, back bool)) []event {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var out []event
 	total := 0
 	for len(out) < n {
-		var q *eventQueue
-		switch {
-		case b.platform.len() > 0 && b.platform.back().seq >= b.newest:
-			q = &b.platform
-		case b.logs.len() > 0 && b.logs.back().seq >= b.newest:
-			q = &b.logs
-		case b.platform.len() > 0:
-			q = &b.platform
-		case b.logs.len() > 0:
-			q = &b.logs
-		default:
-			return out
+		q, back := next()
+		if q == nil {
+			break
 		}
-		s := size(q.back())
+		end, pop := q.front, q.popFront
+		if back {
+			end, pop = q.back, q.popBack
+		}
+		s := size(end())
 		if len(out) > 0 && total+s > maxBytes {
 			break
 		}
-		e, _ := q.popBack()
+		e, _ := pop()
 		total += s
 		b.bytes -= e.size()
 		b.inFlight += e.size()
@@ -735,429 +736,6 @@ func (s *tagSet) add(id string, t invocationTags) {
 		s.order = append(s.order, id)
 	}
 	s.at[id] = t
-}
-
-// eventFields is what scanBatch finds in one element of a batch. Token fields hold the raw JSON
-// string token (with quotes), or nil when absent or not a string.
-type eventFields struct {
-	raw        []byte
-	object     bool // the element is a JSON object
-	typ        []byte
-	requestID  []byte // record.requestId
-	level      []byte // record.level (JSON-format log lines)
-	tenantID   []byte // record.tenantId
-	traceValue []byte // record.tracing.value (X-Amzn-Trace-Id)
-	recordText bool   // record is a string
-	badUTF8    bool
-}
-
-// errSyntax is wrapped by every scanBatch error.
-var errSyntax = errors.New("not valid JSON")
-
-// scanBatch validates body as a JSON array and calls fn for each element, in one pass and
-// without building values: a batch is parsed once and every event is kept byte for byte. Nesting
-// is tracked with an explicit stack, so deeply nested records cannot exhaust the goroutine stack.
-// Invalid UTF-8 inside strings is reported through badUTF8, not rejected.
-func scanBatch(body []byte, fn func(eventFields)) error {
-	s := scanner{data: body}
-	s.ws()
-	if !s.consume('[') {
-		return s.fail("a telemetry batch must be a JSON array")
-	}
-	s.ws()
-	if s.consume(']') {
-		return s.end()
-	}
-	for {
-		s.ws()
-		start := s.pos
-		var f eventFields
-		var err error
-		if s.peek() == '{' {
-			f, err = s.event()
-		} else {
-			err = s.value()
-		}
-		if err != nil {
-			return err
-		}
-		f.raw = body[start:s.pos]
-		f.badUTF8 = s.badUTF8
-		s.badUTF8 = false
-		fn(f)
-		s.ws()
-		if s.consume(']') {
-			return s.end()
-		}
-		if !s.consume(',') {
-			return s.fail("expected , or ] after an array element")
-		}
-	}
-}
-
-type scanner struct {
-	data    []byte
-	pos     int
-	badUTF8 bool
-	stack   []byte
-}
-
-func (s *scanner) fail(msg string) error {
-	return fmt.Errorf("%w: %s at byte %d", errSyntax, msg, s.pos)
-}
-
-func (s *scanner) end() error {
-	s.ws()
-	if s.pos != len(s.data) {
-		return s.fail("unexpected data after the array")
-	}
-	return nil
-}
-
-func (s *scanner) peek() byte {
-	if s.pos < len(s.data) {
-		return s.data[s.pos]
-	}
-	return 0
-}
-
-func (s *scanner) consume(c byte) bool {
-	if s.peek() == c && s.pos < len(s.data) {
-		s.pos++
-		return true
-	}
-	return false
-}
-
-func (s *scanner) ws() {
-	for s.pos < len(s.data) {
-		switch s.data[s.pos] {
-		case ' ', '\t', '\n', '\r':
-			s.pos++
-		default:
-			return
-		}
-	}
-}
-
-// event scans an object, noting its "type" and "record" members.
-func (s *scanner) event() (eventFields, error) {
-	var f eventFields
-	f.object = true
-	err := s.members(func(key []byte) error {
-		switch string(key) {
-		case `"type"`:
-			if s.peek() == '"' {
-				start := s.pos
-				if err := s.str(); err != nil {
-					return err
-				}
-				f.typ = s.data[start:s.pos]
-				return nil
-			}
-		case `"record"`:
-			switch s.peek() {
-			case '"':
-				f.recordText = true
-				f.requestID, f.level, f.tenantID, f.traceValue = nil, nil, nil, nil
-			case '{':
-				f.recordText = false
-				f.requestID, f.level, f.tenantID, f.traceValue = nil, nil, nil, nil
-				return s.members(func(key []byte) error {
-					switch string(key) {
-					case `"requestId"`:
-						return s.strInto(&f.requestID)
-					case `"level"`:
-						return s.strInto(&f.level)
-					case `"tenantId"`:
-						return s.strInto(&f.tenantID)
-					case `"tracing"`:
-						if s.peek() == '{' {
-							return s.members(func(key []byte) error {
-								if string(key) == `"value"` {
-									return s.strInto(&f.traceValue)
-								}
-								return s.value()
-							})
-						}
-					}
-					return s.value()
-				})
-			}
-		}
-		return s.value()
-	})
-	return f, err
-}
-
-// strInto scans the value at the position into *tok when it is a string, and skips it otherwise.
-func (s *scanner) strInto(tok *[]byte) error {
-	if s.peek() != '"' {
-		return s.value()
-	}
-	start := s.pos
-	if err := s.str(); err != nil {
-		return err
-	}
-	*tok = s.data[start:s.pos]
-	return nil
-}
-
-// members scans an object, calling member with each key with the position at its value; member
-// must consume the value.
-func (s *scanner) members(member func(key []byte) error) error {
-	if !s.consume('{') {
-		return s.fail("expected {")
-	}
-	s.ws()
-	if s.consume('}') {
-		return nil
-	}
-	for {
-		s.ws()
-		key, err := s.key()
-		if err != nil {
-			return err
-		}
-		s.ws()
-		if err := member(key); err != nil {
-			return err
-		}
-		s.ws()
-		if s.consume('}') {
-			return nil
-		}
-		if !s.consume(',') {
-			return s.fail("expected , or } in an object")
-		}
-	}
-}
-
-// value scans any JSON value without recursion.
-func (s *scanner) value() error {
-	s.stack = s.stack[:0]
-	for {
-		// A value is expected here.
-		s.ws()
-		switch c := s.peek(); {
-		case c == '{' || c == '[':
-			s.pos++
-			s.ws()
-			if s.consume(c + 2) { // '}' and ']' follow their openers by two in ASCII
-				break
-			}
-			s.stack = append(s.stack, c)
-			if c == '{' {
-				if _, err := s.key(); err != nil {
-					return err
-				}
-			}
-			continue
-		case c == '"':
-			if err := s.str(); err != nil {
-				return err
-			}
-		case c == 't' || c == 'f' || c == 'n':
-			if err := s.literal(literals[c]); err != nil {
-				return err
-			}
-		case c == '-' || (c >= '0' && c <= '9'):
-			if err := s.number(); err != nil {
-				return err
-			}
-		default:
-			return s.fail("expected a value")
-		}
-		// A value ended: close containers until one expects another element.
-		for {
-			if len(s.stack) == 0 {
-				return nil
-			}
-			s.ws()
-			top := s.stack[len(s.stack)-1]
-			if s.consume(',') {
-				if top == '{' {
-					s.ws()
-					if _, err := s.key(); err != nil {
-						return err
-					}
-				}
-				break
-			}
-			if (top == '{' && s.consume('}')) || (top == '[' && s.consume(']')) {
-				s.stack = s.stack[:len(s.stack)-1]
-				continue
-			}
-			return s.fail("expected , or a closing bracket")
-		}
-	}
-}
-
-// key scans `"key" :` inside an object.
-func (s *scanner) key() ([]byte, error) {
-	start := s.pos
-	if s.peek() != '"' {
-		return nil, s.fail("expected a string key")
-	}
-	if err := s.str(); err != nil {
-		return nil, err
-	}
-	key := s.data[start:s.pos]
-	s.ws()
-	if !s.consume(':') {
-		return nil, s.fail("expected :")
-	}
-	return key, nil
-}
-
-// literals maps the first byte of a JSON literal to the literal.
-var literals = [256]string{'t': "true", 'f': "false", 'n': "null"}
-
-func (s *scanner) literal(lit string) error {
-	if !bytes.HasPrefix(s.data[s.pos:], []byte(lit)) {
-		return s.fail("invalid literal")
-	}
-	s.pos += len(lit)
-	return nil
-}
-
-func (s *scanner) number() error {
-	d := s.data
-	i := s.pos
-	if i < len(d) && d[i] == '-' {
-		i++
-	}
-	switch {
-	case i < len(d) && d[i] == '0':
-		i++
-	case i < len(d) && d[i] >= '1' && d[i] <= '9':
-		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
-			i++
-		}
-	default:
-		s.pos = i
-		return s.fail("invalid number")
-	}
-	if i < len(d) && d[i] == '.' {
-		i++
-		if i >= len(d) || d[i] < '0' || d[i] > '9' {
-			s.pos = i
-			return s.fail("invalid number")
-		}
-		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
-			i++
-		}
-	}
-	if i < len(d) && (d[i] == 'e' || d[i] == 'E') {
-		i++
-		if i < len(d) && (d[i] == '+' || d[i] == '-') {
-			i++
-		}
-		if i >= len(d) || d[i] < '0' || d[i] > '9' {
-			s.pos = i
-			return s.fail("invalid number")
-		}
-		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
-			i++
-		}
-	}
-	s.pos = i
-	return nil
-}
-
-// plainByte marks the bytes a string can hold as they are: printable ASCII but " and \.
-var plainByte = func() (t [256]bool) {
-	for c := 0x20; c < 0x80; c++ {
-		t[c] = c != '"' && c != '\\'
-	}
-	return t
-}()
-
-// str scans a string token, validating escapes and noting invalid UTF-8.
-func (s *scanner) str() error {
-	d := s.data
-	i := s.pos + 1 // past the opening quote
-	for {
-		// Eight bytes at a time while none needs a closer look, then byte by byte.
-		for i+8 <= len(d) && plainWord(binary.LittleEndian.Uint64(d[i:])) {
-			i += 8
-		}
-		for i < len(d) && plainByte[d[i]] {
-			i++
-		}
-		if i >= len(d) {
-			s.pos = i
-			return s.fail("unterminated string")
-		}
-		switch c := d[i]; {
-		case c == '"':
-			s.pos = i + 1
-			return nil
-		case c == '\\':
-			if i+1 >= len(d) {
-				s.pos = i
-				return s.fail("unterminated escape")
-			}
-			switch d[i+1] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				i += 2
-			case 'u':
-				if i+6 > len(d) || !isHex4(d[i+2:i+6]) {
-					s.pos = i
-					return s.fail(`invalid \u escape`)
-				}
-				i += 6
-			default:
-				s.pos = i
-				return s.fail("invalid escape")
-			}
-		case c < 0x20:
-			s.pos = i
-			return s.fail("control character in string")
-		default:
-			r, n := utf8.DecodeRune(d[i:])
-			if r == utf8.RuneError && n == 1 {
-				s.badUTF8 = true
-			}
-			i += n
-		}
-	}
-}
-
-// plainWord reports whether all eight bytes of w are plain (see plainByte), with the usual
-// bit tricks: a byte below 0x20, a quote, a backslash or a non-ASCII byte sets its high bit in
-// the result.
-func plainWord(w uint64) bool {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	quote, backslash := w^(ones*'"'), w^(ones*'\\')
-	control := (w - ones*0x20) & ^w // a byte below 0x20
-	quote = (quote - ones) & ^quote // a zero byte: a quote in w
-	backslash = (backslash - ones) & ^backslash
-	return (control|quote|backslash|w)&highs == 0
-}
-
-func isHex4(b []byte) bool {
-	for _, c := range b {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-			return false
-		}
-	}
-	return true
-}
-
-// serveListener serves l on ln. Its goroutine is owned by the caller through the returned stop
-// function, which closes the server and waits for the goroutine.
-func serveListener(ln net.Listener, l *listener, errorLog *log.Logger) (stop func()) {
-	srv := &http.Server{Handler: l, ReadHeaderTimeout: 5 * time.Second, ErrorLog: errorLog}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln) // returns http.ErrServerClosed after Close
-	}()
-	return func() {
-		_ = srv.Close()
-		<-done
-	}
 }
 
 // filter applies the user's controls to each event before it is buffered: exclusion by type,

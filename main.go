@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,22 +77,10 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 	}()
 
 	if cfgErr != nil {
-		if cfg.FailOnError {
-			logs.printf("configuration: %v", cfgErr)
-			_ = api.initError(ctx, "Extension.ConfigInvalid", cfgErr)
-			return 1
-		}
-		logs.printf("configuration: %v; telemetry is NOT shipped: the extension stays registered and does nothing until the configuration is fixed", cfgErr)
-		return ext.runIdle(ctx)
+		return ext.cannotShip(ctx, "configuration", "Extension.ConfigInvalid", cfgErr, " until the configuration is fixed")
 	}
 	if err := ext.start(ctx, <-listenHost, getenv); err != nil {
-		if cfg.FailOnError {
-			logs.printf("start: %v", err)
-			_ = api.initError(ctx, "Extension.StartFailed", err)
-			return 1
-		}
-		logs.printf("start: %v; telemetry is NOT shipped: the extension stays registered and does nothing", err)
-		return ext.runIdle(ctx)
+		return ext.cannotShip(ctx, "start", "Extension.StartFailed", err, "")
 	}
 	return ext.run(ctx)
 }
@@ -260,17 +249,26 @@ func (p *envParser) fail(name, value, format string, args ...any) {
 	p.errs = append(p.errs, fmt.Errorf("%s=%q: %s", name, value, fmt.Sprintf(format, args...)))
 }
 
-func (p *envParser) integer(name string, def, lo, hi int) int {
+// parsed reads a variable with parse, which reports whether the text is valid: unset gives def,
+// and an invalid value is reported with the fix (a format for args) and gives def.
+func parsed[T any](p *envParser, name string, def T, parse func(string) (T, bool), fix string, args ...any) T {
 	s := p.value(name)
 	if s == "" {
 		return def
 	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < lo || n > hi {
-		p.fail(name, s, "set a whole number from %d to %d, or unset it for the default %d", lo, hi, def)
+	v, ok := parse(s)
+	if !ok {
+		p.fail(name, s, fix, args...)
 		return def
 	}
-	return n
+	return v
+}
+
+func (p *envParser) integer(name string, def, lo, hi int) int {
+	return parsed(p, name, def, func(s string) (int, bool) {
+		n, err := strconv.Atoi(s)
+		return n, err == nil && n >= lo && n <= hi
+	}, "set a whole number from %d to %d, or unset it for the default %d", lo, hi, def)
 }
 
 func (p *envParser) millis(name string, def, lo, hi int) time.Duration {
@@ -287,43 +285,23 @@ func (p *envParser) port(name string, def int) int {
 }
 
 func (p *envParser) boolean(name string, def bool) bool {
-	s := p.value(name)
-	if s == "" {
-		return def
-	}
-	b, err := strconv.ParseBool(s)
-	if err != nil {
-		p.fail(name, s, "set true or false")
-		return def
-	}
-	return b
+	return parsed(p, name, def, func(s string) (bool, bool) {
+		b, err := strconv.ParseBool(s)
+		return b, err == nil
+	}, "set true or false (default %t)", def)
 }
 
 func (p *envParser) fraction(name string, def float64) float64 {
-	s := p.value(name)
-	if s == "" {
-		return def
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || !(f >= 0 && f <= 1) {
-		p.fail(name, s, "set a fraction from 0 to 1 (for example 0.1 ships one invocation in ten), or unset it to ship all")
-		return def
-	}
-	return f
+	return parsed(p, name, def, func(s string) (float64, bool) {
+		f, err := strconv.ParseFloat(s, 64)
+		return f, err == nil && f >= 0 && f <= 1
+	}, "set a fraction from 0 to 1 (for example 0.1 ships one invocation in ten), or unset it to ship all")
 }
 
 func (p *envParser) choice(name, def string, allowed ...string) string {
-	s := p.value(name)
-	if s == "" {
-		return def
-	}
-	for _, a := range allowed {
-		if s == a {
-			return s
-		}
-	}
-	p.fail(name, s, "set one of %s (default %s)", strings.Join(allowed, ", "), def)
-	return def
+	return parsed(p, name, def, func(s string) (string, bool) {
+		return s, slices.Contains(allowed, s)
+	}, "set one of %s (default %s)", strings.Join(allowed, ", "), def)
 }
 
 // list parses a comma-separated list whose items must be in allowed.
