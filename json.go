@@ -3,8 +3,8 @@ package main
 // JSON, read and written by hand, in one place: the one-pass scanner that validates each telemetry
 // batch Lambda posts and picks out the few fields the extension acts on (scanBatch), and the
 // string encoding every record uses (appendJSONString and the one escaping table, jsonEscaped,
-// from which sizes are predicted before anything is written). Both are pure, allocation-free and
-// fuzzed (FuzzScanBatch against encoding/json, FuzzRecordBuilding); the listener and the record
+// from which sizes are predicted before anything is written). Both are pure (they build no values)
+// and fuzzed (FuzzScanBatch against encoding/json, FuzzRecordBuilding); the listener and the record
 // builders share them.
 
 import (

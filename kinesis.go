@@ -1,8 +1,11 @@
 package main
 
-// The Kinesis side: records built from buffered events, PutRecords request bodies within the
-// service's limits, SigV4 signing, the call itself with the classification of its answer, and the
-// shipper that retries only what failed.
+// The Kinesis side: the shipper (ship rounds, what they may do after the invocation's runtime is
+// done, the pacer that estimates what the stream accepts, backoff, how each record's end is
+// settled), records (pendingRecord, packRecords, the event/ndjson envelope with truncation, the
+// partition keys) and PutRecords request bodies within the service's limits, and the client:
+// SigV4 signing, the call itself, and the classification of its answer (the only place that knows
+// HTTP status codes and Kinesis error shapes). The kpl and cloudwatch formats are records.go's.
 
 import (
 	"bytes"

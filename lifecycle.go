@@ -1,9 +1,15 @@
 package main
 
-// The Extensions API side, in the order of the Lambda lifecycle: register, start the listener and
-// subscribe, then loop { next → INVOKE | SHUTDOWN }. Whatever the flush strategy, nothing is sent
-// while the extension waits in /event/next: the environment may freeze at any moment after that
-// call, and a request cut by a freeze fails or, worse, is applied and then retried as a duplicate.
+// The Extensions API side, in the order of the Lambda lifecycle: the client (register, next,
+// init/exit errors), then the extension itself: start (listener up, then subscribe), the event
+// loop { next → INVOKE | SHUTDOWN }, the idle loop of an extension that cannot ship, the flush
+// policy (flushMode, flushChoice, chooseFlush: what each invocation ships, and when), the ship
+// rounds of an invocation, of managed instances and of SHUTDOWN, and the ids of environments and
+// events.
+//
+// Whatever the flush strategy, nothing is sent while the extension waits in /event/next: the
+// environment may freeze at any moment after that call, and a request cut by a freeze fails or,
+// worse, is applied and then retried as a duplicate.
 
 import (
 	"bytes"

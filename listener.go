@@ -1,7 +1,10 @@
 package main
 
-// The Telemetry API side: the subscription, the HTTP listener Lambda posts event batches to, and
-// the bounded in-memory buffer between the listener and the Kinesis sender.
+// The Telemetry API side: the subscription, the HTTP listener Lambda posts event batches to and
+// its server, the buffered event (event, eventType) and the bounded in-memory buffer between the
+// listener and the Kinesis sender (two queues, the drop policy, take and put back, the waits for
+// runtimeDone and report), and the filter that applies the user's controls (exclusion, level,
+// sampling, redaction) before anything is buffered. Batches are decoded by json.go's scanner.
 
 import (
 	"bytes"

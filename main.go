@@ -2,9 +2,14 @@
 // Lambda Telemetry API and ships every platform event and function log line into an Amazon
 // Kinesis data stream.
 //
-// This file reads the configuration and wires the parts together: the Extensions API client and
-// event loop (lifecycle.go), the Telemetry API listener and buffer (listener.go), and the Kinesis
-// sender (kinesis.go).
+// This file holds main and run (the wiring: register, start, the event loop, and what happens
+// when the configuration or the start fails), the configuration (config, parseConfig with every
+// KINESIS_TELEMETRY_* variable and its default, the envParser that reports all errors at once,
+// stream names and ARNs, role ARNs, endpoints), the memory limit derived from the buffer cap, and
+// the extension's own logger. The parts it wires: the Extensions API and the event loop
+// (lifecycle.go), the Telemetry API listener and buffer (listener.go), the Kinesis sender
+// (kinesis.go), the record formats (records.go), JSON (json.go), the accounting (counts.go) and
+// writing through a role (credentials.go).
 package main
 
 import (
