@@ -3,7 +3,8 @@ package main
 // Where the test harness lives (README.md, "Test harness", says the same for readers):
 //
 //	main_test.go           TestMain builds the extension once; testEnv, freePort; reading back what
-//	                       landed: decodeShipped, countsRecord, lastCounts, checkExactlyOnce/checkDelivery
+//	                       landed: decodeShipped (counts records strictly into counts.go's countsRecord),
+//	                       lastCounts, checkExactlyOnce/checkDelivery
 //	fakelambda_test.go     fakeLambda, the Lambda side (Extensions and Telemetry API): init, invoke,
 //	                       shutdown, shutdownAndWait; startExtension runs the binary against it
 //	fakekinesis_test.go    fakeKinesis, PutRecords answered from a script (allOK, …); decoded
@@ -14,6 +15,11 @@ package main
 //	rie_test.go            the real Lambda Runtime Interface Emulator, with testdata/probe (a second
 //	                       extension that records the ground truth) and testdata/function
 //	coldstart_test.go      benchmarks against testdata/floor, the smallest possible extension
+//	shardproxy_test.go     shardProxy, Kinesis's per-shard limits in front of kinesalite (checked by
+//	                       shardproxy_selftest_test.go)
+//	fleet_test.go          TestFleet, BenchmarkFleet: many frozen environments on one throttled stream
+//	sts_test.go            fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis
+//	formats_test.go        kpl and cloudwatch decoders: protowire, aws-lambda-go, npm aws-kinesis-agg
 //
 // The usual end-to-end test:
 //
