@@ -164,11 +164,7 @@ func stsError(w http.ResponseWriter, status int, code, message string) int {
 	return status
 }
 
-func (f *fakeSTS) seen() []stsCall {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]stsCall(nil), f.calls...)
-}
+func (f *fakeSTS) seen() []stsCall { return snapshot(&f.mu, &f.calls) }
 
 // credentialsOf returns the secret and token STS issued with key.
 func (f *fakeSTS) credentialsOf(key string) (string, string, bool) {
@@ -284,11 +280,7 @@ func newSignedKinesis(t testing.TB, sts *fakeSTS, target string) *signedKinesis 
 	return k
 }
 
-func (k *signedKinesis) signedBy() []string {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return append([]string(nil), k.signers...)
-}
+func (k *signedKinesis) signedBy() []string { return snapshot(&k.mu, &k.signers) }
 
 // setFunctionCredentials gives the AWS SDK's default chain the function's own credentials and
 // nothing else.
