@@ -65,7 +65,7 @@ func TestParseConfigDefaults(t *testing.T) {
 
 func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 	// Each variable with values it refuses ("" is unset); some errors also say why.
-	says := map[string]string{"9001": "reserved", "80": "from 1024 to 65535"}
+	says := map[string]string{"KINESIS_TELEMETRY_PORT=9001": "reserved", "KINESIS_TELEMETRY_PORT=80": "from 1024 to 65535"}
 	for variable, values := range map[string][]string{
 		"KINESIS_TELEMETRY_STREAM":            {"", "bad name!", "arn:aws:kinesis:eu-west-1:12:stream/x"},
 		"KINESIS_TELEMETRY_PORT":              {"http", "9001", "80"},
@@ -85,8 +85,9 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 			env := map[string]string{"KINESIS_TELEMETRY_STREAM": "s"}
 			env[variable] = value
 			_, err := parseConfig(envOf(env))
-			if err == nil || !strings.Contains(err.Error(), variable) || !strings.Contains(err.Error(), says[value]) {
-				t.Errorf("%s=%q: error %v, want one naming the variable (and saying %q)", variable, value, err, says[value])
+			why := says[variable+"="+value]
+			if err == nil || !strings.Contains(err.Error(), variable) || !strings.Contains(err.Error(), why) {
+				t.Errorf("%s=%q: error %v, want one naming the variable (and saying %q)", variable, value, err, why)
 			}
 		}
 	}
