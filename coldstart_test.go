@@ -46,15 +46,15 @@ const (
 	idleTargetMiB        = 15.0
 )
 
-// BenchmarkColdStart measures exec → first GET /event/next (register, configuration parsed,
-// listener up, telemetry subscribed) of the shipped binary and of the floor, and reports the
-// median, p90 and mean of each and the ratio of the medians. Targets: median under 10 ms and
-// within 1.5× of the floor (logged, not failed: a shared 2-core machine is too noisy to gate on).
 // extensionName is the file name build.sh gives the binary in the layer (extensions/<name>). The
 // extension registers under its executable's own file name (os.Args[0]), which is what Lambda
 // checks, so a renamed copy still registers correctly.
 const extensionName = "kinesis-telemetry-extension"
 
+// BenchmarkColdStart measures exec → first GET /event/next (register, configuration parsed,
+// listener up, telemetry subscribed) of the shipped binary and of the floor, and reports the
+// median, p90 and mean of each and the ratio of the medians. Targets: median under 10 ms and
+// within 1.5× of the floor (logged, not failed: a shared 2-core machine is too noisy to gate on).
 func BenchmarkColdStart(b *testing.B) {
 	ours, floor := buildBenchBinaries(b)
 	f := newFakeLambda(b)
@@ -152,23 +152,7 @@ func steadyTraffic(b *testing.B, bin string, extra []string) {
 	f.init()
 	atStart := readMemory(b, p.cmd.Process.Pid)
 
-	var posted, stored int
-	// The fakes keep every event and request; forgetting them as we go keeps this process's own
-	// memory, and the garbage collection it costs the shared CPUs, small.
-	forget := func() {
-		f.mu.Lock()
-		posted += len(f.posted)
-		f.posted = nil
-		f.mu.Unlock()
-		fk.mu.Lock()
-		for _, s := range fk.stored {
-			if !bytes.Contains(s.data, []byte(`"type":"`+countsType+`"`)) {
-				stored++
-			}
-		}
-		fk.stored, fk.calls, fk.headers = nil, nil, nil
-		fk.mu.Unlock()
-	}
+	tally := &trafficTally{f: f, fk: fk}
 
 	// Per invocation: platform.start, 99 text and 98 JSON log lines, platform.runtimeDone, and
 	// the previous invocation's platform.report.
@@ -182,7 +166,7 @@ func steadyTraffic(b *testing.B, bin string, extra []string) {
 		inv.requestID = fmt.Sprintf("79b4f56e-95b1-4643-9700-%012d", i)
 		f.invoke(inv)
 		if i%100 == 0 {
-			forget()
+			tally.forget()
 		}
 		if i%memorySampleEvery == 0 {
 			// Sampled while the extension waits in /event/next, as between real invocations.
@@ -191,14 +175,7 @@ func steadyTraffic(b *testing.B, bin string, extra []string) {
 		}
 	}
 	elapsed := time.Since(began)
-	f.shutdown("spindown", 2*time.Second)
-	if code := p.wait(10 * time.Second); code != 0 {
-		b.Fatalf("extension exit code %d after SHUTDOWN, want 0; output:\n%s", code, p.stderr.String())
-	}
-	forget()
-	if stored != posted {
-		b.Errorf("fake Kinesis stored %d events, want the %d posted", stored, posted)
-	}
+	tally.shutdown(b, p, true)
 
 	var rss []float64
 	var lines []string
@@ -217,7 +194,7 @@ func steadyTraffic(b *testing.B, bin string, extra []string) {
 	b.ReportMetric(growth, "KiB/1k-inv")
 	b.ReportMetric(float64(elapsed.Microseconds())/1000/memoryInvocations, "ms/inv")
 	b.Logf("%d invocations × %d events (%d events shipped) in %v (%.2f ms each)", memoryInvocations, memoryEvents,
-		stored, elapsed.Round(time.Millisecond), float64(elapsed.Microseconds())/1000/memoryInvocations)
+		tally.stored, elapsed.Round(time.Millisecond), float64(elapsed.Microseconds())/1000/memoryInvocations)
 	b.Logf("VmRSS MiB at the first next %.2f; after N invocations: %s; VmHWM at the end %.2f MiB; least-squares slope %+.1f KiB per 1,000 invocations",
 		kibToMiB(atStart.rss), strings.Join(lines, ", "), kibToMiB(last.hwm), growth)
 	b.Logf("at the first next: %s; at the end: %s", atStart, last)
@@ -236,41 +213,59 @@ func frozenTraffic(b *testing.B, bin string, check bool) float64 {
 	p, _ := launch(b, bin, lambdaEnv(f, fk.URL))
 	f.freeze = p.cmd.Process
 	f.init()
-	var posted, stored int
-	forget := func() {
-		f.mu.Lock()
-		posted += len(f.posted)
-		f.posted = nil
-		f.mu.Unlock()
-		fk.mu.Lock()
-		for _, s := range fk.stored {
-			if !bytes.Contains(s.data, []byte(`"type":"`+countsType+`"`)) {
-				stored++
-			}
-		}
-		fk.stored, fk.calls, fk.headers = nil, nil, nil
-		fk.mu.Unlock()
-	}
+	tally := &trafficTally{f: f, fk: fk}
 	for i := 1; i <= frozenInvocations; i++ {
 		f.invoke(invocation{requestID: fmt.Sprintf("79b4f56e-95b1-4643-9700-%012d", i), textLines: 10, jsonLines: 10})
 		if i%100 == 0 {
-			forget()
+			tally.forget()
 		}
 	}
 	f.awaitNext()
 	f.freeze.Signal(syscall.SIGCONT)
 	mem := readMemory(b, p.cmd.Process.Pid)
 	b.Logf("%s after %d invocations: %s", filepath.Base(bin), frozenInvocations, mem)
-	hwm := kibToMiB(mem.hwm)
-	f.shutdown("spindown", 2*time.Second)
+	tally.shutdown(b, p, check)
+	return kibToMiB(mem.hwm)
+}
+
+// trafficTally counts the events a traffic run posted to the fake Lambda and those that reached
+// the fake Kinesis (counts records aside). The fakes keep every event and request; forgetting them
+// as the run goes keeps this process's own memory, and the garbage collection it costs the shared
+// CPUs, small.
+type trafficTally struct {
+	f              *fakeLambda
+	fk             *fakeKinesis
+	posted, stored int
+}
+
+// forget adds what the fakes hold to the tally and drops it.
+func (t *trafficTally) forget() {
+	t.f.mu.Lock()
+	t.posted += len(t.f.posted)
+	t.f.posted = nil
+	t.f.mu.Unlock()
+	t.fk.mu.Lock()
+	for _, s := range t.fk.stored {
+		if !bytes.Contains(s.data, []byte(`"type":"`+countsType+`"`)) {
+			t.stored++
+		}
+	}
+	t.fk.stored, t.fk.calls, t.fk.headers = nil, nil, nil
+	t.fk.mu.Unlock()
+}
+
+// shutdown ends the run: SHUTDOWN, exit status 0, and, when check says so, every posted event
+// stored.
+func (t *trafficTally) shutdown(b *testing.B, p *extProcess, check bool) {
+	b.Helper()
+	t.f.shutdown("spindown", 2*time.Second)
 	if code := p.wait(10 * time.Second); code != 0 {
-		b.Fatalf("exit code %d after SHUTDOWN; output:\n%s", code, p.stderr.String())
+		b.Fatalf("extension exit code %d after SHUTDOWN, want 0; output:\n%s", code, p.stderr.String())
 	}
-	forget()
-	if check && stored != posted {
-		b.Errorf("fake Kinesis stored %d events, want the %d posted", stored, posted)
+	t.forget()
+	if check && t.stored != t.posted {
+		b.Errorf("fake Kinesis stored %d events, want the %d posted", t.stored, t.posted)
 	}
-	return hwm
 }
 
 // buildBenchBinaries builds the extension and the floor the way build.sh builds the layer binary

@@ -116,37 +116,16 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 	for _, format := range []recordFormat{formatEvent, formatNDJSON, formatKPL, formatCloudWatch} {
 		fl, recs := runControls(t, 2, 10, "KINESIS_TELEMETRY_RECORD_FORMAT", string(format), "AWS_LAMBDA_LOG_FORMAT", "JSON")
 		posted := fl.postedEvents()
-		switch format {
-		case formatEvent:
-			data, keys := storedData(recs)
-			events, _ := decodeRecords(t, data, keys)
-			checkExactlyOnce(t, posted, events)
-			checkTraced(t, events)
-		case formatNDJSON:
-			var data [][]byte
-			var keys []string
-			for _, r := range recs {
-				for _, line := range strings.Split(strings.TrimSuffix(string(r.Data), "\n"), "\n") {
-					data, keys = append(data, []byte(line)), append(keys, r.PartitionKey)
-				}
-			}
-			events, _ := decodeRecords(t, data, keys)
-			checkExactlyOnce(t, posted, events)
-			checkTraced(t, events)
-		case formatKPL:
-			var data [][]byte
-			var keys []string
-			for _, r := range recs {
-				for _, u := range decodeKPL(t, r.Data) {
-					data, keys = append(data, u.data), append(keys, u.key)
-				}
-			}
-			events, _ := decodeRecords(t, data, keys)
-			checkExactlyOnce(t, posted, events)
-			checkTraced(t, events)
-			checkDeaggregatedByNPM(t, recs, data, keys)
-		case formatCloudWatch:
+		if format == formatCloudWatch {
 			checkCloudWatchExactlyOnce(t, posted, recs)
+		} else {
+			data, keys := userRecords(t, format, recs)
+			events, _ := decodeRecords(t, data, keys)
+			checkExactlyOnce(t, posted, events)
+			checkTraced(t, events)
+			if format == formatKPL {
+				checkDeaggregatedByNPM(t, recs, data, keys)
+			}
 		}
 		r := row{format: format, records: len(recs)}
 		for _, rec := range recs {
@@ -184,6 +163,31 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 			t.Errorf("%s: %d billed KB on demand, not fewer than one record per event (%d)", r.format, r.onDemandKB, event.onDemandKB)
 		}
 	}
+}
+
+// userRecords is what a consumer of an event, ndjson or kpl stream reads from the stored records,
+// with its partition key: each record's data (event), each of its lines (ndjson), each of its user
+// records, de-aggregated (kpl).
+func userRecords(t testing.TB, format recordFormat, recs []storedRecord) (data [][]byte, keys []string) {
+	t.Helper()
+	if format == formatEvent {
+		return storedData(recs)
+	}
+	for _, r := range recs {
+		switch format {
+		case formatNDJSON:
+			for _, line := range strings.Split(strings.TrimSuffix(string(r.Data), "\n"), "\n") {
+				data, keys = append(data, []byte(line)), append(keys, r.PartitionKey)
+			}
+		case formatKPL:
+			for _, u := range decodeKPL(t, r.Data) {
+				data, keys = append(data, u.data), append(keys, u.key)
+			}
+		default:
+			t.Fatalf("userRecords: no user records in format %s", format)
+		}
+	}
+	return data, keys
 }
 
 // TestCloudWatchDefaultLogNames: without Lambda's log group and stream variables, cloudwatch

@@ -85,10 +85,13 @@ func newFakeKinesis(t testing.TB, answer func(call int, req putRecordsRequest) (
 }
 
 // received returns the PutRecords requests seen so far.
-func (f *fakeKinesis) received() []putRecordsRequest {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]putRecordsRequest(nil), f.calls...)
+func (f *fakeKinesis) received() []putRecordsRequest { return snapshot(&f.mu, &f.calls) }
+
+// snapshot copies what a fake has recorded in *s so far, under the lock its handlers append with.
+func snapshot[T any](mu *sync.Mutex, s *[]T) []T {
+	mu.Lock()
+	defer mu.Unlock()
+	return append([]T(nil), *s...)
 }
 
 // allOK answers every record with success.

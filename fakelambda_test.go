@@ -437,9 +437,7 @@ func (f *fakeLambda) send(body string) error {
 // has been answered.
 func (f *fakeLambda) postedEvents() []postedEvent {
 	f.late.Wait()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]postedEvent(nil), f.posted...)
+	return snapshot(&f.mu, &f.posted)
 }
 
 // addedTimes returns, per completed invocation, how long the extension took to call /event/next

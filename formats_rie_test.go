@@ -3,8 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,33 +16,7 @@ func runRIEManagedFormat(t *testing.T, n int, settings ...string) ([]rieEvent, [
 	requireRIE(t)
 	const stream = "rie-formats"
 	kinesis := startKinesalite(t, streamSpec{Name: stream, Shards: 1})
-	product := rieProductBinary(t)
-	probe := rieBuild(t, "./testdata/probe", t.TempDir(), "probe")
-	out := rieSharedDir(t)
-	env := rieProductEnv(kinesis, stream, freePort())
-	for i := 0; i+1 < len(settings); i += 2 {
-		env[settings[i]] = settings[i+1]
-	}
-	env["PROBE_OUT"] = filepath.Join(out, "probe.jsonl")
-	env["PROBE_PORT"] = strconv.Itoa(freePort())
-	r := startRIE(t, rieOptions{
-		Managed:    true,
-		Extensions: map[string]string{rieProductName: product, "probe": probe},
-		Env:        env,
-	})
-	ids := make([]string, n)
-	for i := 1; i <= n; i++ {
-		ids[i-1] = r.invokeN(t, i)
-		probeWaitInvocation(t, env["PROBE_OUT"], i, ids[i-1])
-	}
-	r.shutdown(t, 6*time.Second)
-	if got := r.Exits[rieProductName]; got != (rieExit{Code: 0}) {
-		t.Errorf("%s: %v, want exit status 0", rieProductName, got)
-	}
-	if got := r.Exits["probe"]; got != (rieExit{Code: 0}) {
-		t.Fatalf("probe: %v, want exit status 0 (the ground truth is incomplete)", got)
-	}
-	probed := probeEvents(t, env["PROBE_OUT"])
+	probed, ids, _ := runRIEManagedProbe(t, kinesis, stream, n, settings...)
 	kinesis.waitForRecords(t, stream, 1, 15*time.Second)
 	time.Sleep(200 * time.Millisecond)
 	return probed, ids, kinesis.readAll(t, stream)
@@ -142,13 +114,7 @@ func testRIEManagedCloudWatch(t *testing.T, format logFormat) {
 // platform.start is traced, check the stamping.)
 func TestRIEManagedKPLTraceAndTenant(t *testing.T) {
 	probed, ids, recs := runRIEManagedFormat(t, 5, "KINESIS_TELEMETRY_RECORD_FORMAT", "kpl")
-	var data [][]byte
-	var keys []string
-	for _, r := range recs {
-		for _, u := range decodeKPL(t, r.Data) {
-			data, keys = append(data, u.data), append(keys, u.key)
-		}
-	}
+	data, keys := userRecords(t, formatKPL, recs)
 	want := map[string]int{}
 	tags := map[string]invocationTags{}
 	for _, e := range probed {

@@ -1005,27 +1005,26 @@ func TestPacer(t *testing.T) {
 }
 
 func TestIsRetryableCode(t *testing.T) {
-	for _, tt := range []struct {
-		code   string
-		status int
-		want   bool
-	}{
-		{"ProvisionedThroughputExceededException", 400, true},
-		{"KMSThrottlingException", 400, true},
-		{"InternalFailure", 500, true},
-		{"ServiceUnavailable", 503, true},
-		{"ExpiredTokenException", 400, true},
-		{"HTTP502", 502, true},
-		{"HTTP429", 429, true},
-		{"AccessDeniedException", 400, false},
-		{"ResourceNotFoundException", 400, false},
-		{"KMSDisabledException", 400, false},
-		{"ValidationException", 400, false},
-		{"InvalidArgumentException", 0, false},
-		{"UnrecognizedClientException", 400, false},
-	} {
-		if got := isRetryableCode(tt.code, tt.status); got != tt.want {
-			t.Errorf("isRetryableCode(%s, %d) = %v, want %v", tt.code, tt.status, got, tt.want)
+	// Throttling, server faults and expired credentials are retried by their code, whatever the
+	// status says; so is any call a server failed (5xx) or rate-limited (429).
+	for _, code := range []string{"ProvisionedThroughputExceededException", "KMSThrottlingException",
+		"InternalFailure", "ServiceUnavailable", "ExpiredTokenException"} {
+		if !isRetryableCode(code, 400) {
+			t.Errorf("isRetryableCode(%s, 400) = false, want true", code)
+		}
+	}
+	for _, status := range []int{500, 502, 503, 429} {
+		if code := fmt.Sprintf("HTTP%d", status); !isRetryableCode(code, status) {
+			t.Errorf("isRetryableCode(%s, %d) = false, want true", code, status)
+		}
+	}
+	// What the caller or the request got wrong is final: retrying cannot fix it.
+	for _, code := range []string{"AccessDeniedException", "ResourceNotFoundException", "KMSDisabledException",
+		"ValidationException", "InvalidArgumentException", "UnrecognizedClientException"} {
+		for _, status := range []int{400, 0} {
+			if isRetryableCode(code, status) {
+				t.Errorf("isRetryableCode(%s, %d) = true, want false", code, status)
+			}
 		}
 	}
 }

@@ -70,40 +70,31 @@ func TestParseConfigDefaults(t *testing.T) {
 }
 
 func TestParseConfigErrorsNameTheVariable(t *testing.T) {
-	for _, tt := range []struct {
-		env  map[string]string
-		want string
-	}{
-		{map[string]string{}, "KINESIS_TELEMETRY_STREAM"},
-		{map[string]string{"KINESIS_TELEMETRY_STREAM": "bad name!"}, "KINESIS_TELEMETRY_STREAM"},
-		{map[string]string{"KINESIS_TELEMETRY_STREAM": "arn:aws:kinesis:eu-west-1:12:stream/x"}, "KINESIS_TELEMETRY_STREAM"},
-		{map[string]string{"KINESIS_TELEMETRY_PORT": "http"}, "KINESIS_TELEMETRY_PORT"},
-		{map[string]string{"KINESIS_TELEMETRY_PORT": "9001"}, "reserved"},
-		{map[string]string{"KINESIS_TELEMETRY_PORT": "80"}, "from 1024 to 65535"},
-		{map[string]string{"KINESIS_TELEMETRY_TYPES": "platform,logs"}, "KINESIS_TELEMETRY_TYPES"},
-		{map[string]string{"KINESIS_TELEMETRY_BUFFER_ITEMS": "10"}, "KINESIS_TELEMETRY_BUFFER_ITEMS"},
-		{map[string]string{"KINESIS_TELEMETRY_BUFFER_BYTES": "2000000"}, "KINESIS_TELEMETRY_BUFFER_BYTES"},
-		{map[string]string{"KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS": "5"}, "KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS"},
-		{map[string]string{"KINESIS_TELEMETRY_ENDPOINT": "http://kinesis.example.com"}, "KINESIS_TELEMETRY_ENDPOINT"},
-		{map[string]string{"KINESIS_TELEMETRY_FLUSH": "sometimes"}, "KINESIS_TELEMETRY_FLUSH"},
-		{map[string]string{"KINESIS_TELEMETRY_FLUSH": "periodic,5"}, "KINESIS_TELEMETRY_FLUSH"},
-		{map[string]string{"KINESIS_TELEMETRY_REDACT": "(unclosed"}, "KINESIS_TELEMETRY_REDACT"},
-		{map[string]string{"KINESIS_TELEMETRY_REDACT": `["ok", 3]`}, "KINESIS_TELEMETRY_REDACT"},
-		{map[string]string{"KINESIS_TELEMETRY_MIN_LEVEL": "LOUD"}, "KINESIS_TELEMETRY_MIN_LEVEL"},
-		{map[string]string{"KINESIS_TELEMETRY_SAMPLE": "1.5"}, "KINESIS_TELEMETRY_SAMPLE"},
-		{map[string]string{"KINESIS_TELEMETRY_PARTITION_KEY": "shard"}, "KINESIS_TELEMETRY_PARTITION_KEY"},
-		{map[string]string{"KINESIS_TELEMETRY_RECORD_FORMAT": "csv"}, "KINESIS_TELEMETRY_RECORD_FORMAT"},
+	// Each variable with values it refuses ("" is unset); some errors also say why.
+	says := map[string]string{"KINESIS_TELEMETRY_PORT=9001": "reserved", "KINESIS_TELEMETRY_PORT=80": "from 1024 to 65535"}
+	for variable, values := range map[string][]string{
+		"KINESIS_TELEMETRY_STREAM":            {"", "bad name!", "arn:aws:kinesis:eu-west-1:12:stream/x"},
+		"KINESIS_TELEMETRY_PORT":              {"http", "9001", "80"},
+		"KINESIS_TELEMETRY_TYPES":             {"platform,logs"},
+		"KINESIS_TELEMETRY_BUFFER_ITEMS":      {"10"},
+		"KINESIS_TELEMETRY_BUFFER_BYTES":      {"2000000"},
+		"KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS": {"5"},
+		"KINESIS_TELEMETRY_ENDPOINT":          {"http://kinesis.example.com"},
+		"KINESIS_TELEMETRY_FLUSH":             {"sometimes", "periodic,5"},
+		"KINESIS_TELEMETRY_REDACT":            {"(unclosed", `["ok", 3]`},
+		"KINESIS_TELEMETRY_MIN_LEVEL":         {"LOUD"},
+		"KINESIS_TELEMETRY_SAMPLE":            {"1.5"},
+		"KINESIS_TELEMETRY_PARTITION_KEY":     {"shard"},
+		"KINESIS_TELEMETRY_RECORD_FORMAT":     {"csv"},
 	} {
-		env := map[string]string{"KINESIS_TELEMETRY_STREAM": "s"}
-		for k, v := range tt.env {
-			env[k] = v
-		}
-		if len(tt.env) == 0 {
-			delete(env, "KINESIS_TELEMETRY_STREAM")
-		}
-		_, err := parseConfig(envOf(env))
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%v: error %v, want one mentioning %s", tt.env, err, tt.want)
+		for _, value := range values {
+			env := map[string]string{"KINESIS_TELEMETRY_STREAM": "s"}
+			env[variable] = value
+			_, err := parseConfig(envOf(env))
+			why := says[variable+"="+value]
+			if err == nil || !strings.Contains(err.Error(), variable) || !strings.Contains(err.Error(), why) {
+				t.Errorf("%s=%q: error %v, want one naming the variable (and saying %q)", variable, value, err, why)
+			}
 		}
 	}
 }

@@ -560,18 +560,15 @@ func rieChildren(pid int) []int {
 
 // stdout returns what the RIE wrote to stdout: the function's and (classic) the extensions'
 // output, and in managed mode the RIE's own log as well.
-func (r *rieInstance) stdout(t testing.TB) string {
-	t.Helper()
-	b, err := os.ReadFile(r.stdoutPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
+func (r *rieInstance) stdout(t testing.TB) string { t.Helper(); return readText(t, r.stdoutPath) }
 
-func (r *rieInstance) stderr(t testing.TB) string {
+// stderr returns what the RIE wrote to stderr.
+func (r *rieInstance) stderr(t testing.TB) string { t.Helper(); return readText(t, r.stderrPath) }
+
+// readText returns the file's content, failing the test where it cannot be read.
+func readText(t testing.TB, path string) string {
 	t.Helper()
-	b, err := os.ReadFile(r.stderrPath)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -881,9 +878,7 @@ func TestRIEProbe(t *testing.T) {
 
 	// What the extension saw of the lifecycle and its environment.
 	notes := probeNotes(t, filepath.Join(out, "probe.log"))
-	var env map[string]string
-	probeNoteOf(t, notes, "env", &env)
-	for k, want := range map[string]string{
+	probeCheckEnv(t, notes, map[string]string{
 		"AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances",
 		"AWS_REGION":                     "eu-west-1",
 		"AWS_ACCESS_KEY_ID":              "AKIDRIEPROBETEST",
@@ -891,11 +886,7 @@ func TestRIEProbe(t *testing.T) {
 		"KINESIS_TELEMETRY_STREAM":       "probe-stream",
 		"AWS_LAMBDA_RUNTIME_API":         r.RuntimeAPI,
 		"uid":                            "993",
-	} {
-		if env[k] != want {
-			t.Errorf("extension environment %s: got %q, want %q", k, env[k], want)
-		}
-	}
+	})
 	var reg struct {
 		Status int `json:"status"`
 		Body   struct {
@@ -915,6 +906,19 @@ func TestRIEProbe(t *testing.T) {
 		t.Errorf("subscribe: got %d %s, want 200 \"OK\"", sub.Status, sub.Body)
 	}
 	probeCheckShutdown(t, notes, "spindown")
+}
+
+// probeCheckEnv asserts that the environment the probe noted (values of secrets as their length)
+// has the wanted values; "" wants a variable unset or empty.
+func probeCheckEnv(t *testing.T, notes []probeNote, want map[string]string) {
+	t.Helper()
+	var env map[string]string
+	probeNoteOf(t, notes, "env", &env)
+	for k, w := range want {
+		if env[k] != w {
+			t.Errorf("extension environment %s: got %q, want %q", k, env[k], w)
+		}
+	}
 }
 
 // probeCheckShutdown asserts that the probe got SHUTDOWN with the reason and a deadline of about
@@ -979,20 +983,14 @@ func TestRIEProbeClassic(t *testing.T) {
 	}
 
 	notes := probeNotes(t, filepath.Join(out, "probe.log"))
-	var env map[string]string
-	probeNoteOf(t, notes, "env", &env)
-	for k, want := range map[string]string{
+	probeCheckEnv(t, notes, map[string]string{
 		"AWS_LAMBDA_INITIALIZATION_TYPE": "", // classic sets none
 		"AWS_REGION":                     "eu-west-1",
 		"AWS_ACCESS_KEY_ID":              "AKIDRIEPROBETEST",
 		"KINESIS_TELEMETRY_STREAM":       "probe-stream",
 		"AWS_LAMBDA_FUNCTION_NAME":       "test_function",
 		"uid":                            "0",
-	} {
-		if env[k] != want {
-			t.Errorf("extension environment %s: got %q, want %q", k, env[k], want)
-		}
-	}
+	})
 	var sub struct {
 		Status int `json:"status"`
 		Body   struct {
@@ -1121,6 +1119,42 @@ func rieProductEnv(p *kinesisPeer, stream string, port int) map[string]string {
 	return env
 }
 
+// runRIEManagedProbe runs the built extension beside the probe in the RIE's managed-instances
+// mode, shipping to stream on kinesis with the given extra settings (name, value, ...), through n
+// invocations, each until the probe has seen its events, then SIGTERM. It checks that both exit 0
+// before the SHUTDOWN deadline and returns what the probe received (the ground truth), the
+// request ids, in order, and the extensions' environment.
+func runRIEManagedProbe(t *testing.T, kinesis *kinesisPeer, stream string, n int, settings ...string) (probed []rieEvent, ids []string, env map[string]string) {
+	t.Helper()
+	product := rieProductBinary(t)
+	probe := rieBuild(t, "./testdata/probe", t.TempDir(), "probe")
+	out := rieSharedDir(t)
+	env = rieProductEnv(kinesis, stream, freePort())
+	for i := 0; i+1 < len(settings); i += 2 {
+		env[settings[i]] = settings[i+1]
+	}
+	env["PROBE_OUT"] = filepath.Join(out, "probe.jsonl")
+	env["PROBE_PORT"] = strconv.Itoa(freePort())
+	r := startRIE(t, rieOptions{
+		Managed:    true,
+		Extensions: map[string]string{rieProductName: product, "probe": probe},
+		Env:        env,
+	})
+	ids = make([]string, n)
+	for i := 1; i <= n; i++ {
+		ids[i-1] = r.invokeN(t, i)
+		probeWaitInvocation(t, env["PROBE_OUT"], i, ids[i-1])
+	}
+	r.shutdown(t, 6*time.Second)
+	if got := r.Exits[rieProductName]; got != (rieExit{Code: 0}) {
+		t.Errorf("%s: %v, want exit status 0 before the SHUTDOWN deadline", rieProductName, got)
+	}
+	if got := r.Exits["probe"]; got != (rieExit{Code: 0}) {
+		t.Fatalf("probe: %v, want exit status 0 (the ground truth is incomplete)", got)
+	}
+	return probeEvents(t, env["PROBE_OUT"]), ids, env
+}
+
 // TestRIEManaged runs the built extension beside the probe in the managed-instances emulator
 // against kinesalite: after N invocations and SIGTERM, every event the emulator produced (as the
 // probe saw it) is in the stream exactly once, with one request's events in the emulator's
@@ -1149,40 +1183,18 @@ func TestRIEManaged(t *testing.T) {
 }
 
 func testRIEManaged(t *testing.T, kinesis *kinesisPeer, stream string, byARN bool) {
-	product := rieProductBinary(t)
-	probe := rieBuild(t, "./testdata/probe", t.TempDir(), "probe")
-	out := rieSharedDir(t)
-	env := rieProductEnv(kinesis, stream, freePort())
+	var settings []string
 	if byARN {
-		env["KINESIS_TELEMETRY_STREAM"] = kinesis.streamARN(stream)
+		settings = []string{"KINESIS_TELEMETRY_STREAM", kinesis.streamARN(stream)}
 	}
-	env["PROBE_OUT"] = filepath.Join(out, "probe.jsonl")
-	env["PROBE_PORT"] = strconv.Itoa(freePort())
-	r := startRIE(t, rieOptions{
-		Managed:    true,
-		Extensions: map[string]string{rieProductName: product, "probe": probe},
-		Env:        env,
-	})
-
 	const n = 60
-	ids := make([]string, n)
+	probed, ids, env := runRIEManagedProbe(t, kinesis, stream, n, settings...)
 	lineOwner := map[string]string{} // function line -> request id that printed it
-	for i := 1; i <= n; i++ {
-		ids[i-1] = r.invokeN(t, i)
-		for _, line := range rieLines(i) {
-			lineOwner[line] = ids[i-1]
+	for i, id := range ids {
+		for _, line := range rieLines(i + 1) {
+			lineOwner[line] = id
 		}
-		probeWaitInvocation(t, env["PROBE_OUT"], i, ids[i-1])
 	}
-	r.shutdown(t, 6*time.Second)
-	if got := r.Exits[rieProductName]; got != (rieExit{Code: 0}) {
-		t.Errorf("%s: %v, want exit status 0 before the SHUTDOWN deadline", rieProductName, got)
-	}
-	if got := r.Exits["probe"]; got != (rieExit{Code: 0}) {
-		t.Fatalf("probe: %v, want exit status 0 (the ground truth is incomplete)", got)
-	}
-
-	probed := probeEvents(t, env["PROBE_OUT"])
 	late := probeCheckInvocations(t, probed, ids)
 	t.Logf("%d of %d requests had a function line arrive after their platform.report", late, n)
 	kinesis.waitForRecords(t, stream, len(probed), 15*time.Second)
