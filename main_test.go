@@ -18,7 +18,8 @@ package main
 //	shardproxy_test.go     shardProxy, Kinesis's per-shard limits in front of kinesalite (checked by
 //	                       shardproxy_selftest_test.go)
 //	fleet_test.go          TestFleet, BenchmarkFleet: many frozen environments on one throttled stream
-//	sts_test.go            fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis
+//	fakests_test.go        fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis;
+//	                       the role tests that use them are in sts_test.go
 //	formats_test.go        kpl and cloudwatch decoders: protowire, aws-lambda-go, npm aws-kinesis-agg
 //
 // The usual end-to-end test:
