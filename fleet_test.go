@@ -111,6 +111,9 @@ func BenchmarkFleet(b *testing.B) {
 			b.ReportMetric(float64(r.unknown), "unknown")
 			b.ReportMetric(float64(r.missing), "missing")
 			b.ReportMetric(float64(r.doubled), "doubled")
+			if r.delivered > 0 {
+				b.ReportMetric(float64(r.entries-r.outageEntries)/float64(r.delivered), "amplification-outside-outage")
+			}
 			b.ReportMetric(fleetMs(r.peerMean), "kinesalite-mean-ms")
 		})
 	}
@@ -126,6 +129,7 @@ type fleetReport struct {
 	produced, delivered, missing, doubled int
 	dropped, unknown, unconfirmed         int
 	entries, throttled, outageCalls       int     // seen by the proxy
+	outageEntries                         int     // entries of the calls met by the outage
 	offered                               float64 // events produced per second / the stream's record capacity
 	goodput                               float64 // records stored per second after the warm-up / capacity
 	amplification                         float64 // PutRecords entries received / events delivered
@@ -227,7 +231,7 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 	r := fleetReport{c: c}
 	r.goodput = float64(after.Stored-before.Stored) / window.Seconds() / c.capacity()
 	final := proxy.snapshot()
-	r.entries, r.throttled, r.outageCalls = final.Entries, final.Throttled, final.OutageCalls
+	r.entries, r.throttled, r.outageCalls, r.outageEntries = final.Entries, final.Throttled, final.OutageCalls, final.OutageEntries
 	r.peerCPU = procCPU(peer.cmd.Process.Pid)
 	stored := peer.readAll(tb, fleetStream)
 	if len(stored) != final.Stored {
