@@ -320,7 +320,7 @@ func (e *fleetEnv) run(t testing.TB, c fleetCase, peer *kinesisPeer, proxy *shar
 }
 
 // watchPeakRSS reads the extension's VmHWM (its peak resident set) every 20 ms until it exits,
-// frozen or not; peak returns the last value read, in bytes. (The reaped child's rusage is no
+// frozen or not; peak returns the last value read, in bytes, once the watching has ended. (The reaped child's rusage is no
 // substitute: Linux folds in the memory of the child before its exec, which shares the test
 // process's, so it reports the test binary's peak.)
 func watchPeakRSS(ext *extProcess) (peak func() int) {
@@ -341,7 +341,13 @@ func watchPeakRSS(ext *extProcess) (peak func() int) {
 			}
 		}
 	}()
-	return func() int { <-stopped; return int(last.Load()) }
+	return func() int {
+		select {
+		case <-stopped: // the last reading is in
+		case <-time.After(100 * time.Millisecond): // still running (it did not exit in time)
+		}
+		return int(last.Load())
+	}
 }
 
 // procCPU returns the user and system CPU time a running process has used (/proc/<pid>/stat,
