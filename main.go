@@ -422,8 +422,8 @@ func (p *envParser) flush(name, def string) flushStrategy {
 	if s == "" {
 		s = def
 	}
-	name, arg, hasArg := strings.Cut(s, ",")
-	switch mode := flushMode(name); {
+	word, arg, hasArg := strings.Cut(s, ",")
+	switch mode := flushMode(word); {
 	case (mode == flushAdaptive || mode == flushEnd || mode == flushBackground) && !hasArg:
 		return flushStrategy{Mode: mode}
 	case mode == flushPeriodic:
