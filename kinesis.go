@@ -63,9 +63,14 @@ type shipper struct {
 	scratch  []byte // reused record data
 	countsAt time.Time
 	countsOf lossMarks
+	// failStreak counts calls failed whole in a row (no answer, a 5xx); while it is not zero,
+	// calls carry at most probeEntries and wait for retryAt, the backoff, across rounds.
+	failStreak int
+	retryAt    time.Time
 
 	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
+	unanswered atomic.Bool  // the last call got no answer: the next one may hang too
 
 	// newClient builds the Kinesis client on first use, so that loading the AWS configuration
 	// stays off the start-up path. Tests replace it.
@@ -86,6 +91,9 @@ const (
 	wireGrace = 30 * time.Millisecond
 	// pressureMemory is how long one pushback makes the stream count as pushing back.
 	pressureMemory = 10 * time.Second
+	// probeEntries is the most a call carries while calls fail whole: an outage costs the
+	// stream (and the amplification) a trickle, not the backlog again and again.
+	probeEntries = 10
 )
 
 // round says how one ship round may spend its time. The zero value (with a mark) sends until
@@ -154,13 +162,27 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		s.client = c
 	}
 	defer s.stats.noteFlush(time.Now(), s.stats.flushCounters())
-	failures := 0 // whole calls failed in a row, for the backoff
+	waited := false
 	for ctx.Err() == nil {
 		if at, ok := r.afterSoft(); ok && (r.pushed.Load() || time.Since(at) >= r.budget) {
 			return nil
 		}
+		if s.failStreak > 0 && !waited {
+			// Calls are failing whole (an outage, 5xx): wait out the backoff, across rounds.
+			if d := time.Until(s.retryAt); d > 0 {
+				if !s.pause(ctx, r, d) {
+					break
+				}
+				waited = true
+				continue
+			}
+		}
+		waited = false
 		queued, _ := s.buf.state()
 		want := min(queued, maxRecordsPerCall)
+		if s.failStreak > 0 {
+			want = min(want, probeEntries)
+		}
 		n := s.pace.grant(want)
 		if n == 0 {
 			if want == 0 {
@@ -179,21 +201,21 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		s.pace.refund(n - len(recs))
 		accepted, throttled, pushback := s.send(ctx, r, recs)
 		// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does: an
-		// outage or 5xx says nothing about the stream's rate, and is met with backoff instead.
+		// outage or 5xx says nothing about the stream's rate, and is met with backoff and small
+		// probing calls instead.
 		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, n < want)
+		if pushback == failure {
+			s.failStreak++
+			s.retryAt = time.Now().Add(backoff(s.failStreak - 1))
+		} else {
+			s.failStreak = 0
+		}
 		if throttled == 0 && pushback == noPushback {
-			failures = 0
 			continue
 		}
 		s.pushbackAt.Store(time.Now().UnixNano())
 		r.pushed.Store(true)
 		r.urgent = r.urgent || r.escalate
-		if pushback != noPushback {
-			failures++
-			if !s.pause(ctx, r, backoff(failures-1)) {
-				break
-			}
-		}
 	}
 	return ctx.Err()
 }
@@ -281,6 +303,8 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 	s.sending.Store(false)
 	done()
 	s.shrinkBody()
+	var ne *networkError
+	s.unanswered.Store(errors.As(err, &ne))
 
 	switch {
 	case err == nil:
@@ -328,7 +352,9 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 }
 
 // guard derives the context of one call. After the invocation's runtime is done a call may run
-// until soft + budget; once the stream pushes back, only wireGrace from then (or from its start).
+// until soft + budget; once the round has met pushback, or the last call went unanswered, only
+// wireGrace from then (or from its start). A stream that answers, even slowly or with throttled
+// entries, is not cut: its calls would be stored and sent again as duplicates.
 func (s *shipper) guard(ctx context.Context, r *round) (context.Context, func()) {
 	callCtx, cancel := context.WithCancel(ctx)
 	if r.soft == nil {
@@ -344,7 +370,9 @@ func (s *shipper) guard(ctx context.Context, r *round) (context.Context, func())
 		}
 		at, _ := r.afterSoft()
 		cut := at.Add(r.budget)
-		if r.pushed.Load() || s.pressured(time.Now()) {
+		if r.pushed.Load() || s.unanswered.Load() {
+			// The stream pushes back in this round, or left the last call unanswered: a call
+			// that does not answer soon is not worth the function's time.
 			cut = earliest(cut, later(at, start).Add(wireGrace))
 		}
 		t := time.NewTimer(time.Until(cut))

@@ -1139,8 +1139,9 @@ func TestUnknownOutcomeIsCountedApart(t *testing.T) {
 }
 
 // TestRoundGivesWayAfterRuntimeDone: once the invocation's runtime is done, a round that meets
-// pushback ends at once, and a call on the wire of a stream that pushes back is cut after
-// wireGrace; the events stay buffered. A healthy stream gets everything sent.
+// pushback ends at once, and a call on the wire of a stream that left the last call unanswered is
+// cut after wireGrace; the events stay buffered. A healthy stream gets everything sent. While
+// calls fail whole, later calls are small probes.
 func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 	throttleAll := func(_ int, req putRecordsRequest) (int, string) {
 		rs := make([]string, len(req.Records))
@@ -1159,10 +1160,10 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 			t.Errorf("round took %v with %d calls, %d buffered; want one call, at once, all 50 kept", took, len(fk.received()), buf.buffered())
 		}
 	})
-	t.Run("slow answer while pushed back", func(t *testing.T) {
+	t.Run("no answer after one went unanswered", func(t *testing.T) {
 		fk := newFakeKinesis(t, slowKinesis(500*time.Millisecond))
 		s, buf, st := testShipper(t, config{}, fk.URL)
-		s.pushbackAt.Store(time.Now().UnixNano())
+		s.unanswered.Store(true)
 		addLogs(buf, 50)
 		soft := make(chan struct{})
 		time.AfterFunc(20*time.Millisecond, func() { close(soft) })
@@ -1170,6 +1171,27 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 		s.shipRound(context.Background(), &round{before: everything, soft: soft, budget: time.Second})
 		if took := time.Since(start); took > 20*time.Millisecond+wireGrace+50*time.Millisecond || buf.buffered() != 50 || st.unconfirmed.Load() != 50 {
 			t.Errorf("round took %v, %d buffered, %d unconfirmed; want cut wireGrace after runtimeDone, all kept as maybe stored", took, buf.buffered(), st.unconfirmed.Load())
+		}
+	})
+	t.Run("outage: probes, not the backlog", func(t *testing.T) {
+		fk := newFakeKinesis(t, func(int, putRecordsRequest) (int, string) { return 503, `{"__type":"ServiceUnavailable"}` })
+		s, buf, st := testShipper(t, config{}, fk.URL)
+		addLogs(buf, 1000)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		s.ship(ctx, everything)
+		calls := fk.received()
+		if len(calls) < 2 || len(calls[0].Records) != 500 || buf.buffered() != 1000 {
+			t.Fatalf("%d calls, first of %d entries, %d buffered", len(calls), len(calls[0].Records), buf.buffered())
+		}
+		for _, c := range calls[1:] {
+			if len(c.Records) > probeEntries {
+				t.Errorf("a call of %d entries during an outage, want at most %d", len(c.Records), probeEntries)
+			}
+		}
+		// The fake may not have read a call cut at the deadline: count the extension's own calls.
+		if st.entries.Load() > 500+probeEntries*(st.calls.Load()-1) {
+			t.Errorf("%d entries sent in %d calls, %d calls counted", st.entries.Load(), len(calls), st.calls.Load())
 		}
 	})
 	t.Run("healthy", func(t *testing.T) {
@@ -1181,4 +1203,48 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 			t.Errorf("delivered %d of 1200 after runtimeDone against a healthy stream", st.delivered.Load())
 		}
 	})
+}
+
+// TestUrgentRoundSendsTheNewestInvocationFirst: at a shutdown short of time (here the stream
+// takes 3 entries per call), the first entries sent are the newest invocation's platform events,
+// then its last lines, before anything older.
+func TestUrgentRoundSendsTheNewestInvocationFirst(t *testing.T) {
+	fk := newFakeKinesis(t, func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		for i := range rs {
+			rs[i] = `{"SequenceNumber":"1","ShardId":"shardId-000000000000"}`
+			if i >= 3 {
+				rs[i] = `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard"}`
+			}
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, max(0, len(rs)-3), strings.Join(rs, ","))
+	})
+	s, buf, _ := testShipper(t, config{}, fk.URL)
+	f := &filter{sample: 1}
+	for _, req := range []string{"old", "new"} {
+		evs := []event{platformEvent("platform.start", req)}
+		for i := range 20 {
+			e := logEvent(fmt.Sprintf("%s line %d", req, i))
+			e.requestID = req
+			evs = append(evs, e)
+		}
+		buf.add(append(evs, platformEvent("platform.runtimeDone", req)), f)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	s.shipRound(ctx, &round{before: everything, urgent: true})
+	first := fk.received()[0].Records
+	var got []string
+	for _, r := range first[:4] {
+		d, _ := base64.StdEncoding.DecodeString(r.Data)
+		var env envelopeOf
+		json.Unmarshal(d, &env)
+		var ev struct{ Type, Record any }
+		json.Unmarshal(env.Event, &ev)
+		got = append(got, fmt.Sprint(env.RequestID, " ", ev.Type, " ", ev.Record))
+	}
+	if !strings.HasPrefix(got[0], "new platform.runtimeDone") || !strings.HasPrefix(got[1], "new platform.start") ||
+		!strings.HasPrefix(got[2], "new function new line 19") || !strings.HasPrefix(got[3], "new function new line 18") {
+		t.Errorf("first entries of the urgent round:\n%s", strings.Join(got, "\n"))
+	}
 }
