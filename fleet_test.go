@@ -111,6 +111,9 @@ func BenchmarkFleet(b *testing.B) {
 			b.ReportMetric(float64(r.unknown), "unknown")
 			b.ReportMetric(float64(r.missing), "missing")
 			b.ReportMetric(float64(r.doubled), "doubled")
+			if r.delivered > 0 {
+				b.ReportMetric(float64(r.entries-r.outageEntries)/float64(r.delivered), "amplification-outside-outage")
+			}
 			b.ReportMetric(fleetMs(r.peerMean), "kinesalite-mean-ms")
 		})
 	}
@@ -126,6 +129,7 @@ type fleetReport struct {
 	produced, delivered, missing, doubled int
 	dropped, unknown, unconfirmed         int
 	entries, throttled, outageCalls       int     // seen by the proxy
+	outageEntries                         int     // entries of the calls met by the outage
 	offered                               float64 // events produced per second / the stream's record capacity
 	goodput                               float64 // records stored per second after the warm-up / capacity
 	amplification                         float64 // PutRecords entries received / events delivered
@@ -135,6 +139,16 @@ type fleetReport struct {
 	extCPU, peerCPU                       time.Duration // CPU time of the extensions (together) and of kinesalite
 	countsFromLog                         int           // environments whose final counts record did not land: their log line was used
 	problems                              []string
+}
+
+// problem notes a broken invariant; past the first 30 it only counts them.
+func (r *fleetReport) problem(format string, args ...any) {
+	switch n := len(r.problems); {
+	case n < 30:
+		r.problems = append(r.problems, fmt.Sprintf(format, args...))
+	case n == 30:
+		r.problems = append(r.problems, "more problems left out")
+	}
 }
 
 const fleetHeader = "case               produced delivered missing dropped unknown doubled  offered goodput  ampl.  added p50 / p95 / max ms   peak RSS MiB (min-max)  kinesalite ms (mean/max)  CPU s (extensions/kinesalite)"
@@ -227,11 +241,11 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 	r := fleetReport{c: c}
 	r.goodput = float64(after.Stored-before.Stored) / window.Seconds() / c.capacity()
 	final := proxy.snapshot()
-	r.entries, r.throttled, r.outageCalls = final.Entries, final.Throttled, final.OutageCalls
+	r.entries, r.throttled, r.outageCalls, r.outageEntries = final.Entries, final.Throttled, final.OutageCalls, final.OutageEntries
 	r.peerCPU = procCPU(peer.cmd.Process.Pid)
 	stored := peer.readAll(tb, fleetStream)
 	if len(stored) != final.Stored {
-		r.problems = append(r.problems, fmt.Sprintf("the stream holds %d records, the proxy stored %d", len(stored), final.Stored))
+		r.problem("the stream holds %d records, the proxy stored %d", len(stored), final.Stored)
 	}
 	r.analyse(tb, envs, stored)
 	if r.delivered > 0 {
@@ -240,9 +254,9 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 	r.offered = float64(r.produced) / c.run.Seconds() / c.capacity()
 	switch {
 	case !c.underCapacity && c.outageFor == 0 && r.throttled == 0:
-		r.problems = append(r.problems, "nothing was throttled: the case tests too little")
+		r.problem("nothing was throttled: the case tests too little")
 	case c.outageFor > 0 && r.outageCalls == 0:
-		r.problems = append(r.problems, "no call met the outage: the case tests too little")
+		r.problem("no call met the outage: the case tests too little")
 	}
 	tb.Logf("proxy: %+v", final)
 	if final.Forwarded > 0 {
@@ -306,7 +320,7 @@ func (e *fleetEnv) run(t testing.TB, c fleetCase, peer *kinesisPeer, proxy *shar
 }
 
 // watchPeakRSS reads the extension's VmHWM (its peak resident set) every 20 ms until it exits,
-// frozen or not; peak returns the last value read, in bytes. (The reaped child's rusage is no
+// frozen or not; peak returns the last value read, in bytes, once the watching has ended. (The reaped child's rusage is no
 // substitute: Linux folds in the memory of the child before its exec, which shares the test
 // process's, so it reports the test binary's peak.)
 func watchPeakRSS(ext *extProcess) (peak func() int) {
@@ -327,7 +341,13 @@ func watchPeakRSS(ext *extProcess) (peak func() int) {
 			}
 		}
 	}()
-	return func() int { <-stopped; return int(last.Load()) }
+	return func() int {
+		select {
+		case <-stopped: // the last reading is in
+		case <-time.After(100 * time.Millisecond): // still running (it did not exit in time)
+		}
+		return int(last.Load())
+	}
 }
 
 // procCPU returns the user and system CPU time a running process has used (/proc/<pid>/stat,
@@ -440,7 +460,7 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 			Record json.RawMessage
 		}
 		if err := json.Unmarshal(s.Data, &env); err != nil || json.Unmarshal(env.Event, &ev) != nil {
-			r.problems = append(r.problems, fmt.Sprintf("a record is not an envelope: %.200s", s.Data))
+			r.problem("a record is not an envelope: %.200s", s.Data)
 			continue
 		}
 		cut := strings.LastIndexByte(env.ID, '-')
@@ -449,19 +469,19 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 		if ev.Type == countsType {
 			var c fleetCounts
 			if err := json.Unmarshal(ev.Record, &c); err != nil {
-				r.problems = append(r.problems, fmt.Sprintf("counts record: %v", err))
+				r.problem("counts record: %v", err)
 			}
 			counts[prefix] = append(counts[prefix], countsAt{seq, c})
 			continue
 		}
 		raw := string(env.Event)
 		if prev, ok := eventOfID[env.ID]; ok && prev != raw {
-			r.problems = append(r.problems, fmt.Sprintf("id %s carries two different events", env.ID))
+			r.problem("id %s carries two different events", env.ID)
 		}
 		eventOfID[env.ID] = raw
 		e := owner[raw]
 		if e == nil {
-			r.problems = append(r.problems, fmt.Sprintf("stored an event no environment posted: %.200s", raw))
+			r.problem("stored an event no environment posted: %.200s", raw)
 			continue
 		}
 		prefixOf[prefix] = e
@@ -476,7 +496,7 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 	for _, e := range envs {
 		name := fmt.Sprintf("environment %d", e.index)
 		if !e.finished {
-			r.problems = append(r.problems, name+": did not finish (see the errors above)")
+			r.problem("%s: did not finish (see the errors above)", name)
 			continue
 		}
 		added = append(added, e.added...)
@@ -486,10 +506,10 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 			r.minRSS = e.peakRSS
 		}
 		if e.exitCode != 0 {
-			r.problems = append(r.problems, fmt.Sprintf("%s: exit code %d", name, e.exitCode))
+			r.problem("%s: exit code %d", name, e.exitCode)
 		}
 		if n := e.nextInFlight.Load(); n > 0 {
-			r.problems = append(r.problems, fmt.Sprintf("%s: /event/next called %d times with a PutRecords in flight", name, n))
+			r.problem("%s: /event/next called %d times with a PutRecords in flight", name, n)
 		}
 
 		delivered, doubled := 0, 0
@@ -502,11 +522,11 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 			doubled += len(cs) - 1
 			for _, c := range cs {
 				if c.id != cs[0].id {
-					r.problems = append(r.problems, fmt.Sprintf("%s: copies of one event carry ids %s and %s", name, cs[0].id, c.id))
+					r.problem("%s: copies of one event carry ids %s and %s", name, cs[0].id, c.id)
 					break
 				}
 				if c.requestID != want[raw] {
-					r.problems = append(r.problems, fmt.Sprintf("%s: event %.100s stored with requestId %q, want %q", name, raw, c.requestID, want[raw]))
+					r.problem("%s: event %.100s stored with requestId %q, want %q", name, raw, c.requestID, want[raw])
 					break
 				}
 			}
@@ -532,7 +552,7 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 		if !found || own.Buffered != 0 || own.Received != produced {
 			c, ok := countsFromLog(e.stderr)
 			if !ok {
-				r.problems = append(r.problems, fmt.Sprintf("%s: no final counts record in the stream and no shutdown line in the log", name))
+				r.problem("%s: no final counts record in the stream and no shutdown line in the log", name)
 				continue
 			}
 			own = c
@@ -542,21 +562,21 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 			tb.Logf("%s: %s", name, line)
 		}
 		if own.Received != produced {
-			r.problems = append(r.problems, fmt.Sprintf("%s: the extension received %d events, %d were produced", name, own.Received, produced))
+			r.problem("%s: the extension received %d events, %d were produced", name, own.Received, produced)
 		}
 		if sum := own.Delivered + own.Dropped.Total + own.filtered() + own.Buffered + own.unknown(); sum != own.Received {
-			r.problems = append(r.problems, fmt.Sprintf("%s: received %d != delivered %d + dropped %d + filtered %d + buffered %d + unknown %d",
-				name, own.Received, own.Delivered, own.Dropped.Total, own.filtered(), own.Buffered, own.unknown()))
+			r.problem("%s: received %d != delivered %d + dropped %d + filtered %d + buffered %d + unknown %d",
+				name, own.Received, own.Delivered, own.Dropped.Total, own.filtered(), own.Buffered, own.unknown())
 		}
 		if missing < own.Dropped.Total || missing > own.Dropped.Total+own.unknown() {
-			r.problems = append(r.problems, fmt.Sprintf("%s: %d of %d events missing; counted %d dropped and %d of unknown outcome",
-				name, missing, produced, own.Dropped.Total, own.unknown()))
+			r.problem("%s: %d of %d events missing; counted %d dropped and %d of unknown outcome",
+				name, missing, produced, own.Dropped.Total, own.unknown())
 		}
 		if doubled > own.Kinesis.Unconfirmed {
-			r.problems = append(r.problems, fmt.Sprintf("%s: %d events stored twice or more, only %d were sent in calls of unknown outcome", name, doubled, own.Kinesis.Unconfirmed))
+			r.problem("%s: %d events stored twice or more, only %d were sent in calls of unknown outcome", name, doubled, own.Kinesis.Unconfirmed)
 		}
 		if r.c.underCapacity && (missing > 0 || doubled > 0 || own.Dropped.Total > 0) {
-			r.problems = append(r.problems, fmt.Sprintf("%s: under capacity, %d missing, %d doubled, %d dropped; want none", name, missing, doubled, own.Dropped.Total))
+			r.problem("%s: under capacity, %d missing, %d doubled, %d dropped; want none", name, missing, doubled, own.Dropped.Total)
 		}
 		r.produced += produced
 		r.delivered += delivered

@@ -111,13 +111,14 @@ const (
 
 // shardProxyCounts are the proxy's counters; entries of every PutRecords call it received.
 type shardProxyCounts struct {
-	Calls       int // PutRecords calls
-	Entries     int // entries in them, whatever became of them (amplification's numerator)
-	Bytes       int // their data plus partition keys
-	Stored      int // entries kinesalite stored
-	Throttled   int // entries failed for a shard's limits
-	OutageCalls int // calls answered 503 or reset during an outage
-	Refused     int // connections reset as they were accepted during an outage
+	Calls         int // PutRecords calls
+	Entries       int // entries in them, whatever became of them (amplification's numerator)
+	Bytes         int // their data plus partition keys
+	Stored        int // entries kinesalite stored
+	Throttled     int // entries failed for a shard's limits
+	OutageCalls   int // calls answered 503 or reset during an outage
+	OutageEntries int // their entries
+	Refused       int // connections reset as they were accepted during an outage
 
 	Forwarded   int           // calls forwarded to kinesalite
 	ForwardTime time.Duration // their total time there: kinesalite's own latency, queueing included
@@ -393,6 +394,7 @@ func (p *shardProxy) putRecords(w http.ResponseWriter, r *http.Request, release 
 	outage := p.outage
 	if outage != outageNone {
 		p.counts.OutageCalls++
+		p.counts.OutageEntries += len(entries)
 		p.mu.Unlock()
 		release()
 		if outage == outageRefused {
