@@ -176,7 +176,7 @@ type extension struct {
 
 // start opens the listener and subscribes. The listener must be up first: Lambda starts posting
 // as soon as the subscription is accepted.
-func (e *extension) start(ctx context.Context, host string, getenv func(string) string) error {
+func (e *extension) start(ctx context.Context, host string) error {
 	e.stats = newStats()
 	e.buf = newBuffer(e.cfg.MaxBufferBytes, newIDPrefix(), e.stats)
 	addr := net.JoinHostPort(host, strconv.Itoa(e.cfg.Port))
@@ -185,7 +185,7 @@ func (e *extension) start(ctx context.Context, host string, getenv func(string) 
 		return fmt.Errorf("listen for telemetry on %s (KINESIS_TELEMETRY_PORT=%d: choose a port no other extension uses): %w", addr, e.cfg.Port, err)
 	}
 	e.stopListener = serveListener(ln, newListener(e.buf, e.stats, e.cfg), e.logs.out)
-	meta := newRecordMeta(e.reg, e.cfg, getenv("AWS_REGION"), environmentID(e.cfg.LogStream))
+	meta := newRecordMeta(e.reg, e.cfg, e.cfg.Region, environmentID(e.cfg.LogStream))
 	e.ship = newShipper(e.cfg, e.buf, e.stats, e.logs, meta)
 	if e.cfg.RecordFormat == formatCloudWatch && len(e.cfg.DefaultLogNames) > 0 {
 		e.logs.printf("cloudwatch records: Lambda did not set %s; using Lambda's default naming", strings.Join(e.cfg.DefaultLogNames, ", "))

@@ -84,7 +84,7 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 	if cfgErr != nil {
 		return ext.cannotShip(ctx, "configuration", "Extension.ConfigInvalid", cfgErr, " until the configuration is fixed")
 	}
-	if err := ext.start(ctx, <-listenHost, getenv); err != nil {
+	if err := ext.start(ctx, <-listenHost); err != nil {
 		return ext.cannotShip(ctx, "start", "Extension.StartFailed", err, "")
 	}
 	return ext.run(ctx)
@@ -124,6 +124,8 @@ type config struct {
 	LogGroup           string
 	LogStream          string
 	DefaultLogNames    []string
+
+	Region string // AWS_REGION, for the envelope; empty: the AWS configuration's, at the first send
 
 	Managed     bool // Lambda Managed Instances: SHUTDOWN-only registration, schema 2025-01-29
 	FailOnError bool
@@ -183,6 +185,7 @@ func parseConfig(getenv func(string) string) (config, error) {
 	}
 	// Lambda's own variables, read for the cloudwatch format. AWS_LAMBDA_LOG_FORMAT is JSON when
 	// the function logs in JSON; anything else is Lambda's default, Text.
+	c.Region = p.value("AWS_REGION")
 	c.LogFormat = logText
 	if strings.EqualFold(p.value("AWS_LAMBDA_LOG_FORMAT"), "JSON") {
 		c.LogFormat = logJSON
