@@ -232,10 +232,12 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 			r.pushed.Store(true)
 			return nil
 		}
-		// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does: an
-		// outage or 5xx says nothing about the stream's rate, and is met with backoff and small
-		// probing calls instead.
-		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, n < want)
+		// The pacer learns from throughput pushback, as the SDKs' adaptive mode does, and from
+		// slow answers, as delay-based congestion control does (TCP Vegas, LEDBAT): a stream whose
+		// answers slow down is queueing what it is sent, and sending less lets the queue drain, so
+		// that calls end within the function's run again. An outage or 5xx says nothing about the
+		// stream's rate, and is met with backoff and small probing calls instead.
+		s.pace.observe(len(recs), accepted, throttled, pushback == throughput || pushback == slow, n < want)
 		if pushback == slow {
 			// A slow answer is pushback for the function's time: no new call after soft, and
 			// adaptive keeps old data in the background. A stream that answers is not cut,
@@ -524,6 +526,8 @@ func backoff(attempt int) time.Duration {
 // TCP's slow start, so that a passing throttle does not hold the environment back for long.
 // A proportional cut matters where a fixed share of entries is refused whatever the rate (one
 // hot shard of several): a cut at every throttle would starve the shards that have room.
+// A slow answer (slowAnswer or more) counts as a call throttled whole: the stream queues what it
+// is sent, and its answers come too late for the function's run.
 //
 // The estimate is per stream: per-shard knowledge would need ListShards, an extra IAM
 // permission. Throttling by bytes (1 MiB/s per shard) shows as the same per-entry error and is

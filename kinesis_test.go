@@ -1196,6 +1196,9 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 				t.Errorf("allowance %v: %d calls, %d delivered, %d buffered, %d unconfirmed, pressured %v; want one call answered, 700 kept, pressured",
 					allowance, len(fk.received()), st.delivered.Load(), buf.buffered(), st.unconfirmed.Load(), s.pressured(time.Now()))
 			}
+			if paced, _ := s.pace.pacing(); !paced {
+				t.Errorf("allowance %v: the pacer does not pace after a slow answer", allowance)
+			}
 		}
 	})
 	// After runtimeDone a call starts only if the stream's recent answer time fits in the
