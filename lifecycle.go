@@ -421,8 +421,10 @@ func (e *extension) flushBeforeNext(requestID string, deadline time.Time, yieldi
 
 // shipWhileInvoked ships what was buffered when the invocation began, while the function runs;
 // the invocation's own telemetry waits for the next one. Once the invocation's runtimeDone
-// arrives the round gives way (see round): no waiting, no new call after pushback, a call on the
-// wire cut after wireGrace when the stream pushes back, and nothing past the flush budget.
+// arrives the round gives way (see round): no waiting, no new call after pushback (a slow answer
+// included) or unless the stream's answer time ends it within wireGrace, a call on the wire cut
+// after wireGrace when the stream pushes back, and nothing past the flush budget. Until then its
+// calls are sized to end by the invocation's expected runtimeDone (runFor) + wireGrace.
 func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
 	r := &round{before: e.buf.mark(), budget: e.cfg.FlushBudget, soft: closed, allowance: wireGrace}
 	if e.runFor > 0 {
