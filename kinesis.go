@@ -76,6 +76,10 @@ type shipper struct {
 	// how many entries fit in the time it still runs.
 	latency  time.Duration
 	perEntry float64 // nanoseconds
+	// fastest is the least answer time in the current and the previous half of baseWindow: the
+	// stream's answer time without a queue, against which slowness is measured.
+	fastest   [2]time.Duration
+	fastestAt time.Time // start of the current half
 
 	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
@@ -105,9 +109,12 @@ const (
 	// probeEntries is the most a call carries while calls fail whole: an outage costs the
 	// stream (and the amplification) a trickle, not the backlog again and again.
 	probeEntries = 10
-	// slowAnswer: an answer that takes longer is pushback, as throttling is: the stream (or
-	// the way to it) is overloaded. Kinesis answers PutRecords in tens of milliseconds.
+	// slowAnswer: an answer that takes this much longer than the stream's fastest within
+	// baseWindow is pushback, as throttling is: the stream (or the way to it) queues what it is
+	// sent. Measured against the fastest answer, as LEDBAT measures queueing delay, so that a
+	// stream that is far away, and always slow to answer, is not taken for an overloaded one.
 	slowAnswer = 100 * time.Millisecond
+	baseWindow = time.Minute
 	// sizedCallMin is the fewest entries a call sized by the answer time carries: below it,
 	// the fixed cost of a call dominates and a smaller call does not answer sooner.
 	sizedCallMin = 50
@@ -286,8 +293,16 @@ func (s *shipper) sizedCall(r *round) int {
 }
 
 // observeAnswer learns the stream's answer time from one answered call of n entries, and reports
-// whether it was slow (pushback).
+// whether it was slow (pushback): slowAnswer or more over the fastest answer within baseWindow.
 func (s *shipper) observeAnswer(took time.Duration, n int) bool {
+	if now := time.Now(); s.fastestAt.IsZero() || now.Sub(s.fastestAt) >= baseWindow/2 {
+		s.fastest[1], s.fastest[0], s.fastestAt = s.fastest[0], took, now
+	}
+	s.fastest[0] = min(s.fastest[0], took)
+	base := s.fastest[0]
+	if s.fastest[1] > 0 {
+		base = min(base, s.fastest[1])
+	}
 	const weight = 0.25
 	if s.latency == 0 {
 		s.latency, s.perEntry = took, float64(took)/float64(max(n, 1))
@@ -295,7 +310,7 @@ func (s *shipper) observeAnswer(took time.Duration, n int) bool {
 		s.latency += time.Duration(weight * float64(took-s.latency))
 		s.perEntry += weight * (float64(took)/float64(max(n, 1)) - s.perEntry)
 	}
-	return took >= slowAnswer
+	return took-base >= slowAnswer
 }
 
 // takeRecords takes the next call's records from the buffer: at most n records within the call
@@ -364,7 +379,7 @@ const (
 	throughput                 // refused whole for throughput: throttling, KMS throttling
 	failure                    // no answer, a 5xx, credentials that cannot be had
 	noCredentials              // the role cannot be assumed now: nothing was sent
-	slow                       // answered, but after slowAnswer or more
+	slow                       // answered, but slowAnswer or more slower than the fastest answers
 )
 
 // send makes one PutRecords call and settles its records: stored ones are delivered, refused ones
@@ -526,7 +541,7 @@ func backoff(attempt int) time.Duration {
 // TCP's slow start, so that a passing throttle does not hold the environment back for long.
 // A proportional cut matters where a fixed share of entries is refused whatever the rate (one
 // hot shard of several): a cut at every throttle would starve the shards that have room.
-// A slow answer (slowAnswer or more) counts as a call throttled whole: the stream queues what it
+// A slow answer (slowAnswer or more over the fastest recent one) counts as a call throttled whole: the stream queues what it
 // is sent, and its answers come too late for the function's run.
 //
 // The estimate is per stream: per-shard knowledge would need ListShards, an extra IAM

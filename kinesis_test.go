@@ -1190,6 +1190,7 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 		for _, allowance := range []time.Duration{0, wireGrace} {
 			fk := newFakeKinesis(t, slowKinesis(slowAnswer+20*time.Millisecond))
 			s, buf, st := testShipper(t, config{}, fk.URL)
+			s.observeAnswer(5*time.Millisecond, 500) // the stream answered fast before
 			addLogs(buf, 1200)
 			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: allowance})
 			if len(fk.received()) != 1 || st.delivered.Load() != 500 || buf.buffered() != 700 || st.unconfirmed.Load() != 0 || !s.pressured(time.Now()) {
@@ -1257,18 +1258,36 @@ func TestSizedCall(t *testing.T) {
 	}
 }
 
-// TestObserveAnswer: the answer time and the time per entry are moving averages; an answer of
-// slowAnswer or more is slow.
+// TestObserveAnswer: the answer time and the time per entry are moving averages; an answer
+// slowAnswer or more slower than the fastest recent one is slow, and a stream that always answers
+// slowly (far away) is not.
 func TestObserveAnswer(t *testing.T) {
 	s := &shipper{}
 	if s.observeAnswer(10*time.Millisecond, 100) || s.latency != 10*time.Millisecond || s.perEntry != float64(100*time.Microsecond) {
 		t.Fatalf("first answer: latency %v, per entry %v ns", s.latency, s.perEntry)
 	}
-	if !s.observeAnswer(slowAnswer+10*time.Millisecond, 100) {
-		t.Error("an answer past slowAnswer is not slow")
+	if !s.observeAnswer(slowAnswer+20*time.Millisecond, 100) {
+		t.Error("an answer slowAnswer past the fastest is not slow")
 	}
-	if want := 10*time.Millisecond + (slowAnswer)/4; s.latency != want {
+	if want := 10*time.Millisecond + (slowAnswer+10*time.Millisecond)/4; s.latency != want {
 		t.Errorf("latency %v after a slow answer, want %v (a quarter of the way)", s.latency, want)
+	}
+	if s.observeAnswer(slowAnswer, 100) {
+		t.Error("an answer less than slowAnswer past the fastest is slow")
+	}
+	far := &shipper{}
+	for i := range 20 {
+		if far.observeAnswer(150*time.Millisecond+time.Duration(i%3)*time.Millisecond, 100) {
+			t.Fatalf("answer %d of a stream that always answers in 150 ms is slow", i)
+		}
+	}
+	// The fastest answer is forgotten after baseWindow: a stream that moved far away stops
+	// being slow.
+	far.fastestAt = time.Now().Add(-baseWindow)
+	far.observeAnswer(400*time.Millisecond, 100)
+	far.fastestAt = time.Now().Add(-baseWindow)
+	if far.observeAnswer(400*time.Millisecond, 100) {
+		t.Error("still slow against an answer older than baseWindow")
 	}
 }
 
