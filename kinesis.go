@@ -71,6 +71,15 @@ type shipper struct {
 	// calls carry at most probeEntries and wait for retryAt, the backoff, across rounds.
 	failStreak int
 	retryAt    time.Time
+	// latency and perEntry are moving averages of how long the stream takes to answer a call,
+	// and that per entry: what a call after runtimeDone is expected to cost the function, and
+	// how many entries fit in the time it still runs.
+	latency  time.Duration
+	perEntry float64 // nanoseconds
+	// fastest is the least answer time in the current and the previous half of baseWindow: the
+	// stream's answer time without a queue, against which slowness is measured.
+	fastest   [2]time.Duration
+	fastestAt time.Time // start of the current half
 
 	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
@@ -100,6 +109,15 @@ const (
 	// probeEntries is the most a call carries while calls fail whole: an outage costs the
 	// stream (and the amplification) a trickle, not the backlog again and again.
 	probeEntries = 10
+	// slowAnswer: an answer that takes this much longer than the stream's fastest within
+	// baseWindow is pushback, as throttling is: the stream (or the way to it) queues what it is
+	// sent. Measured against the fastest answer, as LEDBAT measures queueing delay, so that a
+	// stream that is far away, and always slow to answer, is not taken for an overloaded one.
+	slowAnswer = 100 * time.Millisecond
+	baseWindow = time.Minute
+	// sizedCallMin is the fewest entries a call sized by the answer time carries: below it,
+	// the fixed cost of a call dominates and a smaller call does not answer sooner.
+	sizedCallMin = 50
 )
 
 // round says how one ship round may spend its time. The zero value (with a mark) sends until
@@ -108,16 +126,25 @@ type round struct {
 	before uint64 // send only events buffered before this mark
 	// soft is closed when the invocation's runtime is done (nil when no invocation waits: at
 	// shutdown, in managed mode, for KINESIS_TELEMETRY_FLUSH=end). From then on the round never
-	// waits, starts no call once it has seen pushback, and ends at the latest budget later; a
-	// call on the wire gets wireGrace once the stream pushes back, then it is cut.
+	// waits, starts no call once it has seen pushback (a slow answer included) or when the
+	// stream's recent answer time would take it past its reach, and ends at the latest budget
+	// later; a call on the wire gets wireGrace once the stream pushes back, then it is cut.
 	soft   <-chan struct{}
 	budget time.Duration
+	// allowance (when not zero, and below budget) is how long after soft a call may be expected
+	// to end: after soft a new call starts only if the stream's recent answer time fits in what
+	// is left of it. expectSoft, when known, is when soft is expected (the function's usual run
+	// time): until soft, calls are sized by the stream's answer time per entry to end by
+	// expectSoft + allowance, so that a call on the wire at soft does not hold the function.
+	allowance  time.Duration
+	expectSoft time.Time
 	// urgent takes the most valuable events first (takeNewest); escalate turns it on at the
 	// first pushback (a shutdown that finds the stream pushing back).
 	urgent, escalate bool
 
 	softAt atomic.Int64 // unix nanoseconds when soft was first seen closed
 	pushed atomic.Bool  // this round saw pushback
+	slowed bool         // this round saw a slow answer (pushback, but no reason to cut a call)
 }
 
 // afterSoft reports whether soft is closed, and since when.
@@ -170,7 +197,7 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 	defer s.stats.noteFlush(time.Now(), s.stats.flushCounters())
 	waited := false
 	for ctx.Err() == nil {
-		if at, ok := r.afterSoft(); ok && (r.pushed.Load() || time.Since(at) >= r.budget) {
+		if at, ok := r.afterSoft(); ok && (r.pushed.Load() || r.slowed || time.Since(at)+s.latency >= r.reach()) {
 			return nil
 		}
 		if s.failStreak > 0 && !waited {
@@ -189,6 +216,7 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		if s.failStreak > 0 {
 			want = min(want, probeEntries)
 		}
+		want = min(want, s.sizedCall(r))
 		n := s.pace.grant(want)
 		if n == 0 {
 			if want == 0 {
@@ -211,10 +239,20 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 			r.pushed.Store(true)
 			return nil
 		}
-		// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does: an
-		// outage or 5xx says nothing about the stream's rate, and is met with backoff and small
-		// probing calls instead.
-		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, n < want)
+		// The pacer learns from throughput pushback, as the SDKs' adaptive mode does, and from
+		// slow answers, as delay-based congestion control does (TCP Vegas, LEDBAT): a stream whose
+		// answers slow down is queueing what it is sent, and sending less lets the queue drain, so
+		// that calls end within the function's run again. An outage or 5xx says nothing about the
+		// stream's rate, and is met with backoff and small probing calls instead.
+		s.pace.observe(len(recs), accepted, throttled, pushback == throughput || pushback == slow, n < want)
+		if pushback == slow {
+			// A slow answer is pushback for the function's time: no new call after soft, and
+			// adaptive keeps old data in the background. A stream that answers is not cut,
+			// though: its calls are stored, and a cut one would be sent again as a duplicate.
+			s.pushbackAt.Store(time.Now().UnixNano())
+			r.slowed = true
+			pushback = noPushback
+		}
 		if pushback == failure {
 			s.failStreak++
 			s.retryAt = time.Now().Add(backoff(s.failStreak - 1))
@@ -229,6 +267,50 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		r.urgent = r.urgent || r.escalate
 	}
 	return ctx.Err()
+}
+
+// reach is how long after soft the round may be expected to ship: its allowance, within budget.
+func (r *round) reach() time.Duration {
+	if r.allowance > 0 {
+		return min(r.allowance, r.budget)
+	}
+	return r.budget
+}
+
+// sizedCall is the most entries the round's next call may carry so that, at the stream's recent
+// answer time per entry, it ends by soft (as expected or as it came) + the round's reach; at
+// least sizedCallMin. Rounds without soft, and a stream not yet measured, are not limited.
+func (s *shipper) sizedCall(r *round) int {
+	end := r.expectSoft
+	if at, ok := r.afterSoft(); ok {
+		end = at
+	}
+	if r.soft == nil || end.IsZero() || s.perEntry <= 0 {
+		return maxRecordsPerCall
+	}
+	left := time.Until(end) + r.reach()
+	return max(sizedCallMin, min(maxRecordsPerCall, int(float64(left)/s.perEntry)))
+}
+
+// observeAnswer learns the stream's answer time from one answered call of n entries, and reports
+// whether it was slow (pushback): slowAnswer or more over the fastest answer within baseWindow.
+func (s *shipper) observeAnswer(took time.Duration, n int) bool {
+	if now := time.Now(); s.fastestAt.IsZero() || now.Sub(s.fastestAt) >= baseWindow/2 {
+		s.fastest[1], s.fastest[0], s.fastestAt = s.fastest[0], took, now
+	}
+	s.fastest[0] = min(s.fastest[0], took)
+	base := s.fastest[0]
+	if s.fastest[1] > 0 {
+		base = min(base, s.fastest[1])
+	}
+	const weight = 0.25
+	if s.latency == 0 {
+		s.latency, s.perEntry = took, float64(took)/float64(max(n, 1))
+	} else {
+		s.latency += time.Duration(weight * float64(took-s.latency))
+		s.perEntry += weight * (float64(took)/float64(max(n, 1)) - s.perEntry)
+	}
+	return took-base >= slowAnswer
 }
 
 // takeRecords takes the next call's records from the buffer: at most n records within the call
@@ -297,6 +379,7 @@ const (
 	throughput                 // refused whole for throughput: throttling, KMS throttling
 	failure                    // no answer, a 5xx, credentials that cannot be had
 	noCredentials              // the role cannot be assumed now: nothing was sent
+	slow                       // answered, but slowAnswer or more slower than the fastest answers
 )
 
 // send makes one PutRecords call and settles its records: stored ones are delivered, refused ones
@@ -306,7 +389,9 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 	s.body = s.encodeBody(s.body[:0], recs)
 	callCtx, done := s.guard(ctx, r)
 	s.sending.Store(true)
+	start := time.Now()
 	results, err := s.client.putRecords(callCtx, s.body, len(recs))
+	took := time.Since(start)
 	s.sending.Store(false)
 	done()
 	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
@@ -328,6 +413,9 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 
 	switch {
 	case err == nil:
+		if s.observeAnswer(took, len(recs)) {
+			pushback = slow
+		}
 		var again []pendingRecord
 		for i, res := range results {
 			switch {
@@ -345,7 +433,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 			}
 		}
 		s.retryLater(again, false)
-		return accepted, throttled, noPushback
+		return accepted, throttled, pushback
 	case !isRetryable(err):
 		s.drop(recs, err)
 		return 0, 0, noPushback
@@ -453,6 +541,8 @@ func backoff(attempt int) time.Duration {
 // TCP's slow start, so that a passing throttle does not hold the environment back for long.
 // A proportional cut matters where a fixed share of entries is refused whatever the rate (one
 // hot shard of several): a cut at every throttle would starve the shards that have room.
+// A slow answer (slowAnswer or more over the fastest recent one) counts as a call throttled whole: the stream queues what it
+// is sent, and its answers come too late for the function's run.
 //
 // The estimate is per stream: per-shard knowledge would need ListShards, an extra IAM
 // permission. Throttling by bytes (1 MiB/s per shard) shows as the same per-entry error and is

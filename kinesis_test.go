@@ -1173,14 +1173,122 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 		}
 	})
 	t.Run("healthy", func(t *testing.T) {
-		fk := newFakeKinesis(t, allOK)
-		s, buf, st := testShipper(t, config{}, fk.URL)
-		addLogs(buf, 1200)
-		s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second})
-		if st.delivered.Load() != 1200 {
-			t.Errorf("delivered %d of 1200 after runtimeDone against a healthy stream", st.delivered.Load())
+		for _, allowance := range []time.Duration{0, wireGrace} {
+			fk := newFakeKinesis(t, allOK)
+			s, buf, st := testShipper(t, config{}, fk.URL)
+			addLogs(buf, 1200)
+			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: allowance})
+			if st.delivered.Load() != 1200 {
+				t.Errorf("allowance %v: delivered %d of 1200 after runtimeDone against a healthy stream", allowance, st.delivered.Load())
+			}
 		}
 	})
+	// A slow answer is pushback: after runtimeDone no new call follows it, for a background
+	// round (allowance wireGrace) as for a yielding one (the budget); the call itself is not cut,
+	// and the stream counts as pushing back (adaptive keeps old data in the background).
+	t.Run("slow answers", func(t *testing.T) {
+		for _, allowance := range []time.Duration{0, wireGrace} {
+			fk := newFakeKinesis(t, slowKinesis(slowAnswer+20*time.Millisecond))
+			s, buf, st := testShipper(t, config{}, fk.URL)
+			s.observeAnswer(5*time.Millisecond, 500) // the stream answered fast before
+			addLogs(buf, 1200)
+			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: allowance})
+			if len(fk.received()) != 1 || st.delivered.Load() != 500 || buf.buffered() != 700 || st.unconfirmed.Load() != 0 || !s.pressured(time.Now()) {
+				t.Errorf("allowance %v: %d calls, %d delivered, %d buffered, %d unconfirmed, pressured %v; want one call answered, 700 kept, pressured",
+					allowance, len(fk.received()), st.delivered.Load(), buf.buffered(), st.unconfirmed.Load(), s.pressured(time.Now()))
+			}
+			if paced, _ := s.pace.pacing(); !paced {
+				t.Errorf("allowance %v: the pacer does not pace after a slow answer", allowance)
+			}
+		}
+	})
+	// After runtimeDone a call starts only if the stream's recent answer time fits in the
+	// round's reach: a background round (wireGrace) does not start a 40 ms call; a yielding one
+	// (the budget) does.
+	t.Run("answer time past the reach", func(t *testing.T) {
+		for _, tt := range []struct {
+			allowance time.Duration
+			wantCalls bool
+		}{{wireGrace, false}, {0, true}} {
+			fk := newFakeKinesis(t, allOK)
+			s, buf, _ := testShipper(t, config{}, fk.URL)
+			s.latency, s.perEntry = 40*time.Millisecond, float64(40*time.Millisecond)/500
+			addLogs(buf, 100)
+			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: tt.allowance})
+			if got := len(fk.received()) > 0; got != tt.wantCalls {
+				t.Errorf("allowance %v: calls made %v, want %v (%d buffered)", tt.allowance, got, tt.wantCalls, buf.buffered())
+			}
+		}
+	})
+}
+
+// TestSizedCall: until runtimeDone, a round's calls are sized by the stream's answer time per
+// entry to end by the expected runtimeDone + the round's reach, never below sizedCallMin; rounds
+// without runtimeDone and unmeasured streams are not limited.
+func TestSizedCall(t *testing.T) {
+	ms := float64(time.Millisecond)
+	open := make(chan struct{})
+	for _, tt := range []struct {
+		name       string
+		perEntry   float64 // nanoseconds
+		soft       <-chan struct{}
+		expectSoft time.Duration // from now; 0: unknown
+		allowance  time.Duration
+		lo, hi     int
+	}{
+		{"no runtimeDone to wait for (shutdown, end)", ms, nil, 20 * time.Millisecond, wireGrace, 500, 500},
+		{"stream not yet measured", 0, open, 20 * time.Millisecond, wireGrace, 500, 500},
+		{"run time not yet known", ms, open, 0, wireGrace, 500, 500},
+		{"fast stream", 0.01 * ms, open, 20 * time.Millisecond, wireGrace, 500, 500},
+		{"slow stream, 50 ms left", 0.5 * ms, open, 20 * time.Millisecond, wireGrace, 95, 100},
+		{"after runtimeDone: the allowance left", 0.2 * ms, closed, 0, wireGrace, 140, 150},
+		{"yielding round: the budget", 0.2 * ms, closed, 0, 0, 500, 500},
+		{"very slow stream: the floor", 10 * ms, open, 20 * time.Millisecond, wireGrace, sizedCallMin, sizedCallMin},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &shipper{perEntry: tt.perEntry}
+			r := &round{soft: tt.soft, budget: time.Second, allowance: tt.allowance}
+			if tt.expectSoft > 0 {
+				r.expectSoft = time.Now().Add(tt.expectSoft)
+			}
+			if n := s.sizedCall(r); n < tt.lo || n > tt.hi {
+				t.Errorf("sizedCall = %d, want %d..%d", n, tt.lo, tt.hi)
+			}
+		})
+	}
+}
+
+// TestObserveAnswer: the answer time and the time per entry are moving averages; an answer
+// slowAnswer or more slower than the fastest recent one is slow, and a stream that always answers
+// slowly (far away) is not.
+func TestObserveAnswer(t *testing.T) {
+	s := &shipper{}
+	if s.observeAnswer(10*time.Millisecond, 100) || s.latency != 10*time.Millisecond || s.perEntry != float64(100*time.Microsecond) {
+		t.Fatalf("first answer: latency %v, per entry %v ns", s.latency, s.perEntry)
+	}
+	if !s.observeAnswer(slowAnswer+20*time.Millisecond, 100) {
+		t.Error("an answer slowAnswer past the fastest is not slow")
+	}
+	if want := 10*time.Millisecond + (slowAnswer+10*time.Millisecond)/4; s.latency != want {
+		t.Errorf("latency %v after a slow answer, want %v (a quarter of the way)", s.latency, want)
+	}
+	if s.observeAnswer(slowAnswer, 100) {
+		t.Error("an answer less than slowAnswer past the fastest is slow")
+	}
+	far := &shipper{}
+	for i := range 20 {
+		if far.observeAnswer(150*time.Millisecond+time.Duration(i%3)*time.Millisecond, 100) {
+			t.Fatalf("answer %d of a stream that always answers in 150 ms is slow", i)
+		}
+	}
+	// The fastest answer is forgotten after baseWindow: a stream that moved far away stops
+	// being slow.
+	far.fastestAt = time.Now().Add(-baseWindow)
+	far.observeAnswer(400*time.Millisecond, 100)
+	far.fastestAt = time.Now().Add(-baseWindow)
+	if far.observeAnswer(400*time.Millisecond, 100) {
+		t.Error("still slow against an answer older than baseWindow")
+	}
 }
 
 // TestUrgentRoundSendsTheNewestInvocationFirst: at a shutdown short of time (here the stream

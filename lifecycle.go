@@ -172,6 +172,7 @@ type extension struct {
 	gap         time.Duration // moving average of the time between invocations
 	lastShip    time.Time
 	lastRequest string
+	runFor      time.Duration // moving average of the time from INVOKE to runtimeDone
 }
 
 // start opens the listener and subscribes. The listener must be up first: Lambda starts posting
@@ -294,6 +295,13 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 		e.shipWhileInvoked(ev.RequestID, deadline)
 	}
 	e.lastRequest = ev.RequestID
+	if at, ok := e.buf.runtimeDoneAt(ev.RequestID); ok && at.After(now) {
+		if run := at.Sub(now); e.runFor == 0 {
+			e.runFor = run
+		} else {
+			e.runFor = (3*e.runFor + run) / 4
+		}
+	}
 	if e.platformTelemetry() {
 		// What the extension adds to the invocation: from the runtime being done (as far as the
 		// extension can see) to its own /event/next.
@@ -413,10 +421,15 @@ func (e *extension) flushBeforeNext(requestID string, deadline time.Time, yieldi
 
 // shipWhileInvoked ships what was buffered when the invocation began, while the function runs;
 // the invocation's own telemetry waits for the next one. Once the invocation's runtimeDone
-// arrives the round gives way (see round): no waiting, no new call after pushback, a call on the
-// wire cut after wireGrace when the stream pushes back, and nothing past the flush budget.
+// arrives the round gives way (see round): no waiting, no new call after pushback (a slow answer
+// included) or unless the stream's answer time ends it within wireGrace, a call on the wire cut
+// after wireGrace when the stream pushes back, and nothing past the flush budget. Until then its
+// calls are sized to end by the invocation's expected runtimeDone (runFor) + wireGrace.
 func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
-	r := &round{before: e.buf.mark(), budget: e.cfg.FlushBudget, soft: closed}
+	r := &round{before: e.buf.mark(), budget: e.cfg.FlushBudget, soft: closed, allowance: wireGrace}
+	if e.runFor > 0 {
+		r.expectSoft = e.lastInvoke.Add(e.runFor)
+	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if e.platformTelemetry() {
