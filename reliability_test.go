@@ -251,9 +251,6 @@ func runFaultCase(t *testing.T, fc faultCase) string {
 			}
 		}
 	}
-	if duplicated > 0 && !fc.dupsOK {
-		t.Errorf("%d duplicates where no answer was lost", duplicated)
-	}
 
 	// What the extension counted, from its shutdown line (the counts record cannot reach a
 	// stream that refuses everything).
@@ -266,6 +263,14 @@ func runFaultCase(t *testing.T, fc faultCase) string {
 	}
 	if received != len(posted) {
 		t.Errorf("extension received %d events, %d were produced", received, len(posted))
+	}
+	// Duplicates come only from calls of unknown outcome, which the extension counts: the faults
+	// that lose answers, and any call that outlived its 400 ms timeout on a loaded machine.
+	if duplicated > resent {
+		t.Errorf("%d duplicates, more than the %d events sent again after a call of unknown outcome", duplicated, resent)
+	}
+	if duplicated > 0 && !fc.dupsOK {
+		t.Logf("%d duplicates although the fault loses no answer: %d events were sent again after a call of unknown outcome (a call past its timeout)", duplicated, resent)
 	}
 	if received != got+dropped+unknown+buffered {
 		t.Errorf("received %d != delivered %d + dropped %d + unknown %d + buffered %d", received, got, dropped, unknown, buffered)
