@@ -75,14 +75,11 @@ type proxyCall struct {
 type faultProxy struct {
 	URL string // "http://127.0.0.1:<port>"
 
-	target   *url.URL
-	srv      *http.Server
-	ln       *faultListener
-	pass     *httputil.ReverseProxy
-	forward  *http.Client
-	done     chan struct{} // closed when the proxy stops: ends holds and delays
-	served   chan struct{} // closed when srv.Serve has returned
-	handlers sync.WaitGroup
+	proxyPlumbing
+	target *url.URL
+	ln     *faultListener
+	pass   *httputil.ReverseProxy
+	done   chan struct{} // closed when the proxy stops: ends holds and delays
 
 	mu        sync.Mutex
 	closed    bool
@@ -93,7 +90,6 @@ type faultProxy struct {
 	refused   int
 	startHook func()
 	rng       *rand.Rand
-	errs      []string
 }
 
 // startFaultProxy starts a proxy on 127.0.0.1 in front of target (a peer's Endpoint) and stops it
@@ -110,13 +106,12 @@ func startFaultProxy(t testing.TB, target string) *faultProxy {
 	}
 	seed := uint64(time.Now().UnixNano())
 	p := &faultProxy{
-		URL:     "http://" + tcp.Addr().String(),
-		target:  u,
-		forward: &http.Client{Transport: &http.Transport{}},
-		done:    make(chan struct{}),
-		served:  make(chan struct{}),
-		rng:     rand.New(rand.NewPCG(seed, 0)),
+		URL:    "http://" + tcp.Addr().String(),
+		target: u,
+		done:   make(chan struct{}),
+		rng:    rand.New(rand.NewPCG(seed, 0)),
 	}
+	p.forward = &http.Client{Transport: &http.Transport{}}
 	p.ln = &faultListener{Listener: tcp, p: p}
 	p.pass = &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
@@ -125,13 +120,7 @@ func startFaultProxy(t testing.TB, target string) *faultProxy {
 		},
 		Transport: p.forward.Transport,
 	}
-	p.srv = &http.Server{Handler: http.HandlerFunc(p.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		defer close(p.served)
-		if err := p.srv.Serve(p.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			p.fail("serve: %v", err)
-		}
-	}()
+	p.serve(p.ln, p.serveHTTP)
 	t.Logf("fault proxy %s -> %s (entry-failure seed %d)", p.URL, target, seed)
 	t.Cleanup(func() { p.stop(t) })
 	return p
@@ -191,24 +180,56 @@ func (p *faultProxy) stop(t testing.TB) {
 	p.closed = true
 	p.mu.Unlock()
 	close(p.done)
-	// Close (not Shutdown): hijacked and held connections must not keep the test waiting.
+	p.close(t, "fault proxy")
+}
+
+// proxyPlumbing is what the two test proxies (faultProxy, shardProxy) share: an HTTP server on
+// 127.0.0.1, the client that forwards to the emulator, the handlers in progress, and the
+// malfunctions found while serving. Those are reported when the proxy stops, because handlers
+// may outlive the test function and must not call t.Errorf.
+type proxyPlumbing struct {
+	srv      *http.Server
+	forward  *http.Client
+	served   chan struct{} // closed when srv.Serve has returned
+	handlers sync.WaitGroup
+
+	errMu sync.Mutex
+	errs  []string
+}
+
+// serve starts serving h on ln.
+func (p *proxyPlumbing) serve(ln net.Listener, h http.HandlerFunc) {
+	p.served = make(chan struct{})
+	p.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		defer close(p.served)
+		if err := p.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.fail("serve: %v", err)
+		}
+	}()
+}
+
+// close stops the server (Close, not Shutdown: hijacked and held connections must not keep the
+// test waiting), waits for its handlers, and reports the malfunctions as errors of t.
+func (p *proxyPlumbing) close(t testing.TB, name string) {
 	p.srv.Close()
 	<-p.served
 	p.handlers.Wait()
 	p.forward.CloseIdleConnections()
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
 	for _, e := range p.errs {
-		t.Errorf("fault proxy: %s", e)
+		t.Errorf("%s: %s", name, e)
 	}
 }
 
-// fail records a proxy malfunction; it is reported by t.Errorf when the proxy stops, because
-// handlers may outlive the test function.
-func (p *faultProxy) fail(format string, args ...any) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.errs = append(p.errs, fmt.Sprintf(format, args...))
+// fail records a proxy malfunction (the first 20), reported when the proxy stops.
+func (p *proxyPlumbing) fail(format string, args ...any) {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	if len(p.errs) < 20 {
+		p.errs = append(p.errs, fmt.Sprintf(format, args...))
+	}
 }
 
 func (p *faultProxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -385,17 +406,7 @@ func (p *faultProxy) handlePutRecords(w http.ResponseWriter, r *http.Request) {
 		c.Outcome = outcomeClientGoneAfter
 		return
 	}
-	for k, vs := range header {
-		switch http.CanonicalHeaderKey(k) {
-		case "Content-Length", "Connection", "Keep-Alive", "Transfer-Encoding":
-			continue
-		}
-		w.Header()[k] = vs
-	}
-	if w.Header().Get("Content-Type") == "" {
-		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(answer)))
+	proxyAnswerHeaders(w, header, len(answer))
 	c.Status = status
 	finish()
 	w.WriteHeader(status)
@@ -583,4 +594,20 @@ func (l *faultListener) Accept() (net.Conn, error) {
 		}
 		abortConn(conn)
 	}
+}
+
+// proxyAnswerHeaders copies the emulator's answer headers to w, less the hop-by-hop ones, for a
+// body of n bytes.
+func proxyAnswerHeaders(w http.ResponseWriter, header http.Header, n int) {
+	for k, vs := range header {
+		switch http.CanonicalHeaderKey(k) {
+		case "Content-Length", "Connection", "Keep-Alive", "Transfer-Encoding":
+			continue
+		}
+		w.Header()[k] = vs
+	}
+	if w.Header().Get("Content-Type") == "" {
+		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(n))
 }

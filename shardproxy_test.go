@@ -29,7 +29,6 @@ import (
 	"crypto/md5"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -130,12 +129,9 @@ type shardProxy struct {
 	URL             string // "http://127.0.0.1:<port>"
 	stream, account string
 
-	target   *url.URL
-	srv      *http.Server
-	forward  *http.Client
-	pass     *httputil.ReverseProxy
-	served   chan struct{}
-	handlers sync.WaitGroup
+	proxyPlumbing
+	target *url.URL
+	pass   *httputil.ReverseProxy
 
 	mu       sync.Mutex
 	now      func() time.Time // the buckets' clock; tests may replace it before traffic starts
@@ -143,7 +139,6 @@ type shardProxy struct {
 	outage   outageMode
 	counts   shardProxyCounts
 	inflight map[string]map[string]int // PutRecords calls open per client (access key id) and connection (remote address)
-	errs     []string
 }
 
 // startShardProxy lists the shards of stream on peer once and starts a proxy on 127.0.0.1 in
@@ -157,8 +152,6 @@ func startShardProxy(t testing.TB, peer *kinesisPeer, stream string, limits shar
 	}
 	p := &shardProxy{
 		stream: stream, account: peer.Account, target: target,
-		forward:  &http.Client{Transport: &http.Transport{}},
-		served:   make(chan struct{}),
 		now:      time.Now,
 		inflight: map[string]map[string]int{},
 	}
@@ -184,6 +177,7 @@ func startShardProxy(t testing.TB, peer *kinesisPeer, stream string, limits shar
 			bytes:   newTokenBucket(limits.Bytes, limits.Burst, now),
 		})
 	}
+	p.forward = &http.Client{Transport: &http.Transport{}}
 	p.pass = &httputil.ReverseProxy{
 		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host },
 		Transport: p.forward.Transport,
@@ -193,13 +187,7 @@ func startShardProxy(t testing.TB, peer *kinesisPeer, stream string, limits shar
 		t.Fatalf("startShardProxy: listen: %v", err)
 	}
 	p.URL = "http://" + tcp.Addr().String()
-	p.srv = &http.Server{Handler: http.HandlerFunc(p.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		defer close(p.served)
-		if err := p.srv.Serve(&refusingListener{Listener: tcp, p: p}); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			p.fail("serve: %v", err)
-		}
-	}()
+	p.serve(&refusingListener{Listener: tcp, p: p}, p.serveHTTP)
 	t.Logf("shard proxy %s -> %s, stream %s: %d shards at %.0f records/s and %.0f bytes/s each", p.URL, peer.Endpoint, stream, len(p.shards), limits.Records, limits.Bytes)
 	t.Cleanup(func() { p.stop(t) })
 	return p
@@ -301,26 +289,7 @@ func (p *shardProxy) shardFor(partitionKey, explicitHashKey string) (*throttledS
 	return nil, fmt.Errorf("hash key %s is in no shard's range", h)
 }
 
-func (p *shardProxy) stop(t testing.TB) {
-	p.srv.Close()
-	<-p.served
-	p.handlers.Wait()
-	p.forward.CloseIdleConnections()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, e := range p.errs {
-		t.Errorf("shard proxy: %s", e)
-	}
-}
-
-// fail records a proxy malfunction, reported when the proxy stops.
-func (p *shardProxy) fail(format string, args ...any) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.errs) < 20 {
-		p.errs = append(p.errs, fmt.Sprintf(format, args...))
-	}
-}
+func (p *shardProxy) stop(t testing.TB) { p.close(t, "shard proxy") }
 
 func (p *shardProxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	p.handlers.Add(1)
@@ -423,9 +392,7 @@ func (p *shardProxy) putRecords(w http.ResponseWriter, r *http.Request, release 
 	for i, e := range entries {
 		sh, err := p.shardFor(e.PartitionKey, e.ExplicitHashKey)
 		if err != nil {
-			if len(p.errs) < 20 {
-				p.errs = append(p.errs, fmt.Sprintf("entry %d: %v", i, err))
-			}
+			p.fail("entry %d: %v", i, err)
 			continue
 		}
 		size := base64.StdEncoding.DecodedLen(len(e.Data)) + len(e.PartitionKey)
@@ -555,17 +522,7 @@ func (p *shardProxy) answer(w http.ResponseWriter, status int, header http.Heade
 		proxyWriteError(w, status, "InternalFailure", "shard proxy failed; see the test log")
 		return
 	}
-	for k, vs := range header {
-		switch http.CanonicalHeaderKey(k) {
-		case "Content-Length", "Connection", "Keep-Alive", "Transfer-Encoding":
-			continue
-		}
-		w.Header()[k] = vs
-	}
-	if w.Header().Get("Content-Type") == "" {
-		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	proxyAnswerHeaders(w, header, len(body))
 	w.WriteHeader(status)
 	w.Write(body)
 }
