@@ -940,12 +940,12 @@ func (m *recordMeta) setRegion(region string) {
 func (m *recordMeta) partitionKey(e *event) string {
 	if m.format == formatCloudWatch && m.logs.stream != "" {
 		// CloudWatch's ByLogStream distribution: one environment's events stay in order.
-		return truncateKey(m.logs.stream)
+		return truncate(m.logs.stream, maxKeyBytes)
 	}
 	switch m.partition {
 	case partitionFunction:
 		if m.function != "" {
-			return truncateKey(m.function)
+			return truncate(m.function, maxKeyBytes)
 		}
 	case partitionRandom:
 		h := fnv.New64a()
@@ -954,22 +954,29 @@ func (m *recordMeta) partitionKey(e *event) string {
 		return strconv.FormatUint(h.Sum64(), 16)
 	default:
 		if e.requestID != "" {
-			return truncateKey(e.requestID)
+			return truncate(e.requestID, maxKeyBytes)
 		}
 	}
 	return m.envID
 }
 
-func truncateKey(k string) string {
-	if len(k) <= 256 {
-		return k
+// maxKeyBytes is Kinesis's limit on a partition key. maxFieldBytes bounds each of the envelope's
+// fields taken from events (requestId, traceId, tenantId, and a truncated event's time and type):
+// Lambda's own are far shorter, but a function's JSON log line can carry any "requestId", and an
+// envelope must fit its record whatever an event holds.
+const maxKeyBytes, maxFieldBytes = 256, 256
+
+// truncate cuts s to at most n bytes at a character boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	for n := 256; n > 0; n-- {
-		if utf8.RuneStart(k[n]) {
-			return k[:n]
+	for i := n; i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			return s[:i]
 		}
 	}
-	return k[:256]
+	return s[:n]
 }
 
 // sameRecord reports whether b may share an aggregated record with a.
@@ -993,12 +1000,12 @@ func (m *recordMeta) dataSizeWithin(e *event, limit int) int {
 
 func (m *recordMeta) envelopeSize(e *event) int {
 	const fixed = len(`{"id":"-",,"requestId":,"event":}`)
-	n := fixed + len(e.idPrefix) + digits(e.seq) + len(m.fields) + jsonStringLen(e.requestID) + len(e.raw)
+	n := fixed + len(e.idPrefix) + digits(e.seq) + len(m.fields) + jsonStringLen(truncate(e.requestID, maxFieldBytes)) + len(e.raw)
 	if e.traceID != "" {
-		n += len(`,"traceId":`) + jsonStringLen(e.traceID)
+		n += len(`,"traceId":`) + jsonStringLen(truncate(e.traceID, maxFieldBytes))
 	}
 	if e.tenantID != "" {
-		n += len(`,"tenantId":`) + jsonStringLen(e.tenantID)
+		n += len(`,"tenantId":`) + jsonStringLen(truncate(e.tenantID, maxFieldBytes))
 	}
 	if m.wrapsText(e) {
 		n += len(textWrapOpen) + len(textWrapClose)
@@ -1053,14 +1060,14 @@ func (m *recordMeta) appendEnvelopeHead(dst []byte, e *event, truncated int) []b
 	dst = append(dst, `",`...)
 	dst = append(dst, m.fields...)
 	dst = append(dst, `,"requestId":`...)
-	dst = appendJSONString(dst, e.requestID)
+	dst = appendJSONString(dst, truncate(e.requestID, maxFieldBytes))
 	if e.traceID != "" {
 		dst = append(dst, `,"traceId":`...)
-		dst = appendJSONString(dst, e.traceID)
+		dst = appendJSONString(dst, truncate(e.traceID, maxFieldBytes))
 	}
 	if e.tenantID != "" {
 		dst = append(dst, `,"tenantId":`...)
-		dst = appendJSONString(dst, e.tenantID)
+		dst = appendJSONString(dst, truncate(e.tenantID, maxFieldBytes))
 	}
 	if truncated >= 0 {
 		dst = append(dst, `,"truncatedBytes":`...)
@@ -1088,9 +1095,9 @@ func (m *recordMeta) appendTruncated(dst []byte, e *event, limit int) []byte {
 	build := func(keep int) []byte {
 		var inner []byte
 		inner = append(inner, `{"time":`...)
-		inner = append(inner, orNull(ev.Time)...)
+		inner = appendBoundedValue(inner, ev.Time)
 		inner = append(inner, `,"type":`...)
-		inner = append(inner, orNull(ev.Type)...)
+		inner = appendBoundedValue(inner, ev.Type)
 		inner = append(inner, `,"record":`...)
 		if m.textObject {
 			inner = append(inner, textWrapOpen...)
@@ -1109,11 +1116,17 @@ func (m *recordMeta) appendTruncated(dst []byte, e *event, limit int) []byte {
 	return m.appendEnvelope(dst, e, build(keep), len(text)-keep)
 }
 
-func orNull(b []byte) []byte {
-	if len(b) == 0 {
-		return []byte("null")
+// appendBoundedValue writes a truncated event's time or type: as it was when it is at most
+// maxFieldBytes long (always, from Lambda), else as a string of its start, so that no field can
+// keep the envelope over its limit.
+func appendBoundedValue(dst, v []byte) []byte {
+	switch {
+	case len(v) == 0:
+		return append(dst, "null"...)
+	case len(v) <= maxFieldBytes:
+		return append(dst, v...)
 	}
-	return b
+	return appendJSONBytes(dst, v[:fitEscaped(v, maxFieldBytes-2)])
 }
 
 func digits(n uint64) int {

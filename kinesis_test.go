@@ -675,6 +675,10 @@ func FuzzRecordBuilding(f *testing.F) {
 	f.Add(`{"time":"2024-05-01T10:00:00.000Z","type":"function","record":"hello\n"}`, "79b4f56e-95b1-4643-9700-2807f4e68189", 0)
 	f.Add(`{"type":"platform.report","record":{"requestId":"r","metrics":{"durationMs":1.000}}}`, "r\"\x00é", 3)
 	f.Add(`{"type":"function","record":{"level":"INFO","message":"\u00e9\ud83d\ude00"}}`, "", 1100000)
+	// Fields that are not the record can be large too (CI's fuzzing found these): a type, and a
+	// request id from a function's own JSON line.
+	f.Add(`{"time":"t","record":"r","type":"function"}`, "r", 12000)
+	f.Add(`{"time":"t","type":"function","record":"r"}`, strings.Repeat("\x01é", 4000), 0)
 	f.Fuzz(func(t *testing.T, raw, requestID string, pad int) {
 		if pad > 0 && pad < 3<<20 && strings.HasSuffix(raw, `"}`) {
 			// Grow a string near the end so that some inputs exceed a record.
