@@ -61,7 +61,7 @@ type shipper struct {
 	pace  *pacer
 
 	mu       sync.Mutex // one round at a time; guards the fields below
-	client   *kinesisClient
+	client   recordPutter
 	body     []byte       // reused request body
 	scratch  []byte       // reused record data
 	gz       *gzip.Writer // reused by cloudwatch records
@@ -87,12 +87,20 @@ type shipper struct {
 
 	// newClient builds the Kinesis client on first use, so that loading the AWS configuration
 	// stays off the start-up path. Tests replace it.
-	newClient func(ctx context.Context) (*kinesisClient, error)
+	newClient func(ctx context.Context) (recordPutter, error)
+}
+
+// recordPutter is what a ship round needs of Kinesis: one PutRecords call, and a way to drop
+// credentials that expired. kinesisClient is the production one; tests put a model of a stream
+// here to run the round logic in process, on a virtual clock.
+type recordPutter interface {
+	putRecords(ctx context.Context, body []byte, n int) ([]putResult, error)
+	invalidateCredentials()
 }
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
 	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now)}
-	s.newClient = func(ctx context.Context) (*kinesisClient, error) {
+	s.newClient = func(ctx context.Context) (recordPutter, error) {
 		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
 	}
 	return s

@@ -268,7 +268,7 @@ func testShipper(t testing.TB, cfg config, endpoint string) (*shipper, *buffer, 
 	buf := newBuffer(1<<30, "p", st)
 	s := newShipper(cfg, buf, st, newLogger(io.Discard), testMeta(cfg))
 	creds := aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "token"))
-	s.newClient = func(context.Context) (*kinesisClient, error) {
+	s.newClient = func(context.Context) (recordPutter, error) {
 		return newKinesisClient(endpoint, "eu-west-1", creds, cfg.RequestTimeout), nil
 	}
 	return s, buf, st
@@ -1094,7 +1094,7 @@ func TestUnknownOutcomeIsCountedApart(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s, buf, st := testShipper(t, config{RequestTimeout: 100 * time.Millisecond}, tt.endpoint)
 			if tt.noCreds {
-				s.newClient = func(context.Context) (*kinesisClient, error) {
+				s.newClient = func(context.Context) (recordPutter, error) {
 					creds := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
 						return aws.Credentials{}, fmt.Errorf("no credentials here")
 					})
