@@ -2,10 +2,9 @@ package main
 
 // The Extensions API side, in the order of the Lambda lifecycle: the client (register, next,
 // init/exit errors), then the extension itself: start (listener up, then subscribe), the event
-// loop { next → INVOKE | SHUTDOWN }, the idle loop of an extension that cannot ship, the flush
-// policy (flushMode, flushChoice, chooseFlush: what each invocation ships, and when), the ship
-// rounds of an invocation, of managed instances and of SHUTDOWN, and the ids of environments and
-// events.
+// loop { next → INVOKE | SHUTDOWN }, the idle loop of an extension that cannot ship, the ship
+// rounds of an invocation (as the flush policy, flush.go, chooses), of managed instances and of
+// SHUTDOWN, and the ids of environments and events.
 //
 // Whatever the flush strategy, nothing is sent while the extension waits in /event/next: the
 // environment may freeze at any moment after that call, and a request cut by a freeze fails or,
@@ -286,7 +285,7 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 	e.lastInvoke = now
 	deadline := time.UnixMilli(ev.DeadlineMs).Add(-deadlineSafety)
 
-	switch e.flushChoice(now) {
+	switch e.flushFor(now) {
 	case shipBeforeNext:
 		e.flushBeforeNext(ev.RequestID, deadline, false)
 	case shipBeforeNextYielding:
@@ -316,89 +315,6 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 // deadlineSafety keeps the extension's own work clear of the invocation's deadline, past which
 // Lambda counts the invocation as timed out.
 const deadlineSafety = 50 * time.Millisecond
-
-// flushMode is a flush strategy, the word of KINESIS_TELEMETRY_FLUSH.
-type flushMode string
-
-const (
-	flushAdaptive   flushMode = "adaptive"
-	flushEnd        flushMode = "end"
-	flushBackground flushMode = "background"
-	flushPeriodic   flushMode = "periodic"
-)
-
-// flushChoice is how one invocation ships, as its strategy decides (chooseFlush).
-type flushChoice int
-
-const (
-	shipInBackground flushChoice = iota // what was buffered when the invocation began, while it runs
-	shipBeforeNext                      // wait for the invocation's runtimeDone, ship, then /event/next
-	// shipBeforeNextYielding ships before /event/next like shipBeforeNext, but as a background
-	// round does after runtimeDone: it never waits for the stream, stops at the first pushback,
-	// and leaves what is left in the buffer.
-	shipBeforeNextYielding
-	shipNothing
-)
-
-func (c flushChoice) String() string {
-	return [...]string{"background", "before next", "before next, yielding", "nothing"}[c]
-}
-
-// flushFacts are what the choice for one invocation depends on.
-type flushFacts struct {
-	now       time.Time
-	gap       time.Duration // moving average of the time between invocations; 0 before the second
-	buffered  int           // events waiting
-	oldest    time.Time     // arrival of the oldest of them
-	lastShip  time.Time     // the last ship round's start
-	telemetry bool          // platform events (runtimeDone) will arrive
-	pressured bool          // the stream pushed back recently
-}
-
-// flushChoice chooses how this invocation ships; see chooseFlush.
-func (e *extension) flushChoice(now time.Time) flushChoice {
-	n, oldest := e.buf.state()
-	return chooseFlush(e.cfg.Flush, e.cfg.MaxDelay, flushFacts{
-		now: now, gap: e.gap, buffered: n, oldest: oldest, lastShip: e.lastShip,
-		telemetry: e.platformTelemetry(), pressured: e.ship.pressured(now),
-	})
-}
-
-// chooseFlush picks how one invocation ships under the strategy s: end always ships before
-// /event/next, background always in the background, periodic in the background when a period
-// has passed.
-//
-// adaptive: the first invocation, and any invocation when invocations are sparse (the average
-// gap between them exceeds maxDelay) or when the buffer holds data older than maxDelay, ships at
-// the end, yielding to pushback; otherwise the next invocation will come soon enough to carry the
-// data, so it ships in the background. Data that is old because the stream pushes back stays in
-// the background: shipping at the end would not make the stream take it sooner, only make the
-// invocation longer. Without a telemetry subscription there is no runtimeDone to wait for.
-func chooseFlush(s flushStrategy, maxDelay time.Duration, f flushFacts) flushChoice {
-	switch s.Mode {
-	case flushEnd:
-		return shipBeforeNext
-	case flushBackground:
-		return shipInBackground
-	case flushPeriodic:
-		if f.buffered > 0 && f.now.Sub(f.lastShip) >= s.Period {
-			return shipInBackground
-		}
-		return shipNothing
-	}
-	switch {
-	case !f.telemetry:
-		return shipInBackground
-	case f.gap == 0, f.gap > maxDelay:
-		return shipBeforeNextYielding
-	case f.buffered > 0 && f.now.Sub(f.oldest) > maxDelay && !f.pressured:
-		return shipBeforeNextYielding
-	}
-	return shipInBackground
-}
-
-// closed is a channel that is always closed: a soft end that has already come.
-var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // flushBeforeNext waits until the invocation's platform.runtimeDone has arrived (so that its log
 // lines are in the buffer), then ships everything within the flush budget. yielding gives way to
@@ -570,4 +486,13 @@ func newIDPrefix() string {
 	var b [10]byte
 	_, _ = rand.Read(b[:])
 	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// flushFor chooses how this invocation ships; see chooseFlush.
+func (e *extension) flushFor(now time.Time) flushChoice {
+	n, oldest := e.buf.state()
+	return chooseFlush(e.cfg.Flush, e.cfg.MaxDelay, flushFacts{
+		now: now, gap: e.gap, buffered: n, oldest: oldest, lastShip: e.lastShip,
+		telemetry: e.platformTelemetry(), pressured: e.ship.pressured(now),
+	})
 }
