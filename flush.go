@@ -95,42 +95,38 @@ const (
 	// probeEntries is the most a call carries while calls fail whole: an outage costs the
 	// stream (and the amplification) a trickle, not the backlog again and again.
 	probeEntries = 10
-	// slowAnswer: an answer that takes this much longer than the stream's fastest within
-	// baseWindow is pushback, as throttling is: the stream (or the way to it) queues what it is
-	// sent. Measured against the fastest answer, as LEDBAT measures queueing delay, so that a
-	// stream that is far away, and always slow to answer, is not taken for an overloaded one.
-	slowAnswer = 100 * time.Millisecond
-	baseWindow = time.Minute
-	// sizedCallMin is the fewest entries a call sized by the answer time carries: below it,
-	// the fixed cost of a call dominates and a smaller call does not answer sooner.
-	sizedCallMin = 50
+	// outageAfter is how many calls in a row must fail whole (no answer, a 5xx) before the
+	// stream counts as out: one failed call among answered ones is a blip, met with a short
+	// backoff, not with probing calls.
+	outageAfter = 2
 )
 
 // round says how one ship round may spend its time. The zero value (with a mark) sends until
 // everything before the mark is sent or ctx ends, waiting for the pacer and backoffs as needed.
+//
+// A round's soft end is the moment the function stops waiting for the round: the invocation's
+// runtimeDone, after which every millisecond the round goes on is added to the invocation. Until
+// its soft end a round may wait (for the pacer, for a backoff); after it, it never waits, starts
+// no call once it has seen pushback or when the stream's usual answer time would take it past its
+// reach, and ends at the latest budget later; a call on the wire gets wireGrace once the stream
+// pushes back, then it is cut. A slow answer is not pushback: the call is stored, and cutting it
+// would only send it again.
 type round struct {
 	before uint64 // send only events buffered before this mark
-	// soft is closed when the invocation's runtime is done (nil when no invocation waits: at
-	// shutdown, in managed mode, for KINESIS_TELEMETRY_FLUSH=end). From then on the round never
-	// waits, starts no call once it has seen pushback (a slow answer included) or when the
-	// stream's recent answer time would take it past its reach, and ends at the latest budget
-	// later; a call on the wire gets wireGrace once the stream pushes back, then it is cut.
+	// soft is closed at the soft end; nil when no invocation waits (at shutdown, in managed
+	// mode, for KINESIS_TELEMETRY_FLUSH=end).
 	soft   <-chan struct{}
 	budget time.Duration
 	// allowance (when not zero, and below budget) is how long after soft a call may be expected
-	// to end: after soft a new call starts only if the stream's recent answer time fits in what
-	// is left of it. expectSoft, when known, is when soft is expected (the function's usual run
-	// time): until soft, calls are sized by the stream's answer time per entry to end by
-	// expectSoft + allowance, so that a call on the wire at soft does not hold the function.
-	allowance  time.Duration
-	expectSoft time.Time
+	// to end: after soft a new call starts only if the stream's usual answer time fits in what
+	// is left of it.
+	allowance time.Duration
 	// urgent takes the most valuable events first (takeNewest); escalate turns it on at the
 	// first pushback (a shutdown that finds the stream pushing back).
 	urgent, escalate bool
 
 	softAt atomic.Int64 // unix nanoseconds when soft was first seen closed
 	pushed atomic.Bool  // this round saw pushback
-	slowed bool         // this round saw a slow answer (pushback, but no reason to cut a call)
 }
 
 // afterSoft reports whether soft is closed, and since when.

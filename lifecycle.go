@@ -171,7 +171,6 @@ type extension struct {
 	gap         time.Duration // moving average of the time between invocations
 	lastShip    time.Time
 	lastRequest string
-	runFor      time.Duration // moving average of the time from INVOKE to runtimeDone
 }
 
 // start opens the listener and subscribes. The listener must be up first: Lambda starts posting
@@ -294,13 +293,6 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 		e.shipWhileInvoked(ev.RequestID, deadline)
 	}
 	e.lastRequest = ev.RequestID
-	if at, ok := e.buf.runtimeDoneAt(ev.RequestID); ok && at.After(now) {
-		if run := at.Sub(now); e.runFor == 0 {
-			e.runFor = run
-		} else {
-			e.runFor = (3*e.runFor + run) / 4
-		}
-	}
 	if e.platformTelemetry() {
 		// What the extension adds to the invocation: from the runtime being done (as far as the
 		// extension can see) to its own /event/next.
@@ -337,15 +329,12 @@ func (e *extension) flushBeforeNext(requestID string, deadline time.Time, yieldi
 
 // shipWhileInvoked ships what was buffered when the invocation began, while the function runs;
 // the invocation's own telemetry waits for the next one. Once the invocation's runtimeDone
-// arrives the round gives way (see round): no waiting, no new call after pushback (a slow answer
-// included) or unless the stream's answer time ends it within wireGrace, a call on the wire cut
-// after wireGrace when the stream pushes back, and nothing past the flush budget. Until then its
-// calls are sized to end by the invocation's expected runtimeDone (runFor) + wireGrace.
+// arrives the round gives way (see round): no waiting, no new call after pushback or unless the
+// stream's usual answer time ends it within wireGrace, a call on the wire cut after wireGrace when
+// the stream pushes back, and nothing past the flush budget. Calls are full: a call on the wire
+// at runtimeDone that the stream answers, however late, is not cut.
 func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
 	r := &round{before: e.buf.mark(), budget: e.cfg.FlushBudget, soft: closed, allowance: wireGrace}
-	if e.runFor > 0 {
-		r.expectSoft = e.lastInvoke.Add(e.runFor)
-	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if e.platformTelemetry() {
@@ -408,7 +397,8 @@ func (e *extension) platformTelemetry() bool {
 }
 
 // Shutdown timing: Lambda allows 2,000 ms in all; the extension keeps a margin before the
-// deadline, and reserves the last part of its time for the counts record.
+// deadline, and keeps countsReserve of its time for a second counts record, should the data
+// round leave events it then has to drop.
 const (
 	shutdownMargin = 150 * time.Millisecond
 	countsReserve  = 150 * time.Millisecond
@@ -423,7 +413,12 @@ func shutdownDeadline(ev lifecycleEvent) time.Time {
 }
 
 // onShutdown ships what is left, including the last invocation's platform.report, which Lambda
-// produces only after the extension's last /event/next, and finally the counts record.
+// produces only after the extension's last /event/next.
+//
+// The counts record goes first: what the time left cannot carry is dropped (and counted) before
+// anything is sent, so that the first record of the shutdown's first call already says what the
+// shutdown loses. Only if the round then falls short (the stream answered slower than it did
+// until now) is a second counts record sent, in the time kept for it.
 func (e *extension) onShutdown(ev lifecycleEvent) {
 	final := shutdownDeadline(ev)
 	if e.platformTelemetry() || (e.sub.Active && e.cfg.Managed) {
@@ -437,18 +432,21 @@ func (e *extension) onShutdown(ev lifecycleEvent) {
 		e.buf.waitQuiet(ctx, max(50*time.Millisecond, 2*time.Duration(e.cfg.BufferTimeoutMS)*time.Millisecond))
 		cancel()
 	}
-	// When time is short — the environment is reset after a timeout or failure, or the stream
-	// pushes back — the most valuable telemetry goes first: the newest invocation's platform
-	// events (its runtimeDone with status timeout, its report) and last lines.
-	urgent := ev.ShutdownReason == "timeout" || ev.ShutdownReason == "failure" || e.ship.pressured(time.Now())
-	ctx, cancel := context.WithDeadline(context.Background(), final.Add(-countsReserve))
-	e.shipNow(ctx, &round{before: everything, urgent: urgent, escalate: true})
-	cancel()
-	e.ship.dropRemaining()
+	dataEnd := final.Add(-countsReserve)
+	e.ship.keepWhatFits(time.Until(dataEnd))
 	e.ship.emitCounts(time.Now())
-	ctx, cancel = context.WithDeadline(context.Background(), final)
-	_ = e.ship.ship(ctx, everything)
+	// Newest first: the counts record, then the newest invocation's platform events (its
+	// runtimeDone with status timeout after a timeout, its report) and last lines.
+	ctx, cancel := context.WithDeadline(context.Background(), dataEnd)
+	e.lastShip = time.Now()
+	_ = e.ship.shipRound(ctx, &round{before: everything, urgent: true})
 	cancel()
+	if e.ship.dropRemaining() > 0 {
+		e.ship.emitCounts(time.Now())
+		ctx, cancel = context.WithDeadline(context.Background(), final)
+		_ = e.ship.shipRound(ctx, &round{before: everything, urgent: true})
+		cancel()
+	}
 	e.logs.printf("shutdown (%s): %s", ev.ShutdownReason, e.stats.summary(e.buf.buffered()))
 }
 

@@ -170,5 +170,14 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.upAt = now
 }
 
+// room is how many entries the pacer would grant over the next d: all of them when unpaced.
+func (p *pacer) room(d time.Duration) int {
+	if !p.paced {
+		return math.MaxInt
+	}
+	p.refill(p.now())
+	return int(max(0, p.tokens) + p.rate*d.Seconds())
+}
+
 // pacing reports whether the pacer limits the rate, and to what.
 func (p *pacer) pacing() (bool, float64) { return p.paced, p.rate }

@@ -22,7 +22,7 @@ import (
 // it takes from the buffer ends delivered, dropped, of unknown outcome, or back in the buffer,
 // and is counted (counts.go).
 //
-// Pushback — throttled entries, KMS throttling, 5xx answers, lost or slow answers, an unreachable
+// Pushback — throttled entries, KMS throttling, 5xx answers, lost answers, an unreachable
 // endpoint, credentials that cannot be had — never costs the function time: what was not stored
 // goes back to the buffer, the pacer lowers the rate, and the data waits for a later round.
 type shipper struct {
@@ -44,15 +44,9 @@ type shipper struct {
 	// calls carry at most probeEntries and wait for retryAt, the backoff, across rounds.
 	failStreak int
 	retryAt    time.Time
-	// latency and perEntry are moving averages of how long the stream takes to answer a call,
-	// and that per entry: what a call after runtimeDone is expected to cost the function, and
-	// how many entries fit in the time it still runs.
-	latency  time.Duration
-	perEntry float64 // nanoseconds
-	// fastest is the least answer time in the current and the previous half of baseWindow: the
-	// stream's answer time without a queue, against which slowness is measured.
-	fastest   [2]time.Duration
-	fastestAt time.Time // start of the current half
+	// answers holds the answer times of the last calls: what a call is expected to take (the
+	// median, which one spike does not move) and how long it may take (the slowest).
+	answers answerTimes
 
 	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
@@ -112,7 +106,7 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 	defer s.stats.noteFlush(time.Now(), s.stats.flushCounters())
 	waited := false
 	for ctx.Err() == nil {
-		if at, ok := r.afterSoft(); ok && (r.pushed.Load() || r.slowed || time.Since(at)+s.latency >= r.reach()) {
+		if at, ok := r.afterSoft(); ok && (r.pushed.Load() || time.Since(at)+s.answers.typical() >= r.reach()) {
 			return nil
 		}
 		if s.failStreak > 0 && !waited {
@@ -128,10 +122,9 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		waited = false
 		queued, _ := s.buf.state()
 		want := min(queued, maxRecordsPerCall)
-		if s.failStreak > 0 {
+		if s.failStreak >= outageAfter {
 			want = min(want, probeEntries)
 		}
-		want = min(want, s.sizedCall(r))
 		n := s.pace.grant(want)
 		if n == 0 {
 			if want == 0 {
@@ -154,20 +147,12 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 			r.pushed.Store(true)
 			return nil
 		}
-		// The pacer learns from throughput pushback, as the SDKs' adaptive mode does, and from
-		// slow answers, as delay-based congestion control does (TCP Vegas, LEDBAT): a stream whose
-		// answers slow down is queueing what it is sent, and sending less lets the queue drain, so
-		// that calls end within the function's run again. An outage or 5xx says nothing about the
-		// stream's rate, and is met with backoff and small probing calls instead.
-		s.pace.observe(len(recs), accepted, throttled, pushback == throughput || pushback == slow, n < want)
-		if pushback == slow {
-			// A slow answer is pushback for the function's time: no new call after soft, and
-			// adaptive keeps old data in the background. A stream that answers is not cut,
-			// though: its calls are stored, and a cut one would be sent again as a duplicate.
-			s.pushbackAt.Store(time.Now().UnixNano())
-			r.slowed = true
-			pushback = noPushback
-		}
+		// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does. A slow
+		// answer is not pushback: a stream that answers late still stores what it is sent, and
+		// sending less would only leave the backlog to the shutdown. An outage or 5xx says
+		// nothing about the stream's rate either, and is met with backoff (and, when calls keep
+		// failing whole, small probing calls) instead.
+		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, n < want)
 		if pushback == failure {
 			s.failStreak++
 			s.retryAt = time.Now().Add(backoff(s.failStreak - 1))
@@ -184,40 +169,33 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 	return ctx.Err()
 }
 
-// sizedCall is the most entries the round's next call may carry so that, at the stream's recent
-// answer time per entry, it ends by soft (as expected or as it came) + the round's reach; at
-// least sizedCallMin. Rounds without soft, and a stream not yet measured, are not limited.
-func (s *shipper) sizedCall(r *round) int {
-	end := r.expectSoft
-	if at, ok := r.afterSoft(); ok {
-		end = at
-	}
-	if r.soft == nil || end.IsZero() || s.perEntry <= 0 {
-		return maxRecordsPerCall
-	}
-	left := time.Until(end) + r.reach()
-	return max(sizedCallMin, min(maxRecordsPerCall, int(float64(left)/s.perEntry)))
+// answerTimes are the answer times of the last answerWindow calls.
+type answerTimes struct {
+	last [answerWindow]time.Duration
+	n    int // calls seen
 }
 
-// observeAnswer learns the stream's answer time from one answered call of n entries, and reports
-// whether it was slow (pushback): slowAnswer or more over the fastest answer within baseWindow.
-func (s *shipper) observeAnswer(took time.Duration, n int) bool {
-	if now := time.Now(); s.fastestAt.IsZero() || now.Sub(s.fastestAt) >= baseWindow/2 {
-		s.fastest[1], s.fastest[0], s.fastestAt = s.fastest[0], took, now
+const answerWindow = 15
+
+func (a *answerTimes) add(d time.Duration) {
+	a.last[a.n%answerWindow] = d
+	a.n++
+}
+
+// typical is the median of the recent answer times (0 before the first answer).
+func (a *answerTimes) typical() time.Duration {
+	k := min(a.n, answerWindow)
+	if k == 0 {
+		return 0
 	}
-	s.fastest[0] = min(s.fastest[0], took)
-	base := s.fastest[0]
-	if s.fastest[1] > 0 {
-		base = min(base, s.fastest[1])
-	}
-	const weight = 0.25
-	if s.latency == 0 {
-		s.latency, s.perEntry = took, float64(took)/float64(max(n, 1))
-	} else {
-		s.latency += time.Duration(weight * float64(took-s.latency))
-		s.perEntry += weight * (float64(took)/float64(max(n, 1)) - s.perEntry)
-	}
-	return took-base >= slowAnswer
+	sorted := a.last
+	slices.Sort(sorted[:k])
+	return sorted[k/2]
+}
+
+// slowest is the longest of the recent answer times.
+func (a *answerTimes) slowest() time.Duration {
+	return slices.Max(a.last[:])
 }
 
 // takeRecords takes the next call's records from the buffer: at most n records within the call
@@ -286,7 +264,6 @@ const (
 	throughput                 // refused whole for throughput: throttling, KMS throttling
 	failure                    // no answer, a 5xx, credentials that cannot be had
 	noCredentials              // the role cannot be assumed now: nothing was sent
-	slow                       // answered, but slowAnswer or more slower than the fastest answers
 )
 
 // send makes one PutRecords call and settles its records: stored ones are delivered, refused ones
@@ -320,9 +297,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 
 	switch {
 	case err == nil:
-		if s.observeAnswer(took, len(recs)) {
-			pushback = slow
-		}
+		s.answers.add(took)
 		var again []pendingRecord
 		for i, res := range results {
 			switch {
@@ -453,15 +428,67 @@ func (s *shipper) drop(recs []pendingRecord, err error) {
 
 // dropRemaining empties the buffer at shutdown, counting what could not be sent in time: as
 // dropped, or as unknown where a call of unknown outcome may have stored it.
-func (s *shipper) dropRemaining() {
+func (s *shipper) dropRemaining() (telemetry uint64) {
 	for {
 		evs := s.buf.take(everything, 1<<20, 1<<62, func(*event) int { return 0 })
 		if len(evs) == 0 {
-			return
+			return telemetry
 		}
+		telemetry += telemetryEvents(evs)
 		s.buf.release(evs, outcome{kind: droppedShutdown})
 	}
 }
+
+// keepWhatFits drops, as lost to the shutdown, what the time left cannot ship, and keeps the
+// most valuable events (takeNewest's order) in the buffer: as many full calls as the stream's
+// usual answer time fits in left after one of its slowest answers, and no more entries than the
+// pacer would grant in that time.
+func (s *shipper) keepWhatFits(left time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	calls := s.callsWithin(left)
+	entries := calls * maxRecordsPerCall
+	if s.failStreak >= outageAfter {
+		entries = calls * probeEntries
+	}
+	entries = min(entries, s.pace.room(left))
+	if s.cfg.RecordFormat.aggregated() {
+		// Aggregated records hold many events each: the call's byte limit is what binds.
+		entries = calls * s.eventsPerCall()
+	}
+	if n, _ := s.buf.state(); n <= entries {
+		return
+	}
+	keep := s.buf.takeNewest(entries, calls*maxCallBytes, s.recordSize)
+	s.dropRemaining()
+	s.buf.putBack(keep)
+}
+
+// callsWithin is how many calls, one after another, are expected to answer within left: one at
+// the slowest recent answer time, the others at the usual one. Before any answer, calls are
+// taken to answer in unmeasuredAnswer.
+func (s *shipper) callsWithin(left time.Duration) int {
+	usual, slowest := s.answers.typical(), s.answers.slowest()
+	if s.answers.n == 0 {
+		usual, slowest = unmeasuredAnswer, unmeasuredAnswer
+	}
+	usual = max(usual, minCallTime)
+	if left < usual {
+		return 0
+	}
+	if left < slowest {
+		return 1
+	}
+	return 1 + int((left-slowest)/usual)
+}
+
+// unmeasuredAnswer is what a call is taken to cost before the stream has answered one: a first
+// call also loads credentials and opens a connection. minCallTime is the least a call is taken
+// to cost, encoding included.
+const (
+	unmeasuredAnswer = 200 * time.Millisecond
+	minCallTime      = 5 * time.Millisecond
+)
 
 // telemetryEvents counts the events that came from Lambda, leaving out the extension's own
 // counts records.
