@@ -23,8 +23,7 @@ import (
 // TCP's slow start, so that a passing throttle does not hold the environment back for long.
 // A proportional cut matters where a fixed share of entries is refused whatever the rate (one
 // hot shard of several): a cut at every throttle would starve the shards that have room.
-// A slow answer (slowAnswer or more over the fastest recent one) counts as a call throttled whole: the stream queues what it
-// is sent, and its answers come too late for the function's run.
+// Slow answers are not pushback: a stream that answers late still stores what it is sent.
 //
 // The estimate is per stream: per-shard knowledge would need ListShards, an extra IAM
 // permission. Throttling by bytes (1 MiB/s per shard) shows as the same per-entry error and is
@@ -121,8 +120,8 @@ func (p *pacer) decay(now time.Time) {
 }
 
 // observe learns from one call's answer: of its sent entries, accepted were stored and throttled
-// refused for throughput; pushback says the whole call met pushback (throttling, 5xx, a lost or
-// slow answer: all of it counts as throttled); starved says the backlog wanted more than the
+// refused for throughput; pushback says the whole call was refused for throughput (all of it
+// counts as throttled); starved says the backlog wanted more than the
 // bucket granted.
 func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	now := p.now()
