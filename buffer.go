@@ -29,18 +29,20 @@ type buffer struct {
 
 	seq       uint64
 	idPrefix  string
-	lastStart string // request id of the last platform.start: log lines without one belong to it
-	tags      tagSet // trace and tenant of recent invocations, from their platform.start
-	newest    uint64 // seq of the last platform.start: the newest invocation's events are at or after it
-	done      recentSet
-	reported  recentSet
-	changed   chan struct{} // closed whenever events arrive
+	lastStart string                     // request id of the last platform.start: log lines without one belong to it
+	tags      boundedSet[invocationTags] // trace and tenant of recent invocations, from their platform.start
+	newest    uint64                     // seq of the last platform.start: the newest invocation's events are at or after it
+	done      boundedSet[time.Time]      // when runtimeDone of recent invocations arrived
+	reported  boundedSet[time.Time]      // when their report arrived
+	changed   chan struct{}              // closed whenever events arrive
 }
 
 func newBuffer(maxBytes int, idPrefix string, st *stats) *buffer {
 	return &buffer{
 		max: maxBytes, idPrefix: idPrefix, stats: st, changed: make(chan struct{}),
-		done: newRecentSet(256), reported: newRecentSet(256), tags: newTagSet(256),
+		done:     newBoundedSet[time.Time](recentInvocations),
+		reported: newBoundedSet[time.Time](recentInvocations),
+		tags:     newBoundedSet[invocationTags](recentInvocations),
 	}
 }
 
@@ -56,7 +58,7 @@ func (b *buffer) add(evs []event, f *filter) {
 		case typePlatformStart:
 			if e.requestID != "" {
 				b.lastStart = e.requestID
-				b.tags.add(e.requestID, invocationTags{trace: e.traceID, tenant: e.tenantID})
+				b.tags.put(e.requestID, invocationTags{trace: e.traceID, tenant: e.tenantID})
 			}
 			b.newest = b.seq
 		case typePlatformRuntimeDone:
@@ -72,7 +74,7 @@ func (b *buffer) add(evs []event, f *filter) {
 		if e.requestID == "" && isLogType(e.typ) {
 			e.requestID = b.lastStart
 		}
-		if t, ok := b.tags.at[e.requestID]; ok {
+		if t, ok := b.tags.get(e.requestID); ok {
 			e.traceID, e.tenantID = cmp.Or(e.traceID, t.trace), cmp.Or(e.tenantID, t.tenant)
 		}
 		if !f.keep(e, b.stats) {
@@ -283,7 +285,7 @@ func (b *buffer) waitReport(ctx context.Context, requestID string) bool {
 	return ok
 }
 
-func (b *buffer) wait(ctx context.Context, set *recentSet, requestID string) (time.Time, bool) {
+func (b *buffer) wait(ctx context.Context, set *boundedSet[time.Time], requestID string) (time.Time, bool) {
 	for {
 		b.mu.Lock()
 		at, ok := set.get(requestID)
@@ -416,48 +418,35 @@ func (q *eventQueue) insert(evs []event) {
 
 func bySeq(a, b event) int { return cmp.Compare(a.seq, b.seq) }
 
-// recentSet remembers the last n request ids seen with a time, forgetting the oldest.
-type recentSet struct {
-	at    map[string]time.Time
-	order []string
-	n     int
-}
-
-func newRecentSet(n int) recentSet { return recentSet{at: map[string]time.Time{}, n: n} }
-
-func (s *recentSet) add(id string, t time.Time) {
-	if id == "" {
-		return
-	}
-	if _, ok := s.at[id]; ok {
-		return
-	}
-	if len(s.order) >= s.n {
-		delete(s.at, s.order[0])
-		s.order = s.order[1:]
-	}
-	s.at[id] = t
-	s.order = append(s.order, id)
-}
-
-func (s *recentSet) get(id string) (time.Time, bool) {
-	t, ok := s.at[id]
-	return t, ok
-}
-
 // invocationTags are what every event of an invocation carries from its platform.start.
 type invocationTags struct{ trace, tenant string }
 
-// tagSet remembers the tags of the last n invocations, forgetting the oldest.
-type tagSet struct {
-	at    map[string]invocationTags
+// recentInvocations is how many invocations the buffer remembers the runtimeDone, report and tags
+// of: far more than can be waiting at once.
+const recentInvocations = 256
+
+// boundedSet remembers a value for each of the last n request ids added, forgetting the oldest.
+// The empty id is never remembered.
+type boundedSet[V any] struct {
+	at    map[string]V
 	order []string
 	n     int
 }
 
-func newTagSet(n int) tagSet { return tagSet{at: map[string]invocationTags{}, n: n} }
+func newBoundedSet[V any](n int) boundedSet[V] { return boundedSet[V]{at: map[string]V{}, n: n} }
 
-func (s *tagSet) add(id string, t invocationTags) {
+// add remembers v for id unless id is already there: the first arrival counts.
+func (s *boundedSet[V]) add(id string, v V) {
+	if _, ok := s.at[id]; !ok {
+		s.put(id, v)
+	}
+}
+
+// put remembers v for id, replacing what was there (keeping its place in the order).
+func (s *boundedSet[V]) put(id string, v V) {
+	if id == "" {
+		return
+	}
 	if _, ok := s.at[id]; !ok {
 		if len(s.order) >= s.n {
 			delete(s.at, s.order[0])
@@ -465,5 +454,10 @@ func (s *tagSet) add(id string, t invocationTags) {
 		}
 		s.order = append(s.order, id)
 	}
-	s.at[id] = t
+	s.at[id] = v
+}
+
+func (s *boundedSet[V]) get(id string) (V, bool) {
+	v, ok := s.at[id]
+	return v, ok
 }
