@@ -39,7 +39,7 @@ type config struct {
 	MaxBufferBytes int
 
 	Exclude      map[string]bool
-	MinLevel     int // index into logLevels; 0 keeps everything
+	MinLevel     int // index into logLevels (event.go); 0 keeps everything
 	Redact       []*regexp.Regexp
 	RecordFormat recordFormat
 	RecordBytes  int // upper bound of an aggregated (ndjson, kpl, cloudwatch before gzip) record
@@ -73,9 +73,6 @@ const (
 	minBufferBytes, maxBufferBytes = 262144, 1048576
 	minBufferTimeout, maxBufferTO  = 25, 30000
 )
-
-// logLevels orders the levels of JSON-format function logs for KINESIS_TELEMETRY_MIN_LEVEL.
-var logLevels = []string{"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"}
 
 // parseConfig reads every KINESIS_TELEMETRY_* variable, with its default beside it. All problems
 // are reported together, each naming the variable and how to fix it. The returned config is
@@ -291,10 +288,8 @@ func (p *envParser) level(name string) int {
 	if s == "" {
 		return 0
 	}
-	for i, l := range logLevels {
-		if s == l {
-			return i
-		}
+	if i := parseLevel(s); i != levelUnknown {
+		return i
 	}
 	p.fail(name, s, "set one of %s", strings.Join(logLevels, ", "))
 	return 0

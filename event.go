@@ -14,7 +14,7 @@ type event struct {
 	raw       []byte // the event exactly as received (invalid UTF-8 replaced)
 	typ       eventType
 	requestID string // the event's own, or the invocation it was printed in
-	level     int8   // index into logLevels for JSON log lines, -1 when unknown
+	level     int8   // index into logLevels for JSON log lines, levelUnknown when unknown
 	text      bool   // record is a string (a text log line)
 	idPrefix  string // with seq, the event's id
 	seq       uint64
@@ -62,12 +62,12 @@ func newEvent(f eventFields) event {
 	case !isLogType(typ):
 		raw = bytes.Clone(raw)
 	}
-	e := event{raw: raw, typ: typ, level: -1, text: f.recordText}
+	e := event{raw: raw, typ: typ, level: levelUnknown, text: f.recordText}
 	if f.requestID != nil {
 		e.requestID = unquote(f.requestID)
 	}
 	if f.level != nil {
-		e.level = int8(levelIndex(unquote(f.level)))
+		e.level = int8(lineLevel(unquote(f.level)))
 	}
 	if !isLogType(typ) {
 		// Only Lambda's own records: a JSON log line's "tenantId" or "tracing" is the user's.
@@ -104,18 +104,45 @@ func internType(t string) eventType {
 	return eventType(t)
 }
 
-func levelIndex(s string) int {
+// The levels of JSON-format function logs, in order: a level is its index in logLevels
+// (KINESIS_TELEMETRY_MIN_LEVEL, and the level a log line states), levelUnknown when a line states
+// none of them.
+const (
+	levelUnknown = iota - 1
+	levelTrace
+	levelDebug
+	levelInfo
+	levelWarn
+	levelError
+	levelFatal
+)
+
+var logLevels = []string{
+	levelTrace: "TRACE", levelDebug: "DEBUG", levelInfo: "INFO",
+	levelWarn: "WARN", levelError: "ERROR", levelFatal: "FATAL",
+}
+
+// parseLevel returns the level a name of logLevels stands for, in any case, or levelUnknown.
+func parseLevel(s string) int {
 	for i, l := range logLevels {
 		if strings.EqualFold(s, l) {
 			return i
 		}
 	}
-	// Common spellings that are not in the list.
+	return levelUnknown
+}
+
+// lineLevel is the level a log line states: a name of logLevels, or a common spelling that is
+// not one of them.
+func lineLevel(s string) int {
+	if i := parseLevel(s); i != levelUnknown {
+		return i
+	}
 	switch strings.ToUpper(s) {
 	case "WARNING":
-		return 3
+		return levelWarn
 	case "CRITICAL":
-		return 5
+		return levelFatal
 	}
-	return -1
+	return levelUnknown
 }

@@ -42,6 +42,7 @@ func (f *filter) keep(e *event, st *stats) bool {
 		st.filteredLevel.Add(1)
 		return false
 	case e.typ == typeFunction && f.sample < 1 && e.level < levelError && !sampled(e.requestID, f.sample):
+		// Error lines and worse survive sampling.
 		st.filteredSampled.Add(1)
 		return false
 	}
@@ -50,9 +51,6 @@ func (f *filter) keep(e *event, st *stats) bool {
 	}
 	return true
 }
-
-// levelError is the index of ERROR in logLevels: error lines survive sampling.
-const levelError = 4
 
 // sampled decides per invocation, so that an invocation's log lines are kept or dropped whole.
 // Lines printed outside any invocation (init) are always kept.
