@@ -46,10 +46,15 @@ func newBuffer(maxBytes int, idPrefix string, st *stats) *buffer {
 	}
 }
 
-// add appends a decoded batch, attributing log lines to their invocation and making room by
-// dropping the oldest log lines when the buffer is full.
+// add appends a decoded batch through the filter, attributing log lines to their invocation and
+// making room by dropping the oldest log lines when the buffer is full.
 func (b *buffer) add(evs []event, f *filter) {
 	now := time.Now()
+	// Before the lock: what the filter decides from each event alone, and redaction.
+	passed := make([]bool, len(evs))
+	for i := range evs {
+		passed[i] = f.screen(&evs[i], b.stats)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i := range evs {
@@ -77,7 +82,7 @@ func (b *buffer) add(evs []event, f *filter) {
 		if t, ok := b.tags.get(e.requestID); ok {
 			e.traceID, e.tenantID = cmp.Or(e.traceID, t.trace), cmp.Or(e.tenantID, t.tenant)
 		}
-		if !f.keep(e, b.stats) {
+		if !passed[i] || f.sampledOut(e, b.stats) {
 			continue
 		}
 		e.seq, e.idPrefix, e.arrived = b.seq, b.idPrefix, now

@@ -29,8 +29,14 @@ func newFilter(cfg config) *filter {
 // ownLogMarker is how the extension's own lines look inside an extension event's record.
 var ownLogMarker = []byte(`"` + logPrefix)
 
-// keep reports whether e is shipped, counting why not; it may redact e.raw.
-func (f *filter) keep(e *event, st *stats) bool {
+// The filter runs in two steps around the buffer's lock. screen needs only the event, so it runs
+// before the lock and does the costly part there: redaction re-encodes JSON, and under the lock it
+// would hold up take, putBack and the answer to Lambda. sampledOut needs the invocation a log line
+// belongs to, which the buffer knows, so it runs under the lock.
+
+// screen reports whether e passes the controls that need only the event (the extension's own
+// lines, excluded types, the minimum level), counting why not, and redacts e.raw when it passes.
+func (f *filter) screen(e *event, st *stats) bool {
 	switch {
 	case e.typ == typeExtension && bytes.Contains(e.raw, ownLogMarker):
 		st.filteredOwn.Add(1)
@@ -41,15 +47,21 @@ func (f *filter) keep(e *event, st *stats) bool {
 	case isLogType(e.typ) && e.level >= 0 && int(e.level) < f.minLevel:
 		st.filteredLevel.Add(1)
 		return false
-	case e.typ == typeFunction && f.sample < 1 && e.level < levelError && !sampled(e.requestID, f.sample):
-		// Error lines and worse survive sampling.
-		st.filteredSampled.Add(1)
-		return false
 	}
 	if len(f.redact) > 0 && isLogType(e.typ) {
 		e.raw = redactRecord(e.raw, f.redact)
 	}
 	return true
+}
+
+// sampledOut reports whether sampling drops e, once e's invocation is known, counting it.
+// Error lines and worse survive sampling.
+func (f *filter) sampledOut(e *event, st *stats) bool {
+	if e.typ == typeFunction && f.sample < 1 && e.level < levelError && !sampled(e.requestID, f.sample) {
+		st.filteredSampled.Add(1)
+		return true
+	}
+	return false
 }
 
 // sampled decides per invocation, so that an invocation's log lines are kept or dropped whole.
