@@ -515,3 +515,8 @@ func (p *envParser) redact(name string, secrets bool) []*regexp.Regexp {
 	}
 	return res
 }
+
+// filter is the filter the configured controls make (filter.go).
+func (c config) filter() *filter {
+	return &filter{exclude: c.Exclude, minLevel: c.MinLevel, sample: c.Sample, redact: c.Redact}
+}

@@ -22,10 +22,6 @@ type filter struct {
 	redact   []*regexp.Regexp
 }
 
-func newFilter(cfg config) *filter {
-	return &filter{exclude: cfg.Exclude, minLevel: cfg.MinLevel, sample: cfg.Sample, redact: cfg.Redact}
-}
-
 // ownLogMarker is how the extension's own lines look inside an extension event's record.
 var ownLogMarker = []byte(`"` + logPrefix)
 

@@ -31,23 +31,36 @@ const (
 	telemetrySchemaManaged = "2025-01-29"
 )
 
-// subscribeTelemetry asks Lambda to post the configured telemetry types to the listener. A refusal
-// is not an error: the extension keeps running without telemetry, and the caller says so once.
-func subscribeTelemetry(ctx context.Context, api *extensionsClient, cfg config) (subscription, error) {
+// telemetryRequest is what the subscription asks of Lambda: which types, posted to which port,
+// buffered how (KINESIS_TELEMETRY_TYPES, _PORT, _BUFFER_*), and for Lambda Managed Instances.
+type telemetryRequest struct {
+	Managed                                   bool
+	Port                                      int
+	Types                                     []string
+	BufferItems, BufferBytes, BufferTimeoutMS int
+}
+
+// telemetryPut sends the subscription's body to the Telemetry API (a PUT through the Extensions
+// API client) and returns Lambda's answer.
+type telemetryPut func(ctx context.Context, body []byte) (status int, answer []byte, err error)
+
+// subscribe asks Lambda to post the requested telemetry types to the listener. A refusal is not
+// an error: the extension keeps running without telemetry, and the caller says so once.
+func subscribe(ctx context.Context, put telemetryPut, req telemetryRequest) (subscription, error) {
 	schema := telemetrySchema
-	if cfg.Managed {
+	if req.Managed {
 		schema = telemetrySchemaManaged
 	}
 	body, err := json.Marshal(map[string]any{
 		"schemaVersion": schema,
-		"destination":   map[string]any{"protocol": "HTTP", "URI": "http://sandbox.localdomain:" + strconv.Itoa(cfg.Port)},
-		"types":         cfg.Types,
-		"buffering":     map[string]any{"maxItems": cfg.BufferItems, "maxBytes": cfg.BufferBytes, "timeoutMs": cfg.BufferTimeoutMS},
+		"destination":   map[string]any{"protocol": "HTTP", "URI": "http://sandbox.localdomain:" + strconv.Itoa(req.Port)},
+		"types":         req.Types,
+		"buffering":     map[string]any{"maxItems": req.BufferItems, "maxBytes": req.BufferBytes, "timeoutMs": req.BufferTimeoutMS},
 	})
 	if err != nil {
 		return subscription{}, fmt.Errorf("subscribe telemetry: %w", err)
 	}
-	status, answer, err := api.do(ctx, http.MethodPut, api.telemetryURL, body, nil)
+	status, answer, err := put(ctx, body)
 	if err != nil {
 		return subscription{}, fmt.Errorf("subscribe telemetry: %w", err)
 	}
@@ -64,7 +77,7 @@ func subscribeTelemetry(ctx context.Context, api *extensionsClient, cfg config) 
 // Lambda delivers telemetry, or 127.0.0.1 where it does not resolve (emulators, tests). It never
 // returns an address that listens on all interfaces.
 func resolveListenHost(ctx context.Context) string {
-	ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
 	defer cancel()
 	// IPv4 only: Lambda's sandbox address is IPv4, and one DNS question is faster than two.
 	ips, err := net.DefaultResolver.LookupIP(ctx, "ip4", "sandbox.localdomain")
@@ -78,6 +91,9 @@ func resolveListenHost(ctx context.Context) string {
 	return "127.0.0.1"
 }
 
+// resolveTimeout bounds the wait for DNS at start-up: the sandbox resolves at once or not at all.
+const resolveTimeout = 200 * time.Millisecond
+
 // listener receives the batches Lambda posts. It answers as soon as the batch is in the buffer:
 // a slow answer makes Lambda buffer, retry and eventually drop telemetry.
 type listener struct {
@@ -88,10 +104,15 @@ type listener struct {
 	bodies  sync.Pool
 }
 
-func newListener(buf *buffer, st *stats, cfg config) *listener {
-	// Lambda's batches reach about twice maxBytes; leave room for one more.
-	return &listener{buf: buf, stats: st, maxBody: int64(3*cfg.BufferBytes + 1<<20), filter: newFilter(cfg)}
+// newBatchListener makes the listener for a subscription buffered at bufferBytes (the Telemetry
+// API's maxBytes), adding what passes f to buf.
+func newBatchListener(buf *buffer, st *stats, bufferBytes int, f *filter) *listener {
+	return &listener{buf: buf, stats: st, maxBody: maxBatchBody(bufferBytes), filter: f}
 }
+
+// maxBatchBody is the largest batch body accepted: Lambda's batches reach about twice maxBytes;
+// this leaves room for one more, and a MiB.
+func maxBatchBody(bufferBytes int) int64 { return int64(3*bufferBytes + 1<<20) }
 
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != "/" {
@@ -129,10 +150,14 @@ func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
+// readHeaderTimeout bounds how long a connection may take to send its headers; Lambda sends them
+// at once.
+const readHeaderTimeout = 5 * time.Second
+
 // serveListener serves l on ln. Its goroutine is owned by the caller through the returned stop
 // function, which closes the server and waits for the goroutine.
 func serveListener(ln net.Listener, l *listener, errorLog *log.Logger) (stop func()) {
-	srv := &http.Server{Handler: l, ReadHeaderTimeout: 5 * time.Second, ErrorLog: errorLog}
+	srv := &http.Server{Handler: l, ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

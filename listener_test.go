@@ -361,7 +361,7 @@ func filterOf(t *testing.T, env map[string]string) *filter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newFilter(cfg)
+	return cfg.filter()
 }
 
 // keepEvent is the whole filter for one event whose invocation is known, as buffer.add applies
