@@ -130,13 +130,18 @@ func (b *buffer) forget(e *event, o outcome) {
 // and, by the size function, at most maxBytes (but always at least one). They count as in flight
 // until confirmed or put back.
 func (b *buffer) take(before uint64, n, maxBytes int, size func(*event) int) []event {
-	return b.takeWhile(n, maxBytes, size, func() (*eventQueue, bool) {
+	return b.takeWhile(n, maxBytes, size, nil, b.oldestBefore(before))
+}
+
+// oldestBefore is take's order: the oldest event first, up to the mark.
+func (b *buffer) oldestBefore(before uint64) func() (*eventQueue, bool) {
+	return func() (*eventQueue, bool) {
 		q := b.oldestQueue()
 		if q == nil || q.front().seq >= before {
 			return nil, false
 		}
 		return q, false
-	})
+	}
 }
 
 // takeNewest is take for a shutdown short of time: it takes what matters most first — the newest
@@ -144,28 +149,49 @@ func (b *buffer) take(before uint64, n, maxBytes int, size func(*event) int) []e
 // report), then its log lines newest first, then older platform events and older log lines, each
 // newest first.
 func (b *buffer) takeNewest(n, maxBytes int, size func(*event) int) []event {
-	return b.takeWhile(n, maxBytes, size, func() (*eventQueue, bool) {
-		switch {
-		case b.platform.len() > 0 && b.platform.back().seq >= b.newest:
-			return &b.platform, true
-		case b.logs.len() > 0 && b.logs.back().seq >= b.newest:
-			return &b.logs, true
-		case b.platform.len() > 0:
-			return &b.platform, true
-		case b.logs.len() > 0:
-			return &b.logs, true
-		}
-		return nil, true
-	})
+	return b.takeWhile(n, maxBytes, size, nil, b.newestFirst)
+}
+
+// takeSkipping is take, or with newest takeNewest, skipping the events skip names (at
+// most maxSkipped of them, so that a backlog of such events costs a bounded time under the
+// lock): they stay in the buffer, at their places.
+func (b *buffer) takeSkipping(before uint64, newest bool, n, maxBytes int, size func(*event) int, skip func(*event) bool) []event {
+	if newest {
+		return b.takeWhile(n, maxBytes, size, skip, b.newestFirst)
+	}
+	return b.takeWhile(n, maxBytes, size, skip, b.oldestBefore(before))
+}
+
+// maxSkipped is the most events one takeSkipping skips.
+const maxSkipped = 4 * 500
+
+// newestFirst is takeNewest's order.
+func (b *buffer) newestFirst() (*eventQueue, bool) {
+	switch {
+	case b.platform.len() > 0 && b.platform.back().seq >= b.newest:
+		return &b.platform, true
+	case b.logs.len() > 0 && b.logs.back().seq >= b.newest:
+		return &b.logs, true
+	case b.platform.len() > 0:
+		return &b.platform, true
+	case b.logs.len() > 0:
+		return &b.logs, true
+	}
+	return nil, true
 }
 
 // takeWhile takes events one at a time from the queue end that next names (nil: stop; back: the
 // newest end, else the oldest), at most n of them and, by size, at most maxBytes (but always at
 // least one). They count as in flight until released or put back. b.mu is taken here.
-func (b *buffer) takeWhile(n, maxBytes int, size func(*event) int, next func() (q *eventQueue, back bool)) []event {
+func (b *buffer) takeWhile(n, maxBytes int, size func(*event) int, skip func(*event) bool, next func() (q *eventQueue, back bool)) []event {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var out []event
+	var out, skipped []event
+	defer func() {
+		// Skipped events go back where they were: to the end they came from, without a copy of
+		// the queue.
+		b.restore(skipped)
+	}()
 	total := 0
 	for len(out) < n {
 		q, back := next()
@@ -175,6 +201,14 @@ func (b *buffer) takeWhile(n, maxBytes int, size func(*event) int, next func() (
 		end, pop := q.front, q.popFront
 		if back {
 			end, pop = q.back, q.popBack
+		}
+		if skip != nil && skip(end()) {
+			if len(skipped) >= maxSkipped {
+				break
+			}
+			e, _ := pop()
+			skipped = append(skipped, e)
+			continue
 		}
 		s := size(end())
 		if len(out) > 0 && total+s > maxBytes {
@@ -187,6 +221,23 @@ func (b *buffer) takeWhile(n, maxBytes int, size func(*event) int, next func() (
 		out = append(out, e)
 	}
 	return out
+}
+
+// restore puts events popped and not taken back into their queues; b.mu is held.
+func (b *buffer) restore(evs []event) {
+	if len(evs) == 0 {
+		return
+	}
+	var platform, logs []event
+	for i := range evs {
+		if evs[i].isPlatform() {
+			platform = append(platform, evs[i])
+		} else {
+			logs = append(logs, evs[i])
+		}
+	}
+	b.platform.insert(platform)
+	b.logs.insert(logs)
 }
 
 // oldestQueue is the queue whose front arrived first, or nil when both are empty.
@@ -221,22 +272,13 @@ func (b *buffer) putBack(evs []event) {
 	if len(evs) == 0 {
 		return
 	}
-	var platform, logs []event
-	for i := range evs {
-		if evs[i].isPlatform() {
-			platform = append(platform, evs[i])
-		} else {
-			logs = append(logs, evs[i])
-		}
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i := range evs {
 		b.inFlight -= evs[i].size()
 		b.bytes += evs[i].size()
 	}
-	b.platform.insert(platform)
-	b.logs.insert(logs)
+	b.restore(evs)
 	b.makeRoom()
 }
 

@@ -31,7 +31,13 @@ type shipper struct {
 	stats *stats
 	logs  *logger
 	meta  recordMeta
-	pace  *pacer
+	pace  *pacer // the stream's: whole calls refused, and entries of no paced shard
+	// shardPace paces each shard that has refused entries (shards.go); starved names the shards
+	// whose entries the last take left in the buffer; unsharded is what the last call's entries
+	// of no paced shard did, for the stream's pacer.
+	shardPace *shardPacers
+	starved   map[string]bool
+	unsharded shardCall
 
 	mu       sync.Mutex // one round at a time; guards the fields below
 	client   recordPutter
@@ -66,7 +72,8 @@ type recordPutter interface {
 }
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
-	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now)}
+	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now), starved: map[string]bool{}}
+	s.shardPace = newShardPacers(func() *pacer { return newPacer(s.pace.now) })
 	s.newClient = func(ctx context.Context) (recordPutter, error) {
 		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
 	}
@@ -138,10 +145,13 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		recs := s.takeRecords(r, n)
 		if len(recs) == 0 {
 			s.pace.refund(n)
+			if wait := s.shardWait(); wait > 0 && s.pause(ctx, r, wait) {
+				continue // what is left waits for its shards' pacers
+			}
 			return nil
 		}
 		s.pace.refund(n - len(recs))
-		accepted, throttled, pushback := s.send(ctx, r, recs)
+		_, throttled, pushback := s.send(ctx, r, recs)
 		if pushback == noCredentials {
 			s.pushbackAt.Store(time.Now().UnixNano())
 			r.pushed.Store(true)
@@ -152,7 +162,11 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		// sending less would only leave the backlog to the shutdown. An outage or 5xx says
 		// nothing about the stream's rate either, and is met with backoff (and, when calls keep
 		// failing whole, small probing calls) instead.
-		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, n < want)
+		if pushback == throughput {
+			s.pace.observe(len(recs), 0, len(recs), true, n < want)
+		} else {
+			s.pace.observe(s.unsharded.sent, s.unsharded.accepted, s.unsharded.throttled, false, n < want)
+		}
 		if pushback == failure {
 			s.failStreak++
 			s.retryAt = time.Now().Add(backoff(s.failStreak - 1))
@@ -206,12 +220,21 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 	if s.cfg.RecordFormat.aggregated() {
 		events = s.eventsPerCall()
 	}
-	var evs []event
-	if r.urgent {
-		evs = s.buf.takeNewest(events, maxCallBytes, s.recordSize)
-	} else {
-		evs = s.buf.take(r.before, events, maxCallBytes, s.recordSize)
+	// Events for a shard whose pacer grants nothing now stay in the buffer: the call carries
+	// the shards that accept.
+	clear(s.starved)
+	var skip func(*event) bool
+	if s.shardPace.paced() {
+		skip = func(e *event) bool {
+			shard, p := s.shardPace.pacerFor(s.meta.partitionKey(e))
+			if p == nil || p.grant(1) > 0 {
+				return false
+			}
+			s.starved[shard] = true
+			return true
+		}
 	}
+	evs := s.buf.takeSkipping(r.before, r.urgent, events, maxCallBytes, s.recordSize, skip)
 	if len(evs) == 0 {
 		return nil
 	}
@@ -256,6 +279,45 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 	}
 }
 
+// shardWait is how long until the first of the shards the last take left out grants again; 0
+// when it left none out.
+func (s *shipper) shardWait() time.Duration {
+	var wait time.Duration
+	for shard := range s.starved {
+		if p := s.shardPace.pacers[shard]; p != nil {
+			if d := max(p.wait(1), time.Millisecond); wait == 0 || d < wait {
+				wait = d
+			}
+		}
+	}
+	return wait
+}
+
+// observeShards learns from one answered call which shards its entries went to, tells each paced
+// shard's pacer what its entries did, and keeps the rest for the stream's pacer.
+func (s *shipper) observeShards(recs []pendingRecord, results []putResult) {
+	keys := make([]string, len(recs))
+	for i := range recs {
+		keys[i] = recs[i].key
+	}
+	byShard, unknown := s.shardPace.learn(keys, results)
+	s.unsharded = unknown
+	for shard, c := range byShard {
+		p := s.shardPace.pacers[shard]
+		if p == nil {
+			s.unsharded.sent += c.sent
+			s.unsharded.accepted += c.accepted
+			continue
+		}
+		p.observe(c.sent, c.accepted, c.throttled, false, s.starved[shard])
+	}
+	for shard := range s.starved {
+		if p := s.shardPace.pacers[shard]; p != nil && byShard[shard] == nil {
+			p.observe(0, 0, 0, false, true)
+		}
+	}
+}
+
 // callPushback is how a whole call met pushback.
 type callPushback int
 
@@ -271,6 +333,7 @@ const (
 // were refused for throughput, and how the whole call met pushback.
 func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (accepted, throttled int, pushback callPushback) {
 	s.body = s.encodeBody(s.body[:0], recs)
+	s.unsharded = shardCall{}
 	callCtx, done := s.guard(ctx, r)
 	s.sending.Store(true)
 	start := time.Now()
@@ -298,6 +361,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 	switch {
 	case err == nil:
 		s.answers.add(took)
+		s.observeShards(recs, results)
 		var again []pendingRecord
 		for i, res := range results {
 			switch {

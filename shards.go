@@ -1,0 +1,217 @@
+package main
+
+// The stream's shards as PutRecords answers show them, without ListShards (which would need
+// another IAM permission): every stored entry names its ShardId, and every entry refused for a
+// shard's throughput names the shard in its message. A shard owns one contiguous range of the
+// 128-bit hash key space (the MD5 of the partition key), so a key whose hash lies between two
+// learnt hashes of the same shard belongs to that shard too. Throughput is paced per shard that
+// has refused entries (pacer.go), so that a hot shard among healthy ones holds back only its own
+// entries, and calls stay full of entries for the shards that accept.
+
+import (
+	"bytes"
+	"crypto/md5"
+	"slices"
+	"strings"
+)
+
+// hashKey is a partition key's MD5, big-endian: Kinesis's hash key, ordered as bytes.
+type hashKey [md5.Size]byte
+
+func hashOf(partitionKey string) hashKey { return md5.Sum([]byte(partitionKey)) }
+
+// hashPoint is one learnt hash key and the shard that took it.
+type hashPoint struct {
+	hash  hashKey
+	shard string
+}
+
+// shardMap is a bounded, sorted set of learnt points of the hash key space.
+type shardMap struct {
+	points []hashPoint
+}
+
+// maxHashPoints bounds the map: about 40 KB, and ample for the shards one environment writes to.
+const maxHashPoints = 1024
+
+// find returns the index of the first point at or above h.
+func (m *shardMap) find(h hashKey) int {
+	i, _ := slices.BinarySearchFunc(m.points, h, func(p hashPoint, h hashKey) int { return bytes.Compare(p.hash[:], h[:]) })
+	return i
+}
+
+// shardOf returns the shard that owns h, when the points around it say so.
+func (m *shardMap) shardOf(h hashKey) (string, bool) {
+	i := m.find(h)
+	if i < len(m.points) && m.points[i].hash == h {
+		return m.points[i].shard, true
+	}
+	if i == 0 || i == len(m.points) || m.points[i-1].shard != m.points[i].shard {
+		return "", false
+	}
+	return m.points[i].shard, true
+}
+
+// learn records that shard took h. A point that disagrees with its neighbours wins over them
+// (a resharded stream): the neighbours that said otherwise are forgotten.
+func (m *shardMap) learn(h hashKey, shard string) {
+	i := m.find(h)
+	if i < len(m.points) && m.points[i].hash == h {
+		m.points[i].shard = shard
+		return
+	}
+	if i > 0 && i < len(m.points) && m.points[i-1].shard == shard && m.points[i].shard == shard {
+		return // already implied
+	}
+	if len(m.points) >= maxHashPoints {
+		m.thin()
+		i = m.find(h)
+	}
+	m.points = slices.Insert(m.points, i, hashPoint{h, shard})
+	// A point between two of its shard's adds nothing to a lookup: keep each run's ends.
+	if i+2 < len(m.points) && m.points[i+1].shard == shard && m.points[i+2].shard == shard {
+		m.points = slices.Delete(m.points, i+1, i+2)
+	}
+	if i >= 2 && m.points[i-1].shard == shard && m.points[i-2].shard == shard {
+		m.points = slices.Delete(m.points, i-1, i)
+	}
+}
+
+// thin halves the map, keeping each shard's outermost points, which are what a lookup needs.
+func (m *shardMap) thin() {
+	kept := m.points[:0]
+	for i, p := range m.points {
+		edge := i == 0 || i == len(m.points)-1 || m.points[i-1].shard != p.shard || m.points[i+1].shard != p.shard
+		if edge || i%2 == 0 {
+			kept = append(kept, p)
+		}
+	}
+	clear(m.points[len(kept):])
+	m.points = kept
+	if len(m.points) >= maxHashPoints {
+		m.points = m.points[:maxHashPoints/2] // shards too many to keep apart: forget the rest
+	}
+}
+
+// refusedShard returns the shard a ProvisionedThroughputExceededException message names:
+// "Rate exceeded for shard shardId-000000000001 in stream NAME under account 123456789012."
+func refusedShard(message string) (string, bool) {
+	const marker = "for shard "
+	i := strings.Index(message, marker)
+	if i < 0 {
+		return "", false
+	}
+	rest := message[i+len(marker):]
+	if j := strings.IndexByte(rest, ' '); j >= 0 {
+		rest = rest[:j]
+	}
+	return rest, strings.HasPrefix(rest, "shardId-")
+}
+
+// shardPacers are the pacers of the shards that have refused entries for throughput, with the
+// map that tells which shard a partition key goes to.
+type shardPacers struct {
+	shards  shardMap
+	pacers  map[string]*pacer
+	newPace func() *pacer
+	names   map[string]string // interned shard ids
+}
+
+// maxShardPacers bounds the pacers kept; past it, the shards paced no longer are forgotten.
+const maxShardPacers = 256
+
+func newShardPacers(newPace func() *pacer) *shardPacers {
+	return &shardPacers{pacers: map[string]*pacer{}, newPace: newPace, names: map[string]string{}}
+}
+
+// pacerFor returns the pacer of the shard key goes to, or nil when the shard is unknown or has
+// not refused entries.
+func (s *shardPacers) pacerFor(key string) (string, *pacer) {
+	if len(s.pacers) == 0 {
+		return "", nil
+	}
+	shard, ok := s.shards.shardOf(hashOf(key))
+	if !ok {
+		return "", nil
+	}
+	return shard, s.pacers[shard]
+}
+
+// paced reports whether any shard's pacer limits its rate.
+func (s *shardPacers) paced() bool {
+	for _, p := range s.pacers {
+		if p.paced {
+			return true
+		}
+	}
+	return false
+}
+
+// shardCall is what one call did to one shard.
+type shardCall struct {
+	sent, accepted, throttled int
+}
+
+// learn records one call's answers: results[i] answers the entry with partition key keys[i].
+// It returns what each shard named did, and what the entries of unknown shard did.
+func (s *shardPacers) learn(keys []string, results []putResult) (byShard map[string]*shardCall, unknown shardCall) {
+	byShard = map[string]*shardCall{}
+	for i, res := range results {
+		shard, ok := res.ShardID, res.ShardID != ""
+		if !ok && isThrottleCode(res.ErrorCode) {
+			shard, ok = refusedShard(res.ErrorMessage)
+		}
+		throttled := res.ErrorCode != "" && isRetryableCode(res.ErrorCode, 0)
+		if !ok {
+			unknown.sent++
+			if res.ErrorCode == "" {
+				unknown.accepted++
+			} else if throttled {
+				unknown.throttled++
+			}
+			continue
+		}
+		shard = s.intern(shard)
+		s.shards.learn(hashOf(keys[i]), shard)
+		c := byShard[shard]
+		if c == nil {
+			c = &shardCall{}
+			byShard[shard] = c
+		}
+		c.sent++
+		if res.ErrorCode == "" {
+			c.accepted++
+		} else if throttled {
+			c.throttled++
+		}
+	}
+	for shard, c := range byShard {
+		if c.throttled > 0 && s.pacers[shard] == nil {
+			if len(s.pacers) >= maxShardPacers {
+				s.forgetCalm()
+			}
+			s.pacers[shard] = s.newPace()
+		}
+	}
+	return byShard, unknown
+}
+
+// forgetCalm drops the pacers that no longer pace.
+func (s *shardPacers) forgetCalm() {
+	for shard, p := range s.pacers {
+		if !p.paced {
+			delete(s.pacers, shard)
+		}
+	}
+}
+
+func (s *shardPacers) intern(shard string) string {
+	if v, ok := s.names[shard]; ok {
+		return v
+	}
+	if len(s.names) >= 4*maxShardPacers {
+		clear(s.names)
+	}
+	s.names[shard] = shard
+	return shard
+}

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/binary"
+	"fmt"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+)
+
+// evenShards returns n shard ranges splitting the hash key space evenly, as CreateStream does,
+// and the shard a partition key goes to.
+func evenShards(n int) func(key string) string {
+	space := new(big.Int).Lsh(big.NewInt(1), 128)
+	width := new(big.Int).Div(space, big.NewInt(int64(n)))
+	return func(key string) string {
+		sum := md5.Sum([]byte(key))
+		i := new(big.Int).Div(new(big.Int).SetBytes(sum[:]), width).Int64()
+		return fmt.Sprintf("shardId-%012d", min(i, int64(n-1)))
+	}
+}
+
+func TestShardMapLearnsRangesFromAnswers(t *testing.T) {
+	route := evenShards(4)
+	var m shardMap
+	for i := range 400 {
+		key := fmt.Sprintf("learn-%d", i)
+		m.learn(hashOf(key), route(key))
+	}
+	right, unknown := 0, 0
+	for i := range 2000 {
+		key := fmt.Sprintf("ask-%d", i)
+		got, ok := m.shardOf(hashOf(key))
+		switch {
+		case !ok:
+			unknown++
+		case got != route(key):
+			t.Fatalf("key %q: shardOf says %s, the stream routes it to %s", key, got, route(key))
+		default:
+			right++
+		}
+	}
+	// Only keys between two points of different shards stay unknown: with 400 points over 4
+	// ranges, a handful near the 3 boundaries.
+	if unknown > 2000/20 {
+		t.Errorf("%d of 2000 keys unknown after 400 answers over 4 shards", unknown)
+	}
+	if len(m.points) > 8 {
+		t.Errorf("%d points kept for 4 contiguous ranges; points inside a range add nothing", len(m.points))
+	}
+}
+
+func TestShardMapStaysBoundedAndCorrect(t *testing.T) {
+	route := evenShards(2000) // more shards than points fit
+	var m shardMap
+	for i := range 20 * maxHashPoints {
+		key := fmt.Sprintf("k%d", i)
+		m.learn(hashOf(key), route(key))
+		if len(m.points) > maxHashPoints {
+			t.Fatalf("%d points after %d answers, bound %d", len(m.points), i+1, maxHashPoints)
+		}
+	}
+	for i := range 5000 {
+		key := fmt.Sprintf("q%d", i)
+		if got, ok := m.shardOf(hashOf(key)); ok && got != route(key) {
+			t.Fatalf("key %q: shardOf says %s, the stream routes it to %s", key, got, route(key))
+		}
+	}
+}
+
+func TestShardMapFollowsAReshard(t *testing.T) {
+	var m shardMap
+	var lo, mid, hi hashKey
+	binary.BigEndian.PutUint64(lo[:], 1<<60)
+	binary.BigEndian.PutUint64(mid[:], 2<<60)
+	binary.BigEndian.PutUint64(hi[:], 3<<60)
+	m.learn(lo, "shardId-000000000000")
+	m.learn(hi, "shardId-000000000000")
+	if got, _ := m.shardOf(mid); got != "shardId-000000000000" {
+		t.Fatalf("between two points of one shard: %q", got)
+	}
+	m.learn(mid, "shardId-000000000002") // the shard split
+	if got, _ := m.shardOf(mid); got != "shardId-000000000002" {
+		t.Errorf("after an answer from the child shard: %q", got)
+	}
+}
+
+func TestRefusedShard(t *testing.T) {
+	for _, tt := range []struct {
+		msg, want string
+		ok        bool
+	}{
+		{"Rate exceeded for shard shardId-000000000001 in stream s under account 123456789012.", "shardId-000000000001", true},
+		{"Rate exceeded for shard shardId-000000000007", "shardId-000000000007", true},
+		{"Rate exceeded for shard", "", false},
+		{"The request was denied due to request throttling.", "", false},
+	} {
+		got, ok := refusedShard(tt.msg)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("refusedShard(%q) = %q, %v; want %q, %v", tt.msg, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestHotShardHoldsBackOnlyItsOwnEntries: one shard of four takes 10 entries a call, the others
+// everything. The hot shard's entries wait, paced by its own pacer; the calls stay full of the
+// other shards' entries, and the stream's pacer does not slow them.
+func TestHotShardHoldsBackOnlyItsOwnEntries(t *testing.T) {
+	route := evenShards(4)
+	const hot = "shardId-000000000000"
+	fk := newFakeKinesis(t, func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		failed, hotTaken := 0, 0
+		for i, r := range req.Records {
+			shard := route(r.PartitionKey)
+			if shard == hot {
+				if hotTaken >= 10 {
+					rs[i] = fmt.Sprintf(`{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard %s in stream s under account 123456789012."}`, shard)
+					failed++
+					continue
+				}
+				hotTaken++
+			}
+			rs[i] = fmt.Sprintf(`{"SequenceNumber":"1","ShardId":%q}`, shard)
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, failed, strings.Join(rs, ","))
+	})
+	s, buf, st := testShipper(t, config{}, fk.URL)
+	for inv := range 40 { // one key per invocation (the default "request" partition keys)
+		evs := make([]event, 50)
+		for i := range evs {
+			evs[i] = logEvent(fmt.Sprintf("inv %d line %d", inv, i))
+			evs[i].requestID = fmt.Sprintf("req-%d", inv)
+		}
+		buf.add(evs, &filter{sample: 1})
+	}
+	hotEvents := 0
+	for inv := range 40 {
+		if route(fmt.Sprintf("req-%d", inv)) == hot {
+			hotEvents += 50
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	s.ship(ctx, everything)
+	calls := fk.received()
+	if st.delivered.Load() < uint64(2000-hotEvents) {
+		t.Errorf("delivered %d of the %d events for the healthy shards", st.delivered.Load(), 2000-hotEvents)
+	}
+	// After the first answers have shown the hot shard, no call carries mostly its entries.
+	for i, c := range calls[2:] {
+		n := 0
+		for _, r := range c.Records {
+			if route(r.PartitionKey) == hot {
+				n++
+			}
+		}
+		if n > len(c.Records)/2 && len(c.Records) > 20 {
+			t.Errorf("call %d carries %d of its %d entries for the hot shard", i+2, n, len(c.Records))
+		}
+	}
+	if paced, rate := s.pace.pacing(); paced && rate < 1000 {
+		t.Errorf("the stream's pacer paces at %.0f entries/s for one hot shard", rate)
+	}
+	if p := s.shardPace.pacers[hot]; p == nil || !p.paced {
+		t.Errorf("the hot shard has no pacer that paces")
+	}
+}
