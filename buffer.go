@@ -163,7 +163,7 @@ func (b *buffer) takeSkipping(before uint64, newest bool, n, maxBytes int, size 
 }
 
 // maxSkipped is the most events one takeSkipping skips.
-const maxSkipped = 4 * 500
+const maxSkipped = 2 * 500
 
 // newestFirst is takeNewest's order.
 func (b *buffer) newestFirst() (*eventQueue, bool) {

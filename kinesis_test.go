@@ -983,38 +983,6 @@ func TestPacer(t *testing.T) {
 				t.Errorf("rates %.0f → %.0f (1 s) → %.0f (3 s more): want slow growth, then doubling per second", r0, r1, r2)
 			}
 		}},
-		// A share refused whatever the rate (a hot shard among healthy ones): the share does not
-		// fall when the rate falls, so it is left out of the cuts, and the sender keeps up with
-		// its backlog instead of sinking to the floor.
-		{"30% refused whatever the rate: no starving", func(t *testing.T, p *pacer, c *fakeClock) {
-			rng := rand.New(rand.NewPCG(1, 1))
-			refuse := func(n int) (ok int) {
-				for range n {
-					if rng.Float64() >= 0.3 {
-						ok++
-					}
-				}
-				return ok
-			}
-			backlog := 0.0
-			delivered := 0
-			for i := range 6000 { // 60 s of calls every 10 ms, 250 new events/s
-				backlog = min(backlog+2.5, 1000)
-				want := min(500, int(backlog))
-				if n := p.grant(want); n > 0 {
-					ok := refuse(n)
-					backlog -= float64(ok)
-					p.observe(n, ok, n-ok, false, n < want)
-					if i >= 1000 {
-						delivered += ok
-					}
-				}
-				c.advance(10 * time.Millisecond)
-			}
-			if rate := float64(delivered) / 50; rate < 0.9*250 {
-				t.Errorf("delivered %.0f events/s of the 250/s offered: starved by a refusal that no rate avoids", rate)
-			}
-		}},
 		{"it settles near what the stream takes", func(t *testing.T, p *pacer, c *fakeClock) {
 			// The stream takes 300 entries/s: a token bucket on the stream side.
 			stream, at := 300.0, c.t

@@ -6,7 +6,6 @@ package main
 
 import (
 	"math"
-	"slices"
 	"time"
 )
 
@@ -22,23 +21,21 @@ import (
 // more than the bucket gives, it rises by paceIncrease of itself per second (at least
 // paceMinStep), or doubles per second once paceProbeAfter has passed without pushback, like
 // TCP's slow start, so that a passing throttle does not hold the environment back for long.
-// A proportional cut matters where a fixed share of entries is refused whatever the rate (one
-// hot shard of several): a cut at every throttle would starve the shards that have room.
+// Slow answers are not pushback: a stream that answers late still stores what it is sent.
 //
-// Not every refusal is a rate limit. A hot shard among healthy ones, or a share of entries
-// refused at random, is refused whatever this environment's rate: cutting for it would starve
-// the part of the stream that accepts, down to the floor. A rate limit, by contrast, refuses
-// little or nothing at the low points of AIMD's saw-tooth. So the share refused whatever the rate
-// is taken as the least share refused over the last fixedWindows windows of shareWindow (each of
-// fixedSample entries or more), and cuts (and the pushback that ends calm) count only the share
-// refused above it: a rate limit's least share is about nothing, and the pacer is plain AIMD;
-// a fixed refusal's is itself, and calls stay full. Slow answers are not pushback: a stream that
-// answers late still stores what it is sent.
+// There is one pacer per shard that has refused entries, and one for the stream (shards.go): a
+// shard's refusals name it, so a hot shard among healthy ones paces only its own entries. The
+// stream's pacer answers whole calls refused for throughput and entries whose shard is unknown.
+// Throttling by bytes (1 MiB/s per shard) shows as the same per-entry error and is paced the
+// same way. Time is wall-clock time, frozen periods included: the stream's shards refill while
+// the environment is frozen, and so does the bucket, up to paceBurst of traffic.
 //
-// The estimate is per stream: per-shard knowledge would need ListShards, an extra IAM
-// permission. Throttling by bytes (1 MiB/s per shard) shows as the same per-entry error and is
-// paced the same way. Time is wall-clock time, frozen periods included: the stream's shards
-// refill while the environment is frozen, and so does the bucket, up to paceBurst of traffic.
+// Its weak case is a share refused at random whatever the rate (on one shard): from one
+// environment it looks like that environment's part of a fleet's overload, which every
+// environment must answer by cutting for the fleet to converge, so it is cut for, and the data
+// waits. Telling the two apart needs a test of the rate against the share refused, and in a fleet
+// one environment's rate hardly moves the share: tried, it raised the fleet's amplification
+// (BENCHMARKS.md, "Backpressure").
 type pacer struct {
 	now func() time.Time
 
@@ -53,15 +50,6 @@ type pacer struct {
 	epochSent, epochThrottled  float64
 	recentSent, recentAccepted float64   // entries, decaying with time constant paceWindow
 	recentAt                   time.Time // of the decay
-
-	// The share refused whatever the rate (see the type's comment): the shares of the last
-	// windows, and the current window's counts.
-	windowShares, windowRates [fixedWindows]float64
-	windowSizes               [fixedWindows]float64
-	windows                   int // windows ended
-	windowAt                  time.Time
-	windowSent, windowRefused float64
-	fixedShare                float64
 }
 
 const (
@@ -75,14 +63,6 @@ const (
 	paceWindow     = time.Second
 	paceBurst      = time.Second
 	paceBatch      = 50 * time.Millisecond // a call waits for at least this much traffic (or the backlog)
-
-	// The share refused whatever the rate is the least of the last fixedWindows windows of
-	// shareWindow with fixedSample entries or more each.
-	shareWindow  = 2 * time.Second
-	fixedWindows = 5
-	fixedSample  = 20
-	fixedSpread  = 0.7
-	fixedFade    = 0.1
 )
 
 func newPacer(now func() time.Time) *pacer { return &pacer{now: now} }
@@ -158,12 +138,12 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.decay(now)
 	p.recentSent += float64(sent)
 	p.recentAccepted += float64(accepted)
-	p.learnFixed(now, max(sent, throttled), throttled)
-	if share := float64(throttled) / float64(max(sent, 1)); p.excess(share) > 0 {
+	if throttled > 0 {
 		p.calmAt = now
 		if !p.paced {
+			share := float64(throttled) / float64(max(sent, 1))
 			p.paced, p.at, p.upAt, p.tokens = true, now, now, 0
-			p.rate = max(paceMinRate, p.recentSent/paceWindow.Seconds()*(1-p.excess(share)/2))
+			p.rate = max(paceMinRate, p.recentSent/paceWindow.Seconds()*(1-share/2))
 			p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
 			return
 		}
@@ -175,8 +155,9 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.epochSent += float64(max(sent, throttled))
 	p.epochThrottled += float64(throttled)
 	if now.Sub(p.epochAt) >= paceEpoch {
-		if excess := p.excess(min(1, p.epochThrottled/max(p.epochSent, 1))); excess > 0 {
-			p.rate = max(paceMinRate, p.rate*(1-excess/2))
+		if p.epochThrottled > 0 {
+			share := min(1, p.epochThrottled/max(p.epochSent, 1))
+			p.rate = max(paceMinRate, p.rate*(1-share/2))
 			p.tokens = min(p.tokens, 0)
 		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
@@ -202,48 +183,6 @@ func (p *pacer) room(d time.Duration) int {
 	}
 	p.refill(p.now())
 	return int(max(0, p.tokens) + p.rate*d.Seconds())
-}
-
-// learnFixed counts one call's entries and refusals into the current window and, at the
-// window's end, updates the share refused whatever the rate.
-func (p *pacer) learnFixed(now time.Time, sent, refused int) {
-	if p.windowAt.IsZero() {
-		p.windowAt = now
-	}
-	p.windowSent += float64(sent)
-	p.windowRefused += float64(refused)
-	if now.Sub(p.windowAt) < shareWindow {
-		return
-	}
-	if p.windowSent >= fixedSample {
-		i := p.windows % fixedWindows
-		p.windowShares[i], p.windowRates[i] = p.windowRefused/p.windowSent, p.windowSent/now.Sub(p.windowAt).Seconds()
-		p.windowSizes[i] = p.windowSent
-		p.windows++
-		p.fixedShare *= 1 - fixedFade
-		rates := p.windowRates[:min(p.windows, fixedWindows)]
-		lo, hi := slices.Index(rates, slices.Min(rates)), slices.Index(rates, slices.Max(rates))
-		if rates[lo] <= fixedSpread*rates[hi] {
-			// The rate varied: did the share refused fall with it? Not beyond the noise of the
-			// low window's sample: the refusal is fixed. Otherwise it is a rate limit's.
-			low, high := p.windowShares[lo], p.windowShares[hi]
-			noise := 2*math.Sqrt(low*(1-low)/p.windowSizes[lo]) + 0.02
-			p.fixedShare = 0
-			if low >= high-noise {
-				p.fixedShare = low
-			}
-		}
-	}
-	p.windowAt, p.windowSent, p.windowRefused = now, 0, 0
-}
-
-// excess is the share refused above the share refused whatever the rate, as a share of the
-// rest: what a cut answers.
-func (p *pacer) excess(share float64) float64 {
-	if share <= p.fixedShare {
-		return 0
-	}
-	return (share - p.fixedShare) / (1 - p.fixedShare)
 }
 
 // pacing reports whether the pacer limits the rate, and to what.

@@ -37,6 +37,7 @@ type shipper struct {
 	// of no paced shard did, for the stream's pacer.
 	shardPace *shardPacers
 	starved   map[string]bool
+	allowed   map[string]int // what each paced shard's pacer granted the call being taken
 	unsharded shardCall
 
 	mu       sync.Mutex // one round at a time; guards the fields below
@@ -72,7 +73,8 @@ type recordPutter interface {
 }
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
-	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now), starved: map[string]bool{}}
+	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now),
+		starved: map[string]bool{}, allowed: map[string]int{}}
 	s.shardPace = newShardPacers(func() *pacer { return newPacer(s.pace.now) })
 	s.newClient = func(ctx context.Context) (recordPutter, error) {
 		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
@@ -220,14 +222,24 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 	if s.cfg.RecordFormat.aggregated() {
 		events = s.eventsPerCall()
 	}
-	// Events for a shard whose pacer grants nothing now stay in the buffer: the call carries
-	// the shards that accept.
+	// A paced shard's entries get what its pacer grants the call; the rest stay in the buffer,
+	// and the call carries the shards that accept.
 	clear(s.starved)
+	clear(s.allowed)
 	var skip func(*event) bool
 	if s.shardPace.paced() {
+		for shard, p := range s.shardPace.pacers {
+			if p.paced {
+				s.allowed[shard] = p.grant(maxRecordsPerCall)
+			}
+		}
 		skip = func(e *event) bool {
 			shard, p := s.shardPace.pacerFor(s.meta.partitionKey(e))
-			if p == nil || p.grant(1) > 0 {
+			switch {
+			case p == nil || !p.paced:
+				return false
+			case s.allowed[shard] > 0:
+				s.allowed[shard]--
 				return false
 			}
 			s.starved[shard] = true
@@ -235,6 +247,9 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 		}
 	}
 	evs := s.buf.takeSkipping(r.before, r.urgent, events, maxCallBytes, s.recordSize, skip)
+	for shard, left := range s.allowed {
+		s.shardPace.pacers[shard].refund(left)
+	}
 	if len(evs) == 0 {
 		return nil
 	}
@@ -285,7 +300,7 @@ func (s *shipper) shardWait() time.Duration {
 	var wait time.Duration
 	for shard := range s.starved {
 		if p := s.shardPace.pacers[shard]; p != nil {
-			if d := max(p.wait(1), time.Millisecond); wait == 0 || d < wait {
+			if d := max(p.wait(maxRecordsPerCall), time.Millisecond); wait == 0 || d < wait {
 				wait = d
 			}
 		}
