@@ -296,11 +296,44 @@ func (b *buffer) release(evs []event, o outcome) {
 func (b *buffer) addOwn(e event) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// A counts record holds totals: a newer one makes an older one still waiting say nothing
+	// more, and would land after it.
+	kept := b.platform.items[:b.platform.head]
+	for _, o := range b.platform.items[b.platform.head:] {
+		if o.typ == countsType {
+			b.bytes -= o.size()
+			continue
+		}
+		kept = append(kept, o)
+	}
+	clear(b.platform.items[len(kept):])
+	b.platform.items = kept
 	e.seq, e.idPrefix, e.arrived = b.seq, b.idPrefix, time.Now()
 	b.seq++
 	b.platform.push(e)
 	b.bytes += e.size()
 	b.makeRoom()
+}
+
+// takeCounts takes the newest counts record waiting, if there is one, so that it can go first.
+func (b *buffer) takeCounts() (event, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	q := &b.platform
+	for i := len(q.items) - 1; i >= q.head; i-- {
+		if q.items[i].typ != countsType {
+			continue
+		}
+		e := q.items[i]
+		q.items = slices.Delete(q.items, i, i+1)
+		if q.head == len(q.items) {
+			q.items, q.head = q.items[:0], 0
+		}
+		b.bytes -= e.size()
+		b.inFlight += e.size()
+		return e, true
+	}
+	return event{}, false
 }
 
 // state reports how many events wait and when the oldest of them arrived.

@@ -122,8 +122,9 @@ type round struct {
 	// is left of it.
 	allowance time.Duration
 	// urgent takes the most valuable events first (takeNewest); escalate turns it on at the
-	// first pushback (a shutdown that finds the stream pushing back).
-	urgent, escalate bool
+	// first pushback (a shutdown that finds the stream pushing back). countsFirst puts the
+	// newest counts record at the head of the round's first call.
+	urgent, escalate, countsFirst bool
 
 	softAt atomic.Int64 // unix nanoseconds when soft was first seen closed
 	pushed atomic.Bool  // this round saw pushback

@@ -433,18 +433,21 @@ func (e *extension) onShutdown(ev lifecycleEvent) {
 		cancel()
 	}
 	dataEnd := final.Add(-countsReserve)
-	e.ship.keepWhatFits(time.Until(dataEnd))
+	short := e.ship.keepWhatFits(time.Until(dataEnd)) > 0
 	e.ship.emitCounts(time.Now())
-	// Newest first: the counts record, then the newest invocation's platform events (its
-	// runtimeDone with status timeout after a timeout, its report) and last lines.
+	// The counts record first. When time is short — the environment is reset after a timeout or
+	// failure, the stream pushes back, or not everything fits — the most valuable telemetry
+	// follows: the newest invocation's platform events (its runtimeDone with status timeout
+	// after a timeout, its report) and last lines; otherwise everything in order.
+	urgent := short || ev.ShutdownReason == "timeout" || ev.ShutdownReason == "failure" || e.ship.pressured(time.Now())
 	ctx, cancel := context.WithDeadline(context.Background(), dataEnd)
 	e.lastShip = time.Now()
-	_ = e.ship.shipRound(ctx, &round{before: everything, urgent: true})
+	_ = e.ship.shipRound(ctx, &round{before: everything, urgent: urgent, escalate: true, countsFirst: true})
 	cancel()
 	if e.ship.dropRemaining() > 0 {
 		e.ship.emitCounts(time.Now())
 		ctx, cancel = context.WithDeadline(context.Background(), final)
-		_ = e.ship.shipRound(ctx, &round{before: everything, urgent: true})
+		_ = e.ship.shipRound(ctx, &round{before: everything, urgent: true, countsFirst: true})
 		cancel()
 	}
 	e.logs.printf("shutdown (%s): %s", ev.ShutdownReason, e.stats.summary(e.buf.buffered()))

@@ -246,7 +246,17 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 			return true
 		}
 	}
-	evs := s.buf.takeSkipping(r.before, r.urgent, events, maxCallBytes, s.recordSize, skip)
+	var evs []event
+	room := maxCallBytes
+	if r.countsFirst {
+		r.countsFirst = false
+		if e, ok := s.buf.takeCounts(); ok {
+			evs = append(evs, e)
+			events--
+			room -= s.recordSize(&e)
+		}
+	}
+	evs = append(evs, s.buf.takeSkipping(r.before, r.urgent, events, room, s.recordSize, skip)...)
 	for shard, left := range s.allowed {
 		s.shardPace.pacers[shard].refund(left)
 	}
@@ -518,11 +528,12 @@ func (s *shipper) dropRemaining() (telemetry uint64) {
 	}
 }
 
-// keepWhatFits drops, as lost to the shutdown, what the time left cannot ship, and keeps the
+// keepWhatFits drops, as lost to the shutdown, what the time left cannot ship (and returns how
+// many telemetry events that was), and keeps the
 // most valuable events (takeNewest's order) in the buffer: as many full calls as the stream's
 // usual answer time fits in left after one of its slowest answers, and no more entries than the
 // pacer would grant in that time.
-func (s *shipper) keepWhatFits(left time.Duration) {
+func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	calls := s.callsWithin(left)
@@ -536,11 +547,12 @@ func (s *shipper) keepWhatFits(left time.Duration) {
 		entries = calls * s.eventsPerCall()
 	}
 	if n, _ := s.buf.state(); n <= entries {
-		return
+		return 0
 	}
 	keep := s.buf.takeNewest(entries, calls*maxCallBytes, s.recordSize)
-	s.dropRemaining()
+	dropped = s.dropRemaining()
 	s.buf.putBack(keep)
+	return dropped
 }
 
 // callsWithin is how many calls, one after another, are expected to answer within left: one at
