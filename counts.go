@@ -168,6 +168,7 @@ func (s *shipper) emitCounts(now time.Time) {
 	raw = append(raw, s.stats.json(s.buf.buffered())...)
 	raw = append(raw, '}')
 	s.buf.addOwn(event{raw: raw, typ: countsType, level: -1})
+	s.metrics.write(now, s.stats)
 }
 
 // countsRecord is the "record" of a counts record. Field names are an interface: dashboards and

@@ -67,6 +67,7 @@ type shipper struct {
 	gz       *gzip.Writer // reused by cloudwatch records
 	countsAt time.Time
 	countsOf lossMarks
+	metrics  *emfWriter // an EMF line with each counts record (emf.go); nil: off
 	// failStreak counts calls failed whole in a row (no answer, a 5xx); while it is not zero,
 	// calls carry at most probeEntries and wait for retryAt, the backoff, across rounds.
 	failStreak int
@@ -99,7 +100,7 @@ type recordPutter interface {
 }
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
-	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now)}
+	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now), metrics: newEMFWriter(cfg.Metrics)}
 	s.newClient = func(ctx context.Context) (recordPutter, error) {
 		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
 	}
