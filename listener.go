@@ -755,13 +755,14 @@ func newFilter(cfg config) *filter {
 	return &filter{exclude: cfg.Exclude, minLevel: cfg.MinLevel, sample: cfg.Sample, redact: cfg.Redact}
 }
 
-// ownLogMarker is how the extension's own lines look inside an extension event's record.
+// ownLogMarker is how the extension's own lines look inside an extension event's record; its
+// EMF lines carry emfMarker (emf.go).
 var ownLogMarker = []byte(`"` + logPrefix)
 
 // keep reports whether e is shipped, counting why not; it may redact e.raw.
 func (f *filter) keep(e *event, st *stats) bool {
 	switch {
-	case e.typ == typeExtension && bytes.Contains(e.raw, ownLogMarker):
+	case e.typ == typeExtension && (bytes.Contains(e.raw, ownLogMarker) || bytes.Contains(e.raw, emfMarker)):
 		st.filteredOwn.Add(1)
 		return false
 	case f.exclude[string(e.typ)]:
