@@ -240,10 +240,10 @@ func TestEMFLinesValid(t *testing.T) {
 	good := len(lines)
 	base := lines[0]
 	lines = append(lines,
-		strings.Replace(base, `"Unit":"Count"`, `"Unit":"Counts"`, 1),           // not a CloudWatch unit
-		strings.Replace(base, `"Delivered":1,`, `"Delivered":"1",`, 1),          // a metric value as a string
+		strings.Replace(base, `"Unit":"Count"`, `"Unit":"Counts"`, 1),            // not a CloudWatch unit
+		strings.Replace(base, `"Delivered":1,`, `"Delivered":"1",`, 1),           // a metric value as a string
 		strings.Replace(base, `"FunctionName":"orders`, `"Function":"orders`, 1), // a dimension without its member
-		strings.Replace(base, `"Timestamp":`, `"Timestamp":-`, 1),               // no valid time
+		strings.Replace(base, `"Timestamp":`, `"Timestamp":-`, 1),                // no valid time
 		`[kinesis-telemetry-extension] `+base,                                    // not a JSON object on its own
 		// Caught by aws-embedded-metrics only: the schema allows any namespace and dimension value.
 		strings.Replace(base, `"Namespace":"KinesisTelemetryExtension"`, `"Namespace":"bad;namespace"`, 1),
