@@ -24,6 +24,8 @@ package main
 //	emf_test.go            decodeEMF, emfLines (the EMF lines in the extension's output), validateEMF
 //	                       (npm ajv with testdata/emf/schema.json, and aws-embedded-metrics, through
 //	                       testdata/peers/emf-validate.js)
+//	archive_test.go        firehoseObjects (what landed, gzipped under Firehose's prefix), runDuckDB (npm
+//	                       @duckdb/node-api through testdata/peers/duckdb-run.js), compareRows
 //
 // The usual end-to-end test:
 //

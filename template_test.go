@@ -1172,6 +1172,9 @@ func TestTemplateOutputs(t *testing.T) {
 			if params["ArchiveToS3"] == "true" {
 				want["ArchiveBucketName"] = tplRef(tplOneOfType(t, tpl, "AWS::S3::Bucket"))
 				want["ArchiveDeliveryStreamName"] = tplRef(tplOneOfType(t, tpl, "AWS::KinesisFirehose::DeliveryStream"))
+				if f := params["ArchiveRecordFormat"]; f == "event" || f == "ndjson" { // JSON lines: queryable (archive_test.go)
+					want["ArchiveDatabaseName"] = tplRef(tplOneOfType(t, tpl, "AWS::Glue::Database"))
+				}
 			}
 		}
 		outputs := tplMap(tpl["Outputs"])
