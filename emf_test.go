@@ -363,3 +363,52 @@ func abs(x float64) float64 {
 	}
 	return x
 }
+
+// EMF lines are billed as CloudWatch Logs ingestion: $0.50 per GB in US East (N. Virginia), the
+// CloudWatch pricing page's standard log class when this was written (check it for your region).
+const logIngestionPerGB = 0.50
+
+// TestEMFLineCost measures the EMF lines the extension writes (the binary under the fake Lambda,
+// a 15-character function name, default dimensions) and prints what they cost per million
+// invocations; docs/operating.md quotes its output
+// (go test -count=1 -run TestEMFLineCost -v .). A line is written with each counts record: at
+// the first ship round, at least once a minute while telemetry flows, after any loss, and at
+// shutdown; so at most one per invocation, and about one per minute per busy environment.
+func TestEMFLineCost(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, testEnv(fk.URL, "KINESIS_TELEMETRY_METRICS", "true", "AWS_LAMBDA_FUNCTION_NAME", "orders-api-prod"))
+	fl.init()
+	fl.invoke(invocation{requestID: "r1", textLines: 20})
+	fl.invoke(invocation{requestID: "r2", textLines: 20, logsDropped: 3})
+	fl.invoke(invocation{requestID: "r3", textLines: 20})
+	fl.shutdownAndWait(ext)
+	lines := emfLines(ext.stderr.String())
+	if len(lines) < 2 {
+		t.Fatalf("got %d EMF lines, want at least 2", len(lines))
+	}
+	cfg := emfConfigOf(t, map[string]string{"KINESIS_TELEMETRY_METRICS": "true", "AWS_LAMBDA_FUNCTION_NAME": "orders-api-prod"})
+	// The longest line: every metric moved, with six-digit counts and a long added time.
+	worst := strings.TrimSpace(string(cfg.line(time.Now(), emfTotals{999999, 999999, 999999, 999999, 999999, 999999, 999999, 999999, 999999, 999999999})))
+	type row struct {
+		what  string
+		bytes int
+	}
+	var rows []row
+	for i, l := range lines {
+		rows = append(rows, row{fmt.Sprintf("line %d of the run (%d metrics)", i+1, len(decodeEMF(t, l).Values)), len(l)})
+	}
+	rows = append(rows, row{fmt.Sprintf("every metric, large values (%d metrics)", len(emfMetrics)), len(worst)})
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n| EMF line | bytes | $ per million invocations, a line each (the worst case) | $ per million invocations, 10 invocations/s per environment (a line a minute) |\n|---|---|---|---|\n")
+	for _, r := range rows {
+		perMillion := float64(r.bytes) * 1e6 / 1e9 * logIngestionPerGB
+		fmt.Fprintf(&b, "| %s | %d | %.3f | %.5f |\n", r.what, r.bytes, perMillion, perMillion/600)
+	}
+	t.Log(b.String())
+	for _, r := range rows {
+		if r.bytes > 1024 {
+			t.Errorf("%s: %d bytes; the lines should stay small (log ingestion is billed per byte)", r.what, r.bytes)
+		}
+	}
+}
