@@ -141,35 +141,8 @@ func (s *stats) marks() lossMarks {
 		s.lambdaDroppedRecords.Load(), s.badBatches.Load() + s.badEvents.Load()}
 }
 
-// countsEvery is how often a counts record is shipped while telemetry flows; any loss makes one
-// due at the next flush.
-const countsEvery = time.Minute
-
 // countsType is the event type of the counts record.
 const countsType = "kinesis-telemetry-extension.counts"
-
-// emitCountsIfDue buffers a counts record when something was lost since the last one, or when
-// the last one is older than countsEvery and telemetry has flowed since.
-func (s *shipper) emitCountsIfDue(now time.Time) {
-	s.mu.Lock()
-	due := s.stats.marks() != s.countsOf || (now.Sub(s.countsAt) >= countsEvery && s.stats.received.Load() > 0)
-	s.mu.Unlock()
-	if due {
-		s.emitCounts(now)
-	}
-}
-
-// emitCounts buffers a counts record. It goes to the platform queue: never dropped for room.
-func (s *shipper) emitCounts(now time.Time) {
-	s.mu.Lock()
-	s.countsAt, s.countsOf = now, s.stats.marks()
-	s.mu.Unlock()
-	raw := []byte(`{"time":"` + now.UTC().Format("2006-01-02T15:04:05.000Z") + `","type":"` + countsType + `","record":`)
-	raw = append(raw, s.stats.json(s.buf.buffered())...)
-	raw = append(raw, '}')
-	s.buf.addOwn(event{raw: raw, typ: countsType, level: -1})
-	s.metrics.write(now, s.stats)
-}
 
 // countsRecord is the "record" of a counts record. Field names are an interface: dashboards and
 // the fleet test read them.

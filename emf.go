@@ -1,8 +1,9 @@
 package main
 
-// The extension's own numbers as CloudWatch metrics, with no consumer: at every counts record
-// (counts.go) the extension also writes one CloudWatch Embedded Metric Format (EMF) line to its
-// stdout, which Lambda stores in the function's log group and CloudWatch turns into metrics.
+// The extension's own numbers as CloudWatch metrics, with no consumer: with every counts record
+// (counts.go; shipper.go's emitCounts) the extension also writes one CloudWatch Embedded Metric
+// Format (EMF) line to its stdout, which Lambda stores in the function's log group and
+// CloudWatch turns into metrics.
 // Specification: https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html
 //
 // Deltas, not totals. CloudWatch adds up the values that land in a period (Sum), across every
@@ -23,7 +24,7 @@ package main
 // which it gets a value, so a healthy function pays only for Delivered and the added time.
 //
 // The lines come back to the extension as "extension" events when it subscribes to that type;
-// emfType in each line is how the filter (listener.go) recognises them and keeps them out.
+// emfType in each line is how the filter (filter.go) recognises them and keeps them out.
 
 import (
 	"io"

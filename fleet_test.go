@@ -45,7 +45,9 @@ type fleetCase struct {
 	run           time.Duration // how long invocations go on
 	outageAt      time.Duration // when outageFor > 0: a 503 outage from outageAt after the start
 	outageFor     time.Duration
-	underCapacity bool // the stream takes everything offered: no drops, no duplicates
+	underCapacity bool        // the stream takes everything offered: no drops, no duplicates
+	faults        shardFaults // answer times, a hot shard, refusals whatever the rate
+	flush         string      // KINESIS_TELEMETRY_FLUSH; "" for the default
 }
 
 func (c fleetCase) capacity() float64 { return float64(c.shards) * c.limits.Records }
@@ -56,6 +58,15 @@ var fleetCases = []fleetCase{
 	{name: "2x-overload", shards: 1, limits: kinesisShardLimits, lines: 50, run: 20 * time.Second},
 	{name: "6x-overload", shards: 1, limits: shardLimits{Records: 300, Bytes: 1 << 20, Burst: time.Second}, lines: 50, run: 20 * time.Second},
 	{name: "outage-10s", shards: 4, limits: kinesisShardLimits, lines: 50, run: 26 * time.Second, outageAt: 5 * time.Second, outageFor: 10 * time.Second},
+	// Issue 18: a stream with room whose answers spike, as Kinesis's do on a bad day, loses
+	// nothing; a hot shard among healthy ones, and a share refused whatever the rate under
+	// KINESIS_TELEMETRY_FLUSH=end, keep the accounting.
+	{name: "spiky-answers-with-room", shards: 8, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, underCapacity: true,
+		faults: shardFaults{Latency: 20 * time.Millisecond, Spikes: []latencySpike{{0.10, 580 * time.Millisecond}, {0.05, 280 * time.Millisecond}}, RandSeed: 18}},
+	{name: "hot-shard", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second,
+		faults: shardFaults{HotShard: &shardLimits{Records: 50, Bytes: 1 << 20, Burst: time.Second}, RandSeed: 18}},
+	{name: "refused-30pct-end", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, flush: "end",
+		faults: shardFaults{Latency: 20 * time.Millisecond, Refuse: 0.3, RandSeed: 18}},
 }
 
 // fleetMemoryCase is issue 11's memory measurement: 20 lines per invocation, dense, frozen.
@@ -205,6 +216,7 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 	tb.Helper()
 	peer := startKinesalite(tb, streamSpec{Name: fleetStream, Shards: c.shards})
 	proxy := startShardProxy(tb, peer, fleetStream, c.limits)
+	proxy.setFaults(c.faults)
 
 	envs := make([]*fleetEnv, fleetEnvs)
 	var ready, done sync.WaitGroup
@@ -271,6 +283,9 @@ func (e *fleetEnv) run(t testing.TB, c fleetCase, peer *kinesisPeer, proxy *shar
 	env := extensionEnvFor(peer, fleetStream, proxy.URL, false)
 	env["AWS_ACCESS_KEY_ID"] = e.accessKey
 	env["AWS_LAMBDA_LOG_STREAM_NAME"] = e.logStream
+	if c.flush != "" {
+		env["KINESIS_TELEMETRY_FLUSH"] = c.flush
+	}
 	fl := newFakeLambda(t)
 	// Distinct event times in every environment: every posted event is unique in the stream.
 	fl.seq = e.index * 10_000_000
@@ -549,13 +564,21 @@ func (r *fleetReport) analyse(tb testing.TB, envs []*fleetEnv, stored []storedRe
 				}
 			}
 		}
+		// The shutdown's counts record goes first and carries what the shutdown drops: the
+		// last one in the stream must say what the log says was lost.
+		logged, inLog := countsFromLog(e.stderr)
+		switch {
+		case !found:
+			r.problem("%s: no counts record in the stream", name)
+		case inLog && own.Dropped.Total != logged.Dropped.Total:
+			r.problem("%s: the last counts record in the stream says %d dropped, the log %d", name, own.Dropped.Total, logged.Dropped.Total)
+		}
 		if !found || own.Buffered != 0 || own.Received != produced {
-			c, ok := countsFromLog(e.stderr)
-			if !ok {
+			if !inLog {
 				r.problem("%s: no final counts record in the stream and no shutdown line in the log", name)
 				continue
 			}
-			own = c
+			own = logged
 			r.countsFromLog++
 		}
 		if line := fleetSummary.FindString(e.stderr); line != "" {

@@ -983,6 +983,38 @@ func TestPacer(t *testing.T) {
 				t.Errorf("rates %.0f → %.0f (1 s) → %.0f (3 s more): want slow growth, then doubling per second", r0, r1, r2)
 			}
 		}},
+		// A share refused whatever the rate (a hot shard among healthy ones): the share does not
+		// fall when the rate falls, so it is left out of the cuts, and the sender keeps up with
+		// its backlog instead of sinking to the floor.
+		{"30% refused whatever the rate: no starving", func(t *testing.T, p *pacer, c *fakeClock) {
+			rng := rand.New(rand.NewPCG(1, 1))
+			refuse := func(n int) (ok int) {
+				for range n {
+					if rng.Float64() >= 0.3 {
+						ok++
+					}
+				}
+				return ok
+			}
+			backlog := 0.0
+			delivered := 0
+			for i := range 6000 { // 60 s of calls every 10 ms, 250 new events/s
+				backlog = min(backlog+2.5, 1000)
+				want := min(500, int(backlog))
+				if n := p.grant(want); n > 0 {
+					ok := refuse(n)
+					backlog -= float64(ok)
+					p.observe(n, ok, n-ok, false, n < want)
+					if i >= 1000 {
+						delivered += ok
+					}
+				}
+				c.advance(10 * time.Millisecond)
+			}
+			if rate := float64(delivered) / 50; rate < 0.9*250 {
+				t.Errorf("delivered %.0f events/s of the 250/s offered: starved by a refusal that no rate avoids", rate)
+			}
+		}},
 		{"it settles near what the stream takes", func(t *testing.T, p *pacer, c *fakeClock) {
 			// The stream takes 300 entries/s: a token bucket on the stream side.
 			stream, at := 300.0, c.t
@@ -1155,6 +1187,7 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 			t.Errorf("round took %v, %d buffered, %d unconfirmed; want cut wireGrace after runtimeDone, all kept as maybe stored", took, buf.buffered(), st.unconfirmed.Load())
 		}
 	})
+	// One failed call is a blip; outageAfter in a row are an outage: from then on, probes.
 	t.Run("outage: probes, not the backlog", func(t *testing.T) {
 		fk := newFakeKinesis(t, func(int, putRecordsRequest) (int, string) { return 503, `{"__type":"ServiceUnavailable"}` })
 		s, buf, st := testShipper(t, config{}, fk.URL)
@@ -1163,16 +1196,16 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 		defer cancel()
 		s.ship(ctx, everything)
 		calls := fk.received()
-		if len(calls) < 2 || len(calls[0].Records) != 500 || buf.buffered() != 1000 {
-			t.Fatalf("%d calls, first of %d entries, %d buffered", len(calls), len(calls[0].Records), buf.buffered())
+		if len(calls) <= outageAfter || buf.buffered() != 1000 {
+			t.Fatalf("%d calls, %d buffered", len(calls), buf.buffered())
 		}
-		for _, c := range calls[1:] {
-			if len(c.Records) > probeEntries {
-				t.Errorf("a call of %d entries during an outage, want at most %d", len(c.Records), probeEntries)
+		for i, c := range calls {
+			if full := i < outageAfter; full != (len(c.Records) == 500) || !full && len(c.Records) > probeEntries {
+				t.Errorf("call %d of an outage carried %d entries; want 500 for the first %d, then at most %d", i, len(c.Records), outageAfter, probeEntries)
 			}
 		}
 		// The fake may not have read a call cut at the deadline: count the extension's own calls.
-		if st.entries.Load() > 500+probeEntries*(st.calls.Load()-1) {
+		if st.entries.Load() > outageAfter*500+probeEntries*(st.calls.Load()-outageAfter) {
 			t.Errorf("%d entries sent in %d calls, %d calls counted", st.entries.Load(), len(calls), st.calls.Load())
 		}
 	})
@@ -1187,26 +1220,29 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 			}
 		}
 	})
-	// A slow answer is pushback: after runtimeDone no new call follows it, for a background
-	// round (allowance wireGrace) as for a yielding one (the budget); the call itself is not cut,
-	// and the stream counts as pushing back (adaptive keeps old data in the background).
+	// A slow answer is not pushback: the stream stores what it is sent. The pacer does not pace,
+	// the stream does not count as pushing back, and a yielding round (the budget) sends on;
+	// a background round (allowance wireGrace) starts no call whose usual answer time would
+	// take it past wireGrace after runtimeDone, and leaves the rest for the next round.
 	t.Run("slow answers", func(t *testing.T) {
-		for _, allowance := range []time.Duration{0, wireGrace} {
-			fk := newFakeKinesis(t, slowKinesis(slowAnswer+20*time.Millisecond))
+		for _, tt := range []struct {
+			allowance time.Duration
+			calls     int
+		}{{0, 3}, {wireGrace, 1}} {
+			fk := newFakeKinesis(t, slowKinesis(120*time.Millisecond))
 			s, buf, st := testShipper(t, config{}, fk.URL)
-			s.observeAnswer(5*time.Millisecond, 500) // the stream answered fast before
 			addLogs(buf, 1200)
-			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: allowance})
-			if len(fk.received()) != 1 || st.delivered.Load() != 500 || buf.buffered() != 700 || st.unconfirmed.Load() != 0 || !s.pressured(time.Now()) {
-				t.Errorf("allowance %v: %d calls, %d delivered, %d buffered, %d unconfirmed, pressured %v; want one call answered, 700 kept, pressured",
-					allowance, len(fk.received()), st.delivered.Load(), buf.buffered(), st.unconfirmed.Load(), s.pressured(time.Now()))
+			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: tt.allowance})
+			if len(fk.received()) != tt.calls || st.delivered.Load() != uint64(min(1200, 500*tt.calls)) || st.unconfirmed.Load() != 0 || s.pressured(time.Now()) {
+				t.Errorf("allowance %v: %d calls, %d delivered, %d buffered, %d unconfirmed, pressured %v; want %d full calls answered, not pressured",
+					tt.allowance, len(fk.received()), st.delivered.Load(), buf.buffered(), st.unconfirmed.Load(), s.pressured(time.Now()), tt.calls)
 			}
-			if paced, _ := s.pace.pacing(); !paced {
-				t.Errorf("allowance %v: the pacer does not pace after a slow answer", allowance)
+			if paced, _ := s.pace.pacing(); paced {
+				t.Errorf("allowance %v: the pacer paces after slow answers", tt.allowance)
 			}
 		}
 	})
-	// After runtimeDone a call starts only if the stream's recent answer time fits in the
+	// After runtimeDone a call starts only if the stream's usual answer time fits in the
 	// round's reach: a background round (wireGrace) does not start a 40 ms call; a yielding one
 	// (the budget) does.
 	t.Run("answer time past the reach", func(t *testing.T) {
@@ -1216,7 +1252,9 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 		}{{wireGrace, false}, {0, true}} {
 			fk := newFakeKinesis(t, allOK)
 			s, buf, _ := testShipper(t, config{}, fk.URL)
-			s.latency, s.perEntry = 40*time.Millisecond, float64(40*time.Millisecond)/500
+			for range 5 {
+				s.answers.add(40 * time.Millisecond)
+			}
 			addLogs(buf, 100)
 			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: tt.allowance})
 			if got := len(fk.received()) > 0; got != tt.wantCalls {
@@ -1226,72 +1264,49 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 	})
 }
 
-// TestSizedCall: until runtimeDone, a round's calls are sized by the stream's answer time per
-// entry to end by the expected runtimeDone + the round's reach, never below sizedCallMin; rounds
-// without runtimeDone and unmeasured streams are not limited.
-func TestSizedCall(t *testing.T) {
-	ms := float64(time.Millisecond)
-	open := make(chan struct{})
-	for _, tt := range []struct {
-		name       string
-		perEntry   float64 // nanoseconds
-		soft       <-chan struct{}
-		expectSoft time.Duration // from now; 0: unknown
-		allowance  time.Duration
-		lo, hi     int
-	}{
-		{"no runtimeDone to wait for (shutdown, end)", ms, nil, 20 * time.Millisecond, wireGrace, 500, 500},
-		{"stream not yet measured", 0, open, 20 * time.Millisecond, wireGrace, 500, 500},
-		{"run time not yet known", ms, open, 0, wireGrace, 500, 500},
-		{"fast stream", 0.01 * ms, open, 20 * time.Millisecond, wireGrace, 500, 500},
-		{"slow stream, 50 ms left", 0.5 * ms, open, 20 * time.Millisecond, wireGrace, 95, 100},
-		{"after runtimeDone: the allowance left", 0.2 * ms, closed, 0, wireGrace, 140, 150},
-		{"yielding round: the budget", 0.2 * ms, closed, 0, 0, 500, 500},
-		{"very slow stream: the floor", 10 * ms, open, 20 * time.Millisecond, wireGrace, sizedCallMin, sizedCallMin},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			s := &shipper{perEntry: tt.perEntry}
-			r := &round{soft: tt.soft, budget: time.Second, allowance: tt.allowance}
-			if tt.expectSoft > 0 {
-				r.expectSoft = time.Now().Add(tt.expectSoft)
-			}
-			if n := s.sizedCall(r); n < tt.lo || n > tt.hi {
-				t.Errorf("sizedCall = %d, want %d..%d", n, tt.lo, tt.hi)
-			}
-		})
+// TestAnswerTimes: the usual answer time is the median of the last calls, which a spike does not
+// move; the slowest is their maximum; and the calls expected within a time fit one slowest
+// answer and the rest at the usual one.
+func TestAnswerTimes(t *testing.T) {
+	var a answerTimes
+	if a.typical() != 0 || a.slowest() != 0 {
+		t.Fatalf("no answers: typical %v, slowest %v", a.typical(), a.slowest())
 	}
-}
-
-// TestObserveAnswer: the answer time and the time per entry are moving averages; an answer
-// slowAnswer or more slower than the fastest recent one is slow, and a stream that always answers
-// slowly (far away) is not.
-func TestObserveAnswer(t *testing.T) {
-	s := &shipper{}
-	if s.observeAnswer(10*time.Millisecond, 100) || s.latency != 10*time.Millisecond || s.perEntry != float64(100*time.Microsecond) {
-		t.Fatalf("first answer: latency %v, per entry %v ns", s.latency, s.perEntry)
-	}
-	if !s.observeAnswer(slowAnswer+20*time.Millisecond, 100) {
-		t.Error("an answer slowAnswer past the fastest is not slow")
-	}
-	if want := 10*time.Millisecond + (slowAnswer+10*time.Millisecond)/4; s.latency != want {
-		t.Errorf("latency %v after a slow answer, want %v (a quarter of the way)", s.latency, want)
-	}
-	if s.observeAnswer(slowAnswer, 100) {
-		t.Error("an answer less than slowAnswer past the fastest is slow")
-	}
-	far := &shipper{}
 	for i := range 20 {
-		if far.observeAnswer(150*time.Millisecond+time.Duration(i%3)*time.Millisecond, 100) {
-			t.Fatalf("answer %d of a stream that always answers in 150 ms is slow", i)
+		d := 20 * time.Millisecond
+		if i%10 == 3 {
+			d = 600 * time.Millisecond // 10% spikes
 		}
+		a.add(d)
 	}
-	// The fastest answer is forgotten after baseWindow: a stream that moved far away stops
-	// being slow.
-	far.fastestAt = time.Now().Add(-baseWindow)
-	far.observeAnswer(400*time.Millisecond, 100)
-	far.fastestAt = time.Now().Add(-baseWindow)
-	if far.observeAnswer(400*time.Millisecond, 100) {
-		t.Error("still slow against an answer older than baseWindow")
+	if a.typical() != 20*time.Millisecond || a.slowest() != 600*time.Millisecond {
+		t.Errorf("10%% spikes by 600 ms: typical %v, slowest %v; want 20ms, 600ms", a.typical(), a.slowest())
+	}
+	for i := range answerWindow {
+		a.add(time.Duration(i+1) * time.Millisecond)
+	}
+	if a.slowest() != answerWindow*time.Millisecond {
+		t.Errorf("slowest %v after the spikes left the window", a.slowest())
+	}
+	for _, tt := range []struct {
+		name    string
+		answers []time.Duration
+		left    time.Duration
+		want    int
+	}{
+		{"unmeasured", nil, time.Second, 1 + int((time.Second-unmeasuredAnswer)/unmeasuredAnswer)},
+		{"unmeasured, too little time", nil, unmeasuredAnswer - time.Millisecond, 0},
+		{"20 ms with a 600 ms spike", []time.Duration{20 * time.Millisecond, 600 * time.Millisecond, 20 * time.Millisecond}, time.Second, 1 + 400/20},
+		{"time for one slow answer only", []time.Duration{20 * time.Millisecond, 600 * time.Millisecond, 20 * time.Millisecond}, 500 * time.Millisecond, 1},
+		{"very fast answers count minCallTime", []time.Duration{time.Microsecond}, 100 * time.Millisecond, 1 + int((100*time.Millisecond-time.Microsecond)/minCallTime)},
+	} {
+		s := &shipper{}
+		for _, d := range tt.answers {
+			s.answers.add(d)
+		}
+		if got := s.callsWithin(tt.left); got != tt.want {
+			t.Errorf("%s: callsWithin(%v) = %d, want %d", tt.name, tt.left, got, tt.want)
+		}
 	}
 }
 

@@ -2,10 +2,9 @@ package main
 
 // The Extensions API side, in the order of the Lambda lifecycle: the client (register, next,
 // init/exit errors), then the extension itself: start (listener up, then subscribe), the event
-// loop { next → INVOKE | SHUTDOWN }, the idle loop of an extension that cannot ship, the flush
-// policy (flushMode, flushChoice, chooseFlush: what each invocation ships, and when), the ship
-// rounds of an invocation, of managed instances and of SHUTDOWN, and the ids of environments and
-// events.
+// loop { next → INVOKE | SHUTDOWN }, the idle loop of an extension that cannot ship, the ship
+// rounds of an invocation (as the flush policy, flush.go, chooses), of managed instances and of
+// SHUTDOWN, and the ids of environments and events.
 //
 // Whatever the flush strategy, nothing is sent while the extension waits in /event/next: the
 // environment may freeze at any moment after that call, and a request cut by a freeze fails or,
@@ -172,7 +171,6 @@ type extension struct {
 	gap         time.Duration // moving average of the time between invocations
 	lastShip    time.Time
 	lastRequest string
-	runFor      time.Duration // moving average of the time from INVOKE to runtimeDone
 }
 
 // start opens the listener and subscribes. The listener must be up first: Lambda starts posting
@@ -286,7 +284,7 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 	e.lastInvoke = now
 	deadline := time.UnixMilli(ev.DeadlineMs).Add(-deadlineSafety)
 
-	switch e.flushChoice(now) {
+	switch e.flushFor(now) {
 	case shipBeforeNext:
 		e.flushBeforeNext(ev.RequestID, deadline, false)
 	case shipBeforeNextYielding:
@@ -295,13 +293,6 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 		e.shipWhileInvoked(ev.RequestID, deadline)
 	}
 	e.lastRequest = ev.RequestID
-	if at, ok := e.buf.runtimeDoneAt(ev.RequestID); ok && at.After(now) {
-		if run := at.Sub(now); e.runFor == 0 {
-			e.runFor = run
-		} else {
-			e.runFor = (3*e.runFor + run) / 4
-		}
-	}
 	if e.platformTelemetry() {
 		// What the extension adds to the invocation: from the runtime being done (as far as the
 		// extension can see) to its own /event/next.
@@ -316,89 +307,6 @@ func (e *extension) onInvoke(ev lifecycleEvent) {
 // deadlineSafety keeps the extension's own work clear of the invocation's deadline, past which
 // Lambda counts the invocation as timed out.
 const deadlineSafety = 50 * time.Millisecond
-
-// flushMode is a flush strategy, the word of KINESIS_TELEMETRY_FLUSH.
-type flushMode string
-
-const (
-	flushAdaptive   flushMode = "adaptive"
-	flushEnd        flushMode = "end"
-	flushBackground flushMode = "background"
-	flushPeriodic   flushMode = "periodic"
-)
-
-// flushChoice is how one invocation ships, as its strategy decides (chooseFlush).
-type flushChoice int
-
-const (
-	shipInBackground flushChoice = iota // what was buffered when the invocation began, while it runs
-	shipBeforeNext                      // wait for the invocation's runtimeDone, ship, then /event/next
-	// shipBeforeNextYielding ships before /event/next like shipBeforeNext, but as a background
-	// round does after runtimeDone: it never waits for the stream, stops at the first pushback,
-	// and leaves what is left in the buffer.
-	shipBeforeNextYielding
-	shipNothing
-)
-
-func (c flushChoice) String() string {
-	return [...]string{"background", "before next", "before next, yielding", "nothing"}[c]
-}
-
-// flushFacts are what the choice for one invocation depends on.
-type flushFacts struct {
-	now       time.Time
-	gap       time.Duration // moving average of the time between invocations; 0 before the second
-	buffered  int           // events waiting
-	oldest    time.Time     // arrival of the oldest of them
-	lastShip  time.Time     // the last ship round's start
-	telemetry bool          // platform events (runtimeDone) will arrive
-	pressured bool          // the stream pushed back recently
-}
-
-// flushChoice chooses how this invocation ships; see chooseFlush.
-func (e *extension) flushChoice(now time.Time) flushChoice {
-	n, oldest := e.buf.state()
-	return chooseFlush(e.cfg.Flush, e.cfg.MaxDelay, flushFacts{
-		now: now, gap: e.gap, buffered: n, oldest: oldest, lastShip: e.lastShip,
-		telemetry: e.platformTelemetry(), pressured: e.ship.pressured(now),
-	})
-}
-
-// chooseFlush picks how one invocation ships under the strategy s: end always ships before
-// /event/next, background always in the background, periodic in the background when a period
-// has passed.
-//
-// adaptive: the first invocation, and any invocation when invocations are sparse (the average
-// gap between them exceeds maxDelay) or when the buffer holds data older than maxDelay, ships at
-// the end, yielding to pushback; otherwise the next invocation will come soon enough to carry the
-// data, so it ships in the background. Data that is old because the stream pushes back stays in
-// the background: shipping at the end would not make the stream take it sooner, only make the
-// invocation longer. Without a telemetry subscription there is no runtimeDone to wait for.
-func chooseFlush(s flushStrategy, maxDelay time.Duration, f flushFacts) flushChoice {
-	switch s.Mode {
-	case flushEnd:
-		return shipBeforeNext
-	case flushBackground:
-		return shipInBackground
-	case flushPeriodic:
-		if f.buffered > 0 && f.now.Sub(f.lastShip) >= s.Period {
-			return shipInBackground
-		}
-		return shipNothing
-	}
-	switch {
-	case !f.telemetry:
-		return shipInBackground
-	case f.gap == 0, f.gap > maxDelay:
-		return shipBeforeNextYielding
-	case f.buffered > 0 && f.now.Sub(f.oldest) > maxDelay && !f.pressured:
-		return shipBeforeNextYielding
-	}
-	return shipInBackground
-}
-
-// closed is a channel that is always closed: a soft end that has already come.
-var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // flushBeforeNext waits until the invocation's platform.runtimeDone has arrived (so that its log
 // lines are in the buffer), then ships everything within the flush budget. yielding gives way to
@@ -421,15 +329,12 @@ func (e *extension) flushBeforeNext(requestID string, deadline time.Time, yieldi
 
 // shipWhileInvoked ships what was buffered when the invocation began, while the function runs;
 // the invocation's own telemetry waits for the next one. Once the invocation's runtimeDone
-// arrives the round gives way (see round): no waiting, no new call after pushback (a slow answer
-// included) or unless the stream's answer time ends it within wireGrace, a call on the wire cut
-// after wireGrace when the stream pushes back, and nothing past the flush budget. Until then its
-// calls are sized to end by the invocation's expected runtimeDone (runFor) + wireGrace.
+// arrives the round gives way (see round): no waiting, no new call after pushback or unless the
+// stream's usual answer time ends it within wireGrace, a call on the wire cut after wireGrace when
+// the stream pushes back, and nothing past the flush budget. Calls are full: a call on the wire
+// at runtimeDone that the stream answers, however late, is not cut.
 func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
 	r := &round{before: e.buf.mark(), budget: e.cfg.FlushBudget, soft: closed, allowance: wireGrace}
-	if e.runFor > 0 {
-		r.expectSoft = e.lastInvoke.Add(e.runFor)
-	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if e.platformTelemetry() {
@@ -492,7 +397,8 @@ func (e *extension) platformTelemetry() bool {
 }
 
 // Shutdown timing: Lambda allows 2,000 ms in all; the extension keeps a margin before the
-// deadline, and reserves the last part of its time for the counts record.
+// deadline, and keeps countsReserve of its time for a second counts record, should the data
+// round leave events it then has to drop.
 const (
 	shutdownMargin = 150 * time.Millisecond
 	countsReserve  = 150 * time.Millisecond
@@ -507,7 +413,12 @@ func shutdownDeadline(ev lifecycleEvent) time.Time {
 }
 
 // onShutdown ships what is left, including the last invocation's platform.report, which Lambda
-// produces only after the extension's last /event/next, and finally the counts record.
+// produces only after the extension's last /event/next.
+//
+// The counts record goes first: what the time left cannot carry is dropped (and counted) before
+// anything is sent, so that the first record of the shutdown's first call already says what the
+// shutdown loses. Only if the round then falls short (the stream answered slower than it did
+// until now) is a second counts record sent, in the time kept for it.
 func (e *extension) onShutdown(ev lifecycleEvent) {
 	final := shutdownDeadline(ev)
 	if e.platformTelemetry() || (e.sub.Active && e.cfg.Managed) {
@@ -521,18 +432,21 @@ func (e *extension) onShutdown(ev lifecycleEvent) {
 		e.buf.waitQuiet(ctx, max(50*time.Millisecond, 2*time.Duration(e.cfg.BufferTimeoutMS)*time.Millisecond))
 		cancel()
 	}
-	// When time is short — the environment is reset after a timeout or failure, or the stream
-	// pushes back — the most valuable telemetry goes first: the newest invocation's platform
-	// events (its runtimeDone with status timeout, its report) and last lines.
-	urgent := ev.ShutdownReason == "timeout" || ev.ShutdownReason == "failure" || e.ship.pressured(time.Now())
-	ctx, cancel := context.WithDeadline(context.Background(), final.Add(-countsReserve))
-	e.shipNow(ctx, &round{before: everything, urgent: urgent, escalate: true})
-	cancel()
-	e.ship.dropRemaining()
+	dataEnd := final.Add(-countsReserve)
+	e.ship.keepWhatFits(time.Until(dataEnd))
 	e.ship.emitCounts(time.Now())
-	ctx, cancel = context.WithDeadline(context.Background(), final)
-	_ = e.ship.ship(ctx, everything)
+	// Newest first: the counts record, then the newest invocation's platform events (its
+	// runtimeDone with status timeout after a timeout, its report) and last lines.
+	ctx, cancel := context.WithDeadline(context.Background(), dataEnd)
+	e.lastShip = time.Now()
+	_ = e.ship.shipRound(ctx, &round{before: everything, urgent: true})
 	cancel()
+	if e.ship.dropRemaining() > 0 {
+		e.ship.emitCounts(time.Now())
+		ctx, cancel = context.WithDeadline(context.Background(), final)
+		_ = e.ship.shipRound(ctx, &round{before: everything, urgent: true})
+		cancel()
+	}
 	e.logs.printf("shutdown (%s): %s", ev.ShutdownReason, e.stats.summary(e.buf.buffered()))
 }
 
@@ -570,4 +484,13 @@ func newIDPrefix() string {
 	var b [10]byte
 	_, _ = rand.Read(b[:])
 	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// flushFor chooses how this invocation ships; see chooseFlush.
+func (e *extension) flushFor(now time.Time) flushChoice {
+	n, oldest := e.buf.state()
+	return chooseFlush(e.cfg.Flush, e.cfg.MaxDelay, flushFacts{
+		now: now, gap: e.gap, buffered: n, oldest: oldest, lastShip: e.lastShip,
+		telemetry: e.platformTelemetry(), pressured: e.ship.pressured(now),
+	})
 }

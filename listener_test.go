@@ -361,7 +361,13 @@ func filterOf(t *testing.T, env map[string]string) *filter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newFilter(cfg)
+	return cfg.filter()
+}
+
+// keepEvent is the whole filter for one event whose invocation is known, as buffer.add applies
+// it: screen before the buffer's lock, then sampling under it.
+func keepEvent(f *filter, e *event, st *stats) bool {
+	return f.screen(e, st) && !f.sampledOut(e, st)
 }
 
 // scanOne decodes a single event as the listener does.
@@ -394,7 +400,7 @@ func TestFilterExcludeAndLevel(t *testing.T) {
 		{`{"type":"function","record":{"message":"no level: kept"}}`, true},
 	} {
 		e := scanOne(t, tt.raw)
-		if got := f.keep(&e, st); got != tt.keep {
+		if got := keepEvent(f, &e, st); got != tt.keep {
 			t.Errorf("%s: keep=%v, want %v", tt.raw, got, tt.keep)
 		}
 	}
@@ -420,7 +426,7 @@ func TestFilterSampleKeepsOrDropsInvocationsWhole(t *testing.T) {
 			if e.requestID == "" {
 				e.requestID = req
 			}
-			decisions = append(decisions, f.keep(&e, st))
+			decisions = append(decisions, keepEvent(f, &e, st))
 		}
 		if decisions[0] != decisions[1] || decisions[1] != decisions[2] {
 			t.Fatalf("request %s split: %v", req, decisions)
@@ -433,7 +439,7 @@ func TestFilterSampleKeepsOrDropsInvocationsWhole(t *testing.T) {
 			`{"type":"function","record":{"level":"ERROR","requestId":"` + req + `","message":"always"}}`,
 		} {
 			e := scanOne(t, raw)
-			if !f.keep(&e, st) {
+			if !keepEvent(f, &e, st) {
 				t.Fatalf("sampling dropped %s", raw)
 			}
 		}
@@ -468,7 +474,7 @@ func TestRedaction(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			e := scanOne(t, tt.in)
-			if !f.keep(&e, st) {
+			if !keepEvent(f, &e, st) {
 				t.Fatal("redaction dropped the event")
 			}
 			if string(e.raw) != tt.want {
@@ -484,7 +490,7 @@ func TestOwnLogLinesNeverLoopBack(t *testing.T) {
 	own := scanOne(t, `{"time":"t","type":"extension","record":"`+logPrefix+`kinesis: PutRecords failed"}`)
 	ownJSON := scanOne(t, `{"time":"t","type":"extension","record":{"message":"`+logPrefix+`shutdown"}}`)
 	other := scanOne(t, `{"time":"t","type":"extension","record":"[other-extension] ready"}`)
-	if f.keep(&own, st) || f.keep(&ownJSON, st) || !f.keep(&other, st) {
+	if keepEvent(f, &own, st) || keepEvent(f, &ownJSON, st) || !keepEvent(f, &other, st) {
 		t.Error("own log lines must be filtered out, other extensions' kept")
 	}
 	if st.filteredOwn.Load() != 2 {

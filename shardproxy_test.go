@@ -18,9 +18,14 @@ package main
 //   - An outage: every call answered 503 ServiceUnavailable, or every connection refused (reset
 //     as it is accepted, and any request on an already open connection reset).
 //
+//   - On request (shardFaults, set before traffic): answer times with spikes (a base delay, and
+//     shares of calls delayed more); one hot shard with limits of its own among healthy ones; a
+//     share of entries refused at random whatever the rate, as KMS throttling or a hot key does,
+//     answered with the same per-shard message.
+//
 // What it does not model: AWS's exact metering (it documents per-second limits, not a bucket, and
-// no burst allowance), throttling of a whole call, KMS throttling, the 5 MiB per-call limit,
-// on-demand streams and their scaling, resharding, latency, read limits, and per-account limits.
+// no burst allowance), throttling of a whole call, the 5 MiB per-call limit, on-demand streams and
+// their scaling, resharding, read limits, and per-account limits.
 // It keeps counters, not bodies, so its memory does not grow with the traffic.
 
 import (
@@ -32,6 +37,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -108,6 +114,35 @@ const (
 	outageRefused                // reset connections as they are accepted, and requests on open ones
 )
 
+// shardFaults are the proxy's optional faults beyond the shards' limits.
+type shardFaults struct {
+	Latency   time.Duration  // added to every PutRecords answer
+	Spikes    []latencySpike // shares of calls answered later still
+	HotShard  *shardLimits   // the first shard's limits, when set: a hot shard among healthy ones
+	Refuse    float64        // share of entries refused at random, whatever the rate
+	RandSeed  uint64
+	randState *rand.Rand
+}
+
+// latencySpike delays Share of the calls by Extra more.
+type latencySpike struct {
+	Share float64
+	Extra time.Duration
+}
+
+// delay is one call's answer time, beyond the proxy's own.
+func (f *shardFaults) delay() time.Duration {
+	d := f.Latency
+	x := f.randState.Float64()
+	for _, s := range f.Spikes {
+		if x < s.Share {
+			return d + s.Extra
+		}
+		x -= s.Share
+	}
+	return d
+}
+
 // shardProxyCounts are the proxy's counters; entries of every PutRecords call it received.
 type shardProxyCounts struct {
 	Calls         int // PutRecords calls
@@ -137,6 +172,7 @@ type shardProxy struct {
 	now      func() time.Time // the buckets' clock; tests may replace it before traffic starts
 	shards   []*throttledShard
 	outage   outageMode
+	faults   shardFaults
 	counts   shardProxyCounts
 	inflight map[string]map[string]int // PutRecords calls open per client (access key id) and connection (remote address)
 }
@@ -191,6 +227,19 @@ func startShardProxy(t testing.TB, peer *kinesisPeer, stream string, limits shar
 	t.Logf("shard proxy %s -> %s, stream %s: %d shards at %.0f records/s and %.0f bytes/s each", p.URL, peer.Endpoint, stream, len(p.shards), limits.Records, limits.Bytes)
 	t.Cleanup(func() { p.stop(t) })
 	return p
+}
+
+// setFaults sets the proxy's faults; call it before traffic starts.
+func (p *shardProxy) setFaults(f shardFaults) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f.randState = rand.New(rand.NewPCG(f.RandSeed, 7))
+	if f.HotShard != nil && len(p.shards) > 1 {
+		now := p.now()
+		p.shards[0].records = newTokenBucket(f.HotShard.Records, f.HotShard.Burst, now)
+		p.shards[0].bytes = newTokenBucket(f.HotShard.Bytes, f.HotShard.Burst, now)
+	}
+	p.faults = f
 }
 
 // setOutage starts (or, with outageNone, ends) an outage.
@@ -401,13 +450,23 @@ func (p *shardProxy) putRecords(w http.ResponseWriter, r *http.Request, release 
 		}
 		p.counts.Bytes += size
 		routed[i] = sh.id
-		if !sh.take(now, size) {
+		if p.faults.randState != nil && p.faults.randState.Float64() < p.faults.Refuse || !sh.take(now, size) {
 			throttled[i] = fmt.Sprintf("Rate exceeded for shard %s in stream %s under account %s.", sh.id, p.stream, p.account)
 			refused = append(refused, i)
 		}
 	}
 	p.counts.Throttled += len(refused)
+	var delay time.Duration
+	if p.faults.randState != nil {
+		delay = p.faults.delay()
+	}
 	p.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+		}
+	}
 
 	var status int
 	var header http.Header

@@ -1,0 +1,597 @@
+package main
+
+// The shipper: ship rounds that move events from the buffer into Kinesis, call by call, within
+// the round's policy (flush.go) and the pacer's grants (pacer.go), and settle every record's end:
+// delivered, dropped, of unknown outcome, or back in the buffer (counts.go). Records are built by
+// records.go and sent by the Kinesis client (kinesis.go).
+
+import (
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// shipper moves events from the buffer into Kinesis. One ship round runs at a time; every event
+// it takes from the buffer ends delivered, dropped, of unknown outcome, or back in the buffer,
+// and is counted (counts.go).
+//
+// Pushback — throttled entries, KMS throttling, 5xx answers, lost answers, an unreachable
+// endpoint, credentials that cannot be had — never costs the function time: what was not stored
+// goes back to the buffer, the pacer lowers the rate, and the data waits for a later round.
+type shipper struct {
+	cfg   config
+	buf   *buffer
+	stats *stats
+	logs  *logger
+	meta  recordMeta
+	pace  *pacer
+
+	mu       sync.Mutex // one round at a time; guards the fields below
+	client   recordPutter
+	body     []byte       // reused request body
+	scratch  []byte       // reused record data
+	gz       *gzip.Writer // reused by cloudwatch records
+	countsAt time.Time
+	countsOf lossMarks
+	metrics  *emfWriter // an EMF line with each counts record (emf.go); nil: off
+	// failStreak counts calls failed whole in a row (no answer, a 5xx); while it is not zero,
+	// calls carry at most probeEntries and wait for retryAt, the backoff, across rounds.
+	failStreak int
+	retryAt    time.Time
+	// answers holds the answer times of the last calls: what a call is expected to take (the
+	// median, which one spike does not move) and how long it may take (the slowest).
+	answers answerTimes
+
+	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
+	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
+	unanswered atomic.Bool  // the last call got no answer: the next one may hang too
+
+	// newClient builds the Kinesis client on first use, so that loading the AWS configuration
+	// stays off the start-up path. Tests replace it.
+	newClient func(ctx context.Context) (recordPutter, error)
+}
+
+// recordPutter is what a ship round needs of Kinesis: one PutRecords call, and a way to drop
+// credentials that expired. kinesisClient is the production one; tests put a model of a stream
+// here to run the round logic in process, on a virtual clock.
+type recordPutter interface {
+	putRecords(ctx context.Context, body []byte, n int) ([]putResult, error)
+	invalidateCredentials()
+}
+
+func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
+	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now), metrics: newEMFWriter(cfg.Metrics)}
+	s.newClient = func(ctx context.Context) (recordPutter, error) {
+		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
+	}
+	return s
+}
+
+// pressured reports whether the stream pushed back within pressureMemory.
+func (s *shipper) pressured(now time.Time) bool {
+	at := s.pushbackAt.Load()
+	return at != 0 && now.Sub(time.Unix(0, at)) < pressureMemory
+}
+
+// ship sends the events buffered before the mark until none is left or ctx ends, waiting for the
+// pacer and backoffs as needed; it returns ctx's error when ctx ended it.
+func (s *shipper) ship(ctx context.Context, before uint64) error {
+	return s.shipRound(ctx, &round{before: before})
+}
+
+// shipRound runs one round (see round) over the events buffered before r.before. It returns ctx's
+// error when ctx ended it.
+func (s *shipper) shipRound(ctx context.Context, r *round) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n, _ := s.buf.state(); n == 0 {
+		return nil
+	}
+	if s.client == nil {
+		c, err := s.newClient(ctx)
+		if err != nil {
+			// Without a region or configuration nothing can ever be sent: keep the events while
+			// the buffer has room (the cap drops and counts the oldest), and say so once.
+			s.logs.once("client", "kinesis: %v; telemetry is buffered and dropped when the buffer is full", err)
+			return nil
+		}
+		s.client = c
+	}
+	defer s.stats.noteFlush(time.Now(), s.stats.flushCounters())
+	waited := false
+	for ctx.Err() == nil {
+		if at, ok := r.afterSoft(); ok && (r.pushed.Load() || time.Since(at)+s.answers.typical() >= r.reach()) {
+			return nil
+		}
+		if s.failStreak > 0 && !waited {
+			// Calls are failing whole (an outage, 5xx): wait out the backoff, across rounds.
+			if d := time.Until(s.retryAt); d > 0 {
+				if !s.pause(ctx, r, d) {
+					break
+				}
+				waited = true
+				continue
+			}
+		}
+		waited = false
+		queued, _ := s.buf.state()
+		want := min(queued, maxRecordsPerCall)
+		if s.failStreak >= outageAfter {
+			want = min(want, probeEntries)
+		}
+		n := s.pace.grant(want)
+		if n == 0 {
+			if want == 0 {
+				return nil
+			}
+			if !s.pause(ctx, r, s.pace.wait(want)) {
+				break
+			}
+			continue
+		}
+		recs := s.takeRecords(r, n)
+		if len(recs) == 0 {
+			s.pace.refund(n)
+			return nil
+		}
+		s.pace.refund(n - len(recs))
+		accepted, throttled, pushback := s.send(ctx, r, recs)
+		if pushback == noCredentials {
+			s.pushbackAt.Store(time.Now().UnixNano())
+			r.pushed.Store(true)
+			return nil
+		}
+		// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does. A slow
+		// answer is not pushback: a stream that answers late still stores what it is sent, and
+		// sending less would only leave the backlog to the shutdown. An outage or 5xx says
+		// nothing about the stream's rate either, and is met with backoff (and, when calls keep
+		// failing whole, small probing calls) instead.
+		s.pace.observe(len(recs), accepted, throttled, pushback == throughput, n < want)
+		if pushback == failure {
+			s.failStreak++
+			s.retryAt = time.Now().Add(backoff(s.failStreak - 1))
+		} else {
+			s.failStreak = 0
+		}
+		if throttled == 0 && pushback == noPushback {
+			continue
+		}
+		s.pushbackAt.Store(time.Now().UnixNano())
+		r.pushed.Store(true)
+		r.urgent = r.urgent || r.escalate
+	}
+	return ctx.Err()
+}
+
+// answerTimes are the answer times of the last answerWindow calls.
+type answerTimes struct {
+	last [answerWindow]time.Duration
+	n    int // calls seen
+}
+
+const answerWindow = 15
+
+func (a *answerTimes) add(d time.Duration) {
+	a.last[a.n%answerWindow] = d
+	a.n++
+}
+
+// typical is the median of the recent answer times (0 before the first answer).
+func (a *answerTimes) typical() time.Duration {
+	k := min(a.n, answerWindow)
+	if k == 0 {
+		return 0
+	}
+	sorted := a.last
+	slices.Sort(sorted[:k])
+	return sorted[k/2]
+}
+
+// slowest is the longest of the recent answer times.
+func (a *answerTimes) slowest() time.Duration {
+	return slices.Max(a.last[:])
+}
+
+// takeRecords takes the next call's records from the buffer: at most n records within the call
+// limits, oldest first before the mark, or most valuable first when the round is urgent.
+func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
+	// n counts records; an aggregated record holds many events.
+	events := min(n, s.eventsPerCall())
+	if s.cfg.RecordFormat.aggregated() {
+		events = s.eventsPerCall()
+	}
+	var evs []event
+	if r.urgent {
+		evs = s.buf.takeNewest(events, maxCallBytes, s.recordSize)
+	} else {
+		evs = s.buf.take(r.before, events, maxCallBytes, s.recordSize)
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	recs := s.packRecords(evs)
+	if k := min(fitCall(recs), n); k < len(recs) {
+		s.buf.putBack(eventsOf(recs[k:]))
+		recs = recs[:k]
+	}
+	return recs
+}
+
+// eventsPerCall is the most events one call can carry.
+func (s *shipper) eventsPerCall() int {
+	if s.cfg.RecordFormat.aggregated() {
+		return 50 * maxRecordsPerCall
+	}
+	return maxRecordsPerCall
+}
+
+// pause waits d, as the round allows: never once the invocation's runtime is done, and never
+// through ctx's deadline (it leaves time for another attempt before it). It reports whether the
+// round may go on.
+func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	if _, ok := r.afterSoft(); ok {
+		return false
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(deadline)/2)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-r.soft: // nil when there is none: never ready
+		return false
+	}
+}
+
+// callPushback is how a whole call met pushback.
+type callPushback int
+
+const (
+	noPushback    callPushback = iota
+	throughput                 // refused whole for throughput: throttling, KMS throttling
+	failure                    // no answer, a 5xx, credentials that cannot be had
+	noCredentials              // the role cannot be assumed now: nothing was sent
+)
+
+// send makes one PutRecords call and settles its records: stored ones are delivered, refused ones
+// dropped, the rest go back to the buffer. It returns how many entries were stored and how many
+// were refused for throughput, and how the whole call met pushback.
+func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (accepted, throttled int, pushback callPushback) {
+	s.body = s.encodeBody(s.body[:0], recs)
+	callCtx, done := s.guard(ctx, r)
+	s.sending.Store(true)
+	start := time.Now()
+	results, err := s.client.putRecords(callCtx, s.body, len(recs))
+	took := time.Since(start)
+	s.sending.Store(false)
+	done()
+	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
+		// Nothing was sent, and the role will not be asked again for a while (credentials.go,
+		// which has logged the fix): the events wait, and the round ends.
+		s.shrinkBody()
+		s.retryLater(recs, false)
+		return 0, 0, noCredentials
+	}
+	s.stats.calls.Add(1)
+	s.stats.entries.Add(uint64(len(recs)))
+	s.stats.bytesSent.Add(uint64(len(s.body)))
+	if slices.ContainsFunc(recs, func(p pendingRecord) bool { return p.events[0].tried }) {
+		s.stats.retries.Add(1)
+	}
+	s.shrinkBody()
+	var ne *networkError
+	s.unanswered.Store(errors.As(err, &ne))
+
+	switch {
+	case err == nil:
+		s.answers.add(took)
+		var again []pendingRecord
+		for i, res := range results {
+			switch {
+			case res.ErrorCode == "":
+				s.delivered(recs[i])
+				accepted++
+			case isRetryableCode(res.ErrorCode, 0):
+				if isThrottleCode(res.ErrorCode) {
+					s.stats.throttles.Add(1)
+				}
+				throttled++
+				again = append(again, recs[i])
+			default:
+				s.drop(recs[i:i+1], &apiError{Code: res.ErrorCode, Message: res.ErrorMessage})
+			}
+		}
+		s.retryLater(again, false)
+		return accepted, throttled, pushback
+	case !isRetryable(err):
+		s.drop(recs, err)
+		return 0, 0, noPushback
+	}
+	unknown := maybeStored(err)
+	if unknown {
+		// Kinesis may have stored them: sending them again risks a duplicate (same id), not
+		// sending them a loss. They go again, and count as unconfirmed.
+		s.stats.unconfirmed.Add(telemetryEvents(eventsOf(recs)))
+	}
+	code := errorCode(err)
+	if ctx.Err() == nil && callCtx.Err() == nil {
+		s.logs.once("retry:"+code, "kinesis: PutRecords failed, the events wait in the buffer: %v", err)
+	}
+	if code == "ExpiredTokenException" {
+		s.client.invalidateCredentials()
+	}
+	s.retryLater(recs, unknown)
+	if isThrottleCode(code) {
+		s.stats.throttles.Add(1)
+		return 0, 0, throughput
+	}
+	return 0, 0, failure
+}
+
+// guard derives the context of one call. After the invocation's runtime is done a call may run
+// until soft + budget; once the round has met pushback, or the last call went unanswered, only
+// wireGrace from then (or from its start). A stream that answers, even slowly or with throttled
+// entries, is not cut: its calls would be stored and sent again as duplicates.
+func (s *shipper) guard(ctx context.Context, r *round) (context.Context, func()) {
+	callCtx, cancel := context.WithCancel(ctx)
+	if r.soft == nil {
+		return callCtx, cancel
+	}
+	start := time.Now()
+	finished := make(chan struct{})
+	go func() {
+		select {
+		case <-r.soft:
+		case <-finished:
+			return
+		}
+		at, _ := r.afterSoft()
+		cut := at.Add(r.budget)
+		if r.pushed.Load() || s.unanswered.Load() {
+			// The stream pushes back in this round, or left the last call unanswered: a call
+			// that does not answer soon is not worth the function's time.
+			cut = earliest(cut, later(at, start).Add(wireGrace))
+		}
+		t := time.NewTimer(time.Until(cut))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-finished:
+		}
+	}()
+	return callCtx, func() { close(finished); cancel() }
+}
+
+// shrinkBody lets a request body grown by a spike (up to 5 MiB) go, rather than hold it for
+// the life of the environment.
+func (s *shipper) shrinkBody() {
+	const keep = 256 << 10
+	if cap(s.body) > keep {
+		s.body = nil
+	}
+	if cap(s.scratch) > keep {
+		s.scratch = nil
+	}
+}
+
+// retryLater puts records back in the buffer for a later call; unknown says the call's outcome
+// is unknown, so that they may already be stored.
+func (s *shipper) retryLater(recs []pendingRecord, unknown bool) {
+	evs := eventsOf(recs)
+	for i := range evs {
+		evs[i].tried = true
+		evs[i].maybeStored = evs[i].maybeStored || unknown
+	}
+	s.buf.putBack(evs)
+}
+
+// backoff is "full jitter": a random wait up to an exponentially growing cap.
+func backoff(attempt int) time.Duration {
+	const base, ceiling = 50 * time.Millisecond, 2 * time.Second
+	limit := ceiling
+	if attempt < 6 {
+		limit = min(ceiling, base<<attempt)
+	}
+	return time.Duration(rand.Int64N(int64(limit) + 1))
+}
+
+func (s *shipper) delivered(r pendingRecord) {
+	s.stats.records.Add(1)
+	s.buf.release(r.events, outcome{kind: wasDelivered})
+}
+
+// drop forgets records Kinesis will never accept, counts them under the error's code (as unknown
+// when an earlier call may have stored them) and says why once per code.
+func (s *shipper) drop(recs []pendingRecord, err error) {
+	code := errorCode(err)
+	var n uint64
+	for _, r := range recs {
+		n += telemetryEvents(r.events)
+		s.buf.release(r.events, outcome{kind: droppedRejected, code: code})
+	}
+	s.logs.once("drop:"+code, "kinesis: PutRecords rejected %d events, which are dropped and counted: %v%s", n, err, hint(code, s.cfg, s.meta.region))
+}
+
+// dropRemaining empties the buffer at shutdown, counting what could not be sent in time: as
+// dropped, or as unknown where a call of unknown outcome may have stored it.
+func (s *shipper) dropRemaining() (telemetry uint64) {
+	for {
+		evs := s.buf.take(everything, 1<<20, 1<<62, func(*event) int { return 0 })
+		if len(evs) == 0 {
+			return telemetry
+		}
+		telemetry += telemetryEvents(evs)
+		s.buf.release(evs, outcome{kind: droppedShutdown})
+	}
+}
+
+// keepWhatFits drops, as lost to the shutdown, what the time left cannot ship, and keeps the
+// most valuable events (takeNewest's order) in the buffer: as many full calls as the stream's
+// usual answer time fits in left after one of its slowest answers, and no more entries than the
+// pacer would grant in that time.
+func (s *shipper) keepWhatFits(left time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	calls := s.callsWithin(left)
+	entries := calls * maxRecordsPerCall
+	if s.failStreak >= outageAfter {
+		entries = calls * probeEntries
+	}
+	entries = min(entries, s.pace.room(left))
+	if s.cfg.RecordFormat.aggregated() {
+		// Aggregated records hold many events each: the call's byte limit is what binds.
+		entries = calls * s.eventsPerCall()
+	}
+	if n, _ := s.buf.state(); n <= entries {
+		return
+	}
+	keep := s.buf.takeNewest(entries, calls*maxCallBytes, s.recordSize)
+	s.dropRemaining()
+	s.buf.putBack(keep)
+}
+
+// callsWithin is how many calls, one after another, are expected to answer within left: one at
+// the slowest recent answer time, the others at the usual one. Before any answer, calls are
+// taken to answer in unmeasuredAnswer.
+func (s *shipper) callsWithin(left time.Duration) int {
+	usual, slowest := s.answers.typical(), s.answers.slowest()
+	if s.answers.n == 0 {
+		usual, slowest = unmeasuredAnswer, unmeasuredAnswer
+	}
+	usual = max(usual, minCallTime)
+	if left < usual {
+		return 0
+	}
+	if left < slowest {
+		return 1
+	}
+	return 1 + int((left-slowest)/usual)
+}
+
+// unmeasuredAnswer is what a call is taken to cost before the stream has answered one: a first
+// call also loads credentials and opens a connection. minCallTime is the least a call is taken
+// to cost, encoding included.
+const (
+	unmeasuredAnswer = 200 * time.Millisecond
+	minCallTime      = 5 * time.Millisecond
+)
+
+// telemetryEvents counts the events that came from Lambda, leaving out the extension's own
+// counts records.
+func telemetryEvents(evs []event) uint64 {
+	var n uint64
+	for i := range evs {
+		if evs[i].typ != countsType {
+			n++
+		}
+	}
+	return n
+}
+
+// hint tells the reader of a log line what to do about a permanent error.
+func hint(code string, cfg config, region string) string {
+	stream := cfg.Stream
+	switch {
+	case code == "AccessDeniedException":
+		return fmt.Sprintf(" (the function's role needs kinesis:PutRecords on stream %s: attach the managed policy from template.json)", stream)
+	case code == "ResourceNotFoundException":
+		return fmt.Sprintf(" (check KINESIS_TELEMETRY_STREAM=%s: the stream must exist in region %s)", stream, region)
+	case strings.HasPrefix(code, "KMS"):
+		return " (the stream's KMS key refused the request: the role needs kms:GenerateDataKey on a customer managed key, and the key must be enabled)"
+	case code == "UnrecognizedClientException" || code == "InvalidSignatureException":
+		return " (the AWS credentials were rejected)"
+	}
+	return ""
+}
+
+// packRecords turns events into records: one per event, or with KINESIS_TELEMETRY_RECORD_FORMAT
+// ndjson, consecutive events of one partition key up to the aggregate size. The kpl and cloudwatch
+// formats are built here, whole (records.go), so that their exact size is known for the call.
+func (s *shipper) packRecords(evs []event) []pendingRecord {
+	switch s.cfg.RecordFormat {
+	case formatKPL:
+		return s.meta.packKPL(evs, s.cfg.RecordBytes)
+	case formatCloudWatch:
+		return s.meta.packCloudWatch(evs, s.cfg.RecordBytes, &s.gz)
+	}
+	recs := make([]pendingRecord, 0, min(len(evs), maxRecordsPerCall))
+	for i := 0; i < len(evs); {
+		e := &evs[i]
+		key := s.meta.partitionKey(e)
+		size := s.meta.dataSize(e, len(key))
+		j := i + 1
+		if s.cfg.RecordFormat == formatNDJSON {
+			size++ // newline
+			for j < len(evs) && j-i < maxNDJSONLines && s.meta.sameRecord(e, &evs[j]) {
+				next := s.meta.dataSize(&evs[j], len(key)) + 1
+				if size+next > s.cfg.RecordBytes {
+					break
+				}
+				size += next
+				j++
+			}
+		}
+		recs = append(recs, pendingRecord{events: evs[i:j:j], key: key, size: size})
+		i = j
+	}
+	return recs
+}
+
+// recordSize is an event's share of a call, for taking events from the buffer.
+func (s *shipper) recordSize(e *event) int {
+	key := s.meta.partitionKey(e)
+	return s.meta.dataSize(e, len(key)) + len(key) + 1
+}
+
+// countsEvery is how often a counts record is shipped while telemetry flows; any loss makes one
+// due at the next flush.
+const countsEvery = time.Minute
+
+// emitCountsIfDue buffers a counts record when something was lost since the last one, or when
+// the last one is older than countsEvery and telemetry has flowed since.
+func (s *shipper) emitCountsIfDue(now time.Time) {
+	s.mu.Lock()
+	due := s.stats.marks() != s.countsOf || (now.Sub(s.countsAt) >= countsEvery && s.stats.received.Load() > 0)
+	s.mu.Unlock()
+	if due {
+		s.emitCounts(now)
+	}
+}
+
+// emitCounts buffers a counts record. It goes to the platform queue: never dropped for room.
+func (s *shipper) emitCounts(now time.Time) {
+	s.mu.Lock()
+	s.countsAt, s.countsOf = now, s.stats.marks()
+	s.mu.Unlock()
+	raw := []byte(`{"time":"` + now.UTC().Format("2006-01-02T15:04:05.000Z") + `","type":"` + countsType + `","record":`)
+	raw = append(raw, s.stats.json(s.buf.buffered())...)
+	raw = append(raw, '}')
+	s.buf.addOwn(event{raw: raw, typ: countsType, level: -1})
+	s.metrics.write(now, s.stats)
+}
+
+// encodeBody appends the PutRecords JSON request for recs to dst.
+func (s *shipper) encodeBody(dst []byte, recs []pendingRecord) []byte {
+	return appendPutRecordsBody(dst, s.cfg.Stream, recs, func(r *pendingRecord) []byte {
+		if r.data != nil {
+			return r.data // kpl and cloudwatch records are built whole by packRecords
+		}
+		s.scratch = s.meta.appendRecordData(s.scratch[:0], r, s.cfg.RecordFormat == formatNDJSON)
+		return s.scratch
+	})
+}
