@@ -235,12 +235,13 @@ func appendDimensionSets(b []byte, sets [][]string) []byte {
 	return append(b, ']')
 }
 
-// Limits from the EMF specification and CloudWatch's PutMetricData reference: a dimension set
-// holds at most 30 keys; names are 1-255 characters, dimension values 1-1024.
+// Limits from the EMF specification and CloudWatch's Dimension reference, as AWS's
+// aws-embedded-metrics library enforces them: a dimension set holds at most 30 keys; names are
+// 1-250 characters, values 1-1024, both ASCII and not only spaces.
 const maxEMFDimensions = 30
 
-// functionDimensions are the dimensions whose value is the function's, with the variable Lambda
-// sets it in. Nothing per environment or per request is offered.
+// functionDimensions are the dimensions whose value is the function's (parseConfig takes it from
+// Lambda's variables). Nothing per environment or per request is offered.
 var functionDimensions = []string{"FunctionName", "FunctionVersion"}
 
 // metricsNamespace validates a CloudWatch namespace: 1-255 of 0-9A-Za-z . - _ / # : and space,
@@ -252,9 +253,9 @@ func (p *envParser) metricsNamespace(name, def string) string {
 }
 
 // metricDimensions parses a comma-separated list of FunctionName, FunctionVersion and fixed
-// Name=Value pairs; "none" leaves only the fixed pairs (or no dimension). values holds the
-// function's values by dimension name (from Lambda's variables). It is checked only when
-// metrics are on, so that an unused setting cannot stop the extension.
+// Name=Value pairs, or "none" (no per-function dimension: the account-wide total only). values
+// holds the function's values by dimension name. The setting is checked only when metrics are
+// on, so that an unused one cannot stop the extension.
 func (p *envParser) metricDimensions(name, def string, on bool, values map[string]string) []metricDimension {
 	s := p.value(name)
 	if s == "" {
@@ -276,8 +277,8 @@ func (p *envParser) metricDimensions(name, def string, on bool, values map[strin
 			p.fail(name, s, "%q: use a comma-separated list of %s and fixed Name=Value pairs, or none (default %s); per-request or per-environment dimensions are not offered: each value would be a new metric", item, strings.Join(functionDimensions, ", "), def)
 		case !d.Fixed && d.Value == "":
 			p.fail(name, s, "%s: Lambda did not set the function's %s; remove it from the list", d.Name, d.Name)
-		case d.Name == "" || len(d.Name) > 255 || d.Name[0] == ':' || d.Value == "" || len(d.Value) > 1024 || !isASCII(d.Name) || reservedEMFName(d.Name):
-			p.fail(name, s, "%q: a dimension needs a name (1-255 ASCII characters, not starting with ':', not _aws, type or a metric's name) and a value (1-1024 characters)", item)
+		case !dimensionText(d.Name, 250) || d.Name[0] == ':' || !dimensionText(d.Value, 1024) || reservedEMFName(d.Name):
+			p.fail(name, s, "%q: a dimension needs a name (1-250 ASCII characters, not starting with ':', not _aws, type or a metric's name) and a value (1-1024 ASCII characters)", item)
 		case seen[d.Name]:
 			p.fail(name, s, "%s is listed twice", d.Name)
 		default:
@@ -294,7 +295,11 @@ func (p *envParser) metricDimensions(name, def string, on bool, values map[strin
 	return out
 }
 
-func isASCII(s string) bool {
+// dimensionText reports whether s is 1 to max printable ASCII characters, not only spaces.
+func dimensionText(s string, max int) bool {
+	if len(s) > max || strings.TrimSpace(s) == "" {
+		return false
+	}
 	for i := 0; i < len(s); i++ {
 		if s[i] < 0x20 || s[i] > 0x7e {
 			return false

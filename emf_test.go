@@ -162,6 +162,7 @@ func TestEMFConfig(t *testing.T) {
 		{map[string]string{"KINESIS_TELEMETRY_METRICS_DIMENSIONS": "FunctionName,FunctionName"}, "twice"},
 		{map[string]string{"KINESIS_TELEMETRY_METRICS_DIMENSIONS": "Delivered=x"}, "a metric's name"},
 		{map[string]string{"KINESIS_TELEMETRY_METRICS_DIMENSIONS": "Team="}, "a value"},
+		{map[string]string{"KINESIS_TELEMETRY_METRICS_DIMENSIONS": "Team=équipe"}, "ASCII"},
 		{map[string]string{"KINESIS_TELEMETRY_METRICS_DIMENSIONS": "FunctionVersion"}, "Lambda did not set"},
 		{map[string]string{"KINESIS_TELEMETRY_METRICS_NAMESPACE": "AWS/Lambda"}, "not starting with AWS/"},
 		{map[string]string{"KINESIS_TELEMETRY_METRICS_NAMESPACE": "a;b"}, "CloudWatch namespace"},
