@@ -57,6 +57,8 @@ type config struct {
 
 	Region string // AWS_REGION, for the envelope; empty: the AWS configuration's, at the first send
 
+	Metrics metricsConfig // EMF lines on stdout (emf.go)
+
 	Managed     bool // Lambda Managed Instances: SHUTDOWN-only registration, schema 2025-01-29
 	FailOnError bool
 }
@@ -129,6 +131,12 @@ func parseConfig(getenv func(string) string) (config, error) {
 		c.DefaultLogNames = append(c.DefaultLogNames, "AWS_LAMBDA_LOG_STREAM_NAME="+c.LogStream)
 	}
 	c.Sample = p.fraction("KINESIS_TELEMETRY_SAMPLE", 1)
+	// CloudWatch metrics as EMF lines (emf.go): off by default, since they bill custom metrics
+	// per function and write into the function's log group (docs/operating.md).
+	c.Metrics.On = p.boolean("KINESIS_TELEMETRY_METRICS", false)
+	c.Metrics.Namespace = p.metricsNamespace("KINESIS_TELEMETRY_METRICS_NAMESPACE", "KinesisTelemetryExtension")
+	c.Metrics.Dimensions = p.metricDimensions("KINESIS_TELEMETRY_METRICS_DIMENSIONS", "FunctionName", c.Metrics.On, map[string]string{
+		"FunctionName": p.value("AWS_LAMBDA_FUNCTION_NAME"), "FunctionVersion": p.value("AWS_LAMBDA_FUNCTION_VERSION")})
 
 	if c.Managed {
 		// Managed instances never freeze and send no platform.runtimeDone: only a timer can

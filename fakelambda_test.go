@@ -7,6 +7,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,7 @@ type fakeLambda struct {
 	subscribeBody   string // its body
 	onNext          func() // called at every /event/next, before it blocks
 	nextBroken      bool   // /event/next answers 500, as a broken Runtime API would
+	functionName    string // the registration's functionName; "" means "fn"
 
 	mu           sync.Mutex
 	registerHdr  http.Header
@@ -87,9 +89,10 @@ func (f *fakeLambda) serve(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.registerHdr = r.Header.Clone()
 		json.Unmarshal(body, &f.registerBody)
+		name := cmp.Or(f.functionName, "fn")
 		f.mu.Unlock()
 		w.Header().Set("Lambda-Extension-Identifier", "ext-id-1")
-		out := map[string]string{"functionName": "fn", "functionVersion": "$LATEST", "handler": "index.handler"}
+		out := map[string]string{"functionName": name, "functionVersion": "$LATEST", "handler": "index.handler"}
 		if r.Header.Get("Lambda-Extension-Accept-Feature") == "accountId" {
 			out["accountId"] = "123456789012"
 		}

@@ -22,7 +22,8 @@ type filter struct {
 	redact   []*regexp.Regexp
 }
 
-// ownLogMarker is how the extension's own lines look inside an extension event's record.
+// ownLogMarker is how the extension's own lines look inside an extension event's record; its
+// EMF lines carry emfMarker (emf.go).
 var ownLogMarker = []byte(`"` + logPrefix)
 
 // The filter runs in two steps around the buffer's lock. screen needs only the event, so it runs
@@ -34,7 +35,7 @@ var ownLogMarker = []byte(`"` + logPrefix)
 // lines, excluded types, the minimum level), counting why not, and redacts e.raw when it passes.
 func (f *filter) screen(e *event, st *stats) bool {
 	switch {
-	case e.typ == typeExtension && bytes.Contains(e.raw, ownLogMarker):
+	case e.typ == typeExtension && (bytes.Contains(e.raw, ownLogMarker) || bytes.Contains(e.raw, emfMarker)):
 		st.filteredOwn.Add(1)
 		return false
 	case f.exclude[string(e.typ)]:

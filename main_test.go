@@ -21,6 +21,11 @@ package main
 //	fakests_test.go        fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis;
 //	                       the role tests that use them are in sts_test.go
 //	formats_test.go        kpl and cloudwatch decoders: protowire, aws-lambda-go, npm aws-kinesis-agg
+//	emf_test.go            decodeEMF, emfLines (the EMF lines in the extension's output), validateEMF
+//	                       (npm ajv with testdata/emf/schema.json, and aws-embedded-metrics, through
+//	                       testdata/peers/emf-validate.js)
+//	archive_test.go        firehoseObjects (what landed, gzipped under Firehose's prefix), runDuckDB (npm
+//	                       @duckdb/node-api through testdata/peers/duckdb-run.js), compareRows
 //
 // The usual end-to-end test:
 //

@@ -47,6 +47,7 @@ type shipper struct {
 	gz       *gzip.Writer // reused by cloudwatch records
 	countsAt time.Time
 	countsOf lossMarks
+	metrics  *emfWriter // an EMF line with each counts record (emf.go); nil: off
 	// failStreak counts calls failed whole in a row (no answer, a 5xx); while it is not zero,
 	// calls carry at most probeEntries and wait for retryAt, the backoff, across rounds.
 	failStreak int
@@ -74,7 +75,7 @@ type recordPutter interface {
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
 	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now),
-		starved: map[string]bool{}, allowed: map[string]int{}}
+		starved: map[string]bool{}, allowed: map[string]int{}, metrics: newEMFWriter(cfg.Metrics)}
 	s.shardPace = newShardPacers(func() *pacer { return newPacer(s.pace.now) })
 	s.newClient = func(ctx context.Context) (recordPutter, error) {
 		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
@@ -672,6 +673,7 @@ func (s *shipper) emitCounts(now time.Time) {
 	raw = append(raw, s.stats.json(s.buf.buffered())...)
 	raw = append(raw, '}')
 	s.buf.addOwn(event{raw: raw, typ: countsType, level: -1})
+	s.metrics.write(now, s.stats)
 }
 
 // encodeBody appends the PutRecords JSON request for recs to dst.

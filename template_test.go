@@ -39,6 +39,7 @@ const (
 	templateStreamArn      = "arn:aws:kinesis:eu-west-1:222222222222:stream/central-telemetry"
 	templateRoleArn        = "arn:aws:iam::222222222222:role/telemetry-writer"
 	templateExternalID     = "org-logging-7f3a"
+	templateTopicArn       = "arn:aws:sns:eu-west-1:123456789012:telemetry-ops"
 )
 
 // templateCases are the parameter sets every template test renders: the central side alone,
@@ -66,6 +67,12 @@ var templateCases = []struct {
 	{"archive ndjson, created key", map[string]any{"ArchiveToS3": "true", "ArchiveRecordFormat": "ndjson", "WriterAccounts": "111111111111", "CreateKmsKey": "true"}},
 	{"archive kpl", map[string]any{"ArchiveToS3": "true", "ArchiveRecordFormat": "kpl", "CreateDemoFunction": "false"}},
 	{"archive cloudwatch, given key", map[string]any{"ArchiveToS3": "true", "ArchiveRecordFormat": "cloudwatch", "KmsKeyArn": templateKeyArn}},
+	// Operating (template_ops_test.go): alarms and the dashboard on each side.
+	{"alarms to a created topic with e-mail, dashboard", map[string]any{"CreateAlarms": "true", "AlarmEmail": "ops@example.com", "CreateDashboard": "true"}},
+	{"provisioned, archive, alarms to a given topic, dashboard", map[string]any{"StreamMode": "PROVISIONED", "ShardCount": 4.0, "ArchiveToS3": "true",
+		"ArchiveRecordFormat": "ndjson", "CreateAlarms": "true", "AlarmTopicArn": templateTopicArn, "CreateDashboard": "true", "MetricsNamespace": "Org/Telemetry"}},
+	{"writer through role, alarms, no demo", map[string]any{"StreamArn": templateStreamArn, "WriterRoleArn": templateRoleArn, "CreateAlarms": "true", "CreateDemoFunction": "false"}},
+	{"dashboard only, archive", map[string]any{"CreateDashboard": "true", "ArchiveToS3": "true"}},
 }
 
 // cfnPseudoParams are the pseudo parameters a template may Ref.
@@ -637,6 +644,9 @@ func TestTemplateGoformation(t *testing.T) {
 					wantVars = append(wantVars, "KINESIS_TELEMETRY_ROLE_EXTERNAL_ID")
 				}
 			}
+			if params["CreateAlarms"] == "true" || params["CreateDashboard"] == "true" {
+				wantVars = append(wantVars, "KINESIS_TELEMETRY_METRICS", "KINESIS_TELEMETRY_METRICS_NAMESPACE") // what they watch
+			}
 			slices.Sort(wantVars)
 			if fn.Environment == nil || !slices.Equal(slices.Sorted(maps.Keys(fn.Environment.Variables)), wantVars) {
 				t.Errorf("%s environment: got %+v, want %q", id, fn.Environment, wantVars)
@@ -836,7 +846,9 @@ func TestTemplateGrants(t *testing.T) {
 			"DemoRole":   {tplRef(fnPolicy), map[string]any{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}},
 			"WriterRole": {tplRef(fnPolicy)},
 		}
-		noPolicy := []string{"AWS::Kinesis::Stream", "AWS::Lambda::LayerVersion", "AWS::Lambda::Function", "AWS::Logs::LogGroup", "AWS::S3::Bucket", "AWS::KinesisFirehose::DeliveryStream"}
+		noPolicy := []string{"AWS::Kinesis::Stream", "AWS::Lambda::LayerVersion", "AWS::Lambda::Function", "AWS::Logs::LogGroup", "AWS::S3::Bucket", "AWS::KinesisFirehose::DeliveryStream",
+			// Operating (template_ops_test.go): no topic policy (alarms of this account publish without one).
+			"AWS::CloudWatch::Alarm", "AWS::CloudWatch::Dashboard", "AWS::SNS::Topic", "AWS::Glue::Database", "AWS::Glue::Table", "AWS::Athena::NamedQuery"}
 		for _, id := range slices.Sorted(maps.Keys(tplMap(tpl["Resources"]))) {
 			def := tplMap(tplPath(tpl, "Resources", id))
 			props := tplMap(def["Properties"])
@@ -1160,11 +1172,14 @@ func TestTemplateOutputs(t *testing.T) {
 			if params["ArchiveToS3"] == "true" {
 				want["ArchiveBucketName"] = tplRef(tplOneOfType(t, tpl, "AWS::S3::Bucket"))
 				want["ArchiveDeliveryStreamName"] = tplRef(tplOneOfType(t, tpl, "AWS::KinesisFirehose::DeliveryStream"))
+				if f := params["ArchiveRecordFormat"]; f == "event" || f == "ndjson" { // JSON lines: queryable (archive_test.go)
+					want["ArchiveDatabaseName"] = tplRef(tplOneOfType(t, tpl, "AWS::Glue::Database"))
+				}
 			}
 		}
 		outputs := tplMap(tpl["Outputs"])
 		for name := range outputs {
-			if _, ok := want[name]; !ok && name != "DemoFunctionName" {
+			if _, ok := want[name]; !ok && name != "DemoFunctionName" && name != "AlarmTopicArn" && name != "DashboardName" { // the last two: template_ops_test.go
 				t.Errorf("output %s: not expected in this variant", name)
 			}
 		}
