@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // scanned is what scanBatch reports for one element, as strings for easy comparison.
@@ -165,6 +166,38 @@ func TestJSONStringEncoding(t *testing.T) {
 		json.Unmarshal(want, &wantBack)
 		if back != wantBack {
 			t.Errorf("%q round-trips as %q, want %q", s, back, wantBack)
+		}
+	}
+}
+
+// TestUTF8Prefix: the one UTF-8 cutter never cuts a character, keeps all it can, and agrees with
+// kinesis.go's truncate (from utf8.UTFMax bytes) and records.go's cutUTF8 on valid UTF-8, so that
+// they can become it.
+func TestUTF8Prefix(t *testing.T) {
+	for _, s := range []string{"", "plain ascii", "é", "naïve café", "日本語のテキスト", "😀a😀bc😀", "a\u0301b"} {
+		for n := 0; n <= len(s)+1; n++ {
+			k := utf8Prefix(s, n)
+			switch {
+			case k > n || k > len(s):
+				t.Errorf("utf8Prefix(%q, %d) = %d: longer than allowed", s, n, k)
+			case !utf8.ValidString(s[:k]) || (k < len(s) && !utf8.RuneStart(s[k])):
+				t.Errorf("utf8Prefix(%q, %d) = %d: cuts a character", s, n, k)
+			case k < len(s) && k+len(string([]rune(s[k:])[:1])) <= n:
+				t.Errorf("utf8Prefix(%q, %d) = %d: the next character fits too", s, n, k)
+			}
+			if got := utf8Prefix([]byte(s), n); got != k {
+				t.Errorf("utf8Prefix([]byte(%q), %d) = %d, the string form %d", s, n, got, k)
+			}
+			// truncate keeps part of a first character longer than n (it looks back to byte 1,
+			// not 0): below utf8.UTFMax the two differ there, and utf8Prefix is the one right.
+			if got := truncate(s, n); got != s[:k] && n >= utf8.UTFMax {
+				t.Errorf("truncate(%q, %d) = %q, utf8Prefix keeps %q", s, n, got, s[:k])
+			}
+			if n < len(s) {
+				if got := cutUTF8([]byte(s), n); got != k {
+					t.Errorf("cutUTF8(%q, %d) = %d, utf8Prefix %d", s, n, got, k)
+				}
+			}
 		}
 	}
 }
