@@ -20,7 +20,8 @@ import (
 	"time"
 )
 
-// config is the whole configuration, parsed and validated in one place. README.md mirrors it.
+// config is the whole configuration, parsed and validated in one place. docs/configuration.md
+// mirrors it.
 type config struct {
 	Stream   streamRef
 	Endpoint string // endpoint URL override; empty means the public regional endpoint
@@ -143,7 +144,7 @@ func parseConfig(getenv func(string) string) (config, error) {
 // limitMemory sets a soft memory limit of the buffer cap plus memoryHeadroom, and a lower GC
 // target, unless the user set GOMEMLIMIT or GOGC: the extension shares the function's memory, and
 // the collector's default (heap up to twice what is live) lets a burst through the buffer leave
-// megabytes behind. See README, Bounded memory.
+// megabytes behind. See docs/flushing.md, Bounded memory.
 func limitMemory(getenv func(string) string, bufferCap int) {
 	if getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(int64(bufferCap) + memoryHeadroom)

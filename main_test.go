@@ -1,6 +1,6 @@
 package main
 
-// Where the test harness lives (README.md, "Test harness", says the same for readers):
+// Where the test harness lives (docs/development.md, "Test harness", says the same for readers):
 //
 //	main_test.go           TestMain builds the extension once; testEnv, freePort; reading back what
 //	                       landed: decodeShipped (counts records strictly into counts.go's countsRecord),
