@@ -120,7 +120,7 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 			checkCloudWatchExactlyOnce(t, posted, recs)
 		} else {
 			data, keys := userRecords(t, format, recs)
-			events, _ := decodeRecords(t, data, keys)
+			events, _ := decodeShipped(t, data, keys)
 			checkExactlyOnce(t, posted, events)
 			checkTraced(t, events)
 			if format == formatKPL {

@@ -121,21 +121,8 @@ type shipped struct {
 	Type string
 }
 
-// decodeRecords decodes records read back from a stream (data and partition keys, in stream
-// order) into the shipped events and the counts records, the latter as untyped maps; new code
-// uses decodeShipped, which types them.
-func decodeRecords(t *testing.T, data [][]byte, keys []string) (events []shipped, counts []map[string]any) {
-	t.Helper()
-	events, raw := splitRecords(t, data, keys)
-	for _, r := range raw {
-		var m map[string]any
-		json.Unmarshal(r, &m)
-		counts = append(counts, m)
-	}
-	return events, counts
-}
-
-// decodeShipped is decodeRecords with the counts records typed.
+// decodeShipped decodes records read back from a stream (data and partition keys, in stream
+// order) into the shipped events and the counts records, typed.
 func decodeShipped(t testing.TB, data [][]byte, keys []string) (events []shipped, counts []countsRecord) {
 	t.Helper()
 	events, raw := splitRecords(t, data, keys)

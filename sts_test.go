@@ -221,7 +221,7 @@ func TestOtherAccountStreamOnKinesisMock(t *testing.T) {
 			}
 			recs := peer.waitForRecords(t, centralStream, len(fl.postedEvents()), 10*time.Second)
 			data, keys := storedData(recs)
-			events, _ := decodeRecords(t, data, keys)
+			events, _ := decodeShipped(t, data, keys)
 			checkExactlyOnce(t, fl.postedEvents(), events)
 			if n := len(own.readAll(t, centralStream)); n != 0 {
 				t.Errorf("%d records in the function's own account's stream of the same name", n)
