@@ -20,7 +20,7 @@ import (
 type buffer struct {
 	mu       sync.Mutex
 	platform eventQueue
-	logs     eventQueue
+	lines    eventQueue
 	bytes    int // in the queues
 	inFlight int // taken by the sender and not yet confirmed or put back
 	held     int // telemetry events (not the extension's own) queued or in flight: "buffered"
@@ -90,7 +90,7 @@ func (b *buffer) add(evs []event, f *filter) {
 		if e.isPlatform() {
 			b.platform.push(*e)
 		} else {
-			b.logs.push(*e)
+			b.lines.push(*e)
 		}
 		b.bytes += e.size()
 		b.held++
@@ -104,7 +104,7 @@ func (b *buffer) add(evs []event, f *filter) {
 // until the buffer fits its cap.
 func (b *buffer) makeRoom() {
 	for b.bytes+b.inFlight > b.max {
-		q := &b.logs
+		q := &b.lines
 		if q.len() == 0 {
 			q = &b.platform
 		}
@@ -170,12 +170,12 @@ func (b *buffer) newestFirst() (*eventQueue, bool) {
 	switch {
 	case b.platform.len() > 0 && b.platform.back().seq >= b.newest:
 		return &b.platform, true
-	case b.logs.len() > 0 && b.logs.back().seq >= b.newest:
-		return &b.logs, true
+	case b.lines.len() > 0 && b.lines.back().seq >= b.newest:
+		return &b.lines, true
 	case b.platform.len() > 0:
 		return &b.platform, true
-	case b.logs.len() > 0:
-		return &b.logs, true
+	case b.lines.len() > 0:
+		return &b.lines, true
 	}
 	return nil, true
 }
@@ -228,31 +228,31 @@ func (b *buffer) restore(evs []event) {
 	if len(evs) == 0 {
 		return
 	}
-	var platform, logs []event
+	var platform, lines []event
 	for i := range evs {
 		if evs[i].isPlatform() {
 			platform = append(platform, evs[i])
 		} else {
-			logs = append(logs, evs[i])
+			lines = append(lines, evs[i])
 		}
 	}
 	b.platform.insert(platform)
-	b.logs.insert(logs)
+	b.lines.insert(lines)
 }
 
 // oldestQueue is the queue whose front arrived first, or nil when both are empty.
 func (b *buffer) oldestQueue() *eventQueue {
 	switch {
-	case b.platform.len() == 0 && b.logs.len() == 0:
+	case b.platform.len() == 0 && b.lines.len() == 0:
 		return nil
-	case b.logs.len() == 0:
+	case b.lines.len() == 0:
 		return &b.platform
 	case b.platform.len() == 0:
-		return &b.logs
-	case b.platform.front().seq < b.logs.front().seq:
+		return &b.lines
+	case b.platform.front().seq < b.lines.front().seq:
 		return &b.platform
 	}
-	return &b.logs
+	return &b.lines
 }
 
 // mark returns a position in the arrival order: the events buffered so far are before it.
@@ -343,7 +343,7 @@ func (b *buffer) state() (n int, oldest time.Time) {
 	if q := b.oldestQueue(); q != nil {
 		oldest = q.front().arrived
 	}
-	return b.platform.len() + b.logs.len(), oldest
+	return b.platform.len() + b.lines.len(), oldest
 }
 
 // buffered is the number of telemetry events held, queued or in flight.

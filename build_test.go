@@ -100,10 +100,10 @@ var zipSizeQuotes = []struct {
 	re          *regexp.Regexp
 	want        func(x86, arm int) []string
 }{
-	{"README.md", "the Zip sizes table's extension row",
+	{"docs/development.md", "the Zip sizes table's extension row",
 		regexp.MustCompile("\\| the extension \\(`./build.sh`\\) \\| ([0-9.]+) MiB \\| ([0-9.]+) MiB \\|"),
 		func(x86, arm int) []string { return []string{mib(x86), mib(arm)} }},
-	{"README.md", "the sentence on what is left under the budget",
+	{"docs/development.md", "the sentence on what is left under the budget",
 		regexp.MustCompile(`The x86_64 zip has ([0-9.]+) MiB \(([0-9]+)%\) left under the budget`),
 		func(x86, _ int) []string {
 			return []string{mib(layerZipBudget - x86), fmt.Sprint((layerZipBudget - x86) * 100 / layerZipBudget)}
@@ -117,8 +117,8 @@ var zipSizeQuotes = []struct {
 
 func mib(n int) string { return fmt.Sprintf("%.2f", float64(n)/(1<<20)) }
 
-// checkQuotedZipSizes fails when README.md or BENCHMARKS.md quote zip sizes other than those of
-// the zips in dist, and says what to write instead.
+// checkQuotedZipSizes fails when docs/development.md or BENCHMARKS.md quote zip sizes other than
+// those of the zips in dist, and says what to write instead.
 func checkQuotedZipSizes(t *testing.T, dist string) {
 	t.Helper()
 	var size [2]int

@@ -20,7 +20,8 @@ import (
 	"time"
 )
 
-// config is the whole configuration, parsed and validated in one place. README.md mirrors it.
+// config is the whole configuration, parsed and validated in one place. docs/configuration.md
+// mirrors it.
 type config struct {
 	Stream   streamRef
 	Endpoint string // endpoint URL override; empty means the public regional endpoint
@@ -95,7 +96,7 @@ func parseConfig(getenv func(string) string) (config, error) {
 	c.BufferBytes = p.integer("KINESIS_TELEMETRY_BUFFER_BYTES", 262144, minBufferBytes, maxBufferBytes)
 	c.BufferTimeoutMS = p.integer("KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS", 25, minBufferTimeout, maxBufferTO)
 
-	c.Flush = p.flush("KINESIS_TELEMETRY_FLUSH", "adaptive")
+	c.Flush = p.flush("KINESIS_TELEMETRY_FLUSH", "adaptive", 100, 3600000)
 	c.FlushBudget = p.millis("KINESIS_TELEMETRY_FLUSH_BUDGET_MS", 1000, 10, 60000)
 	c.MaxDelay = p.millis("KINESIS_TELEMETRY_MAX_DELAY_MS", 10000, 100, 3600000)
 	c.RequestTimeout = p.millis("KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS", 2000, 100, 60000)
@@ -108,13 +109,34 @@ func parseConfig(getenv func(string) string) (config, error) {
 	c.RecordBytes = p.integer("KINESIS_TELEMETRY_RECORD_MAX_BYTES", 262144, 1024, maxRecordBytes-4096)
 	c.PartitionKey = partitionMode(p.choice("KINESIS_TELEMETRY_PARTITION_KEY", string(partitionRequest), string(partitionRequest), string(partitionFunction), string(partitionRandom)))
 	c.TextRecord = textRecord(p.choice("KINESIS_TELEMETRY_TEXT_RECORD", string(textAsString), string(textAsString), string(textAsObject)))
+	p.cloudWatchNames(&c)
+	c.Region = p.value("AWS_REGION")
+	c.Sample = p.fraction("KINESIS_TELEMETRY_SAMPLE", 1)
+	// CloudWatch metrics as EMF lines (emf.go): off by default, since they bill custom metrics
+	// per function and write into the function's log group (docs/operating.md).
+	c.Metrics.On = p.boolean("KINESIS_TELEMETRY_METRICS", false)
+	c.Metrics.Namespace = p.metricsNamespace("KINESIS_TELEMETRY_METRICS_NAMESPACE", "KinesisTelemetryExtension")
+	c.Metrics.Dimensions = p.metricDimensions("KINESIS_TELEMETRY_METRICS_DIMENSIONS", "FunctionName", c.Metrics.On, map[string]string{
+		"FunctionName": p.value("AWS_LAMBDA_FUNCTION_NAME"), "FunctionVersion": p.value("AWS_LAMBDA_FUNCTION_VERSION")})
+
+	if c.Managed {
+		// Managed instances never freeze and send no platform.runtimeDone: only a timer can
+		// decide when to ship.
+		if c.Flush.Mode != flushPeriodic {
+			c.Flush = flushStrategy{Mode: flushPeriodic, Period: managedFlushPeriod}
+		}
+	}
+	return c, errors.Join(p.errs...)
+}
+
+// cloudWatchNames reads what the cloudwatch format says about the log it mirrors: the
+// subscription filter's name and Lambda's own variables. AWS_LAMBDA_LOG_FORMAT is JSON when the
+// function logs in JSON; anything else is Lambda's default, Text.
+func (p *envParser) cloudWatchNames(c *config) {
 	c.SubscriptionFilter = p.value("KINESIS_TELEMETRY_SUBSCRIPTION_FILTER")
 	if c.SubscriptionFilter == "" {
 		c.SubscriptionFilter = "kinesis-telemetry-extension"
 	}
-	// Lambda's own variables, read for the cloudwatch format. AWS_LAMBDA_LOG_FORMAT is JSON when
-	// the function logs in JSON; anything else is Lambda's default, Text.
-	c.Region = p.value("AWS_REGION")
 	c.LogFormat = logText
 	if strings.EqualFold(p.value("AWS_LAMBDA_LOG_FORMAT"), "JSON") {
 		c.LogFormat = logJSON
@@ -130,28 +152,15 @@ func parseConfig(getenv func(string) string) (config, error) {
 		c.LogStream = time.Now().UTC().Format("2006/01/02") + "/[" + cmp.Or(p.value("AWS_LAMBDA_FUNCTION_VERSION"), "$LATEST") + "]" + newIDPrefix()
 		c.DefaultLogNames = append(c.DefaultLogNames, "AWS_LAMBDA_LOG_STREAM_NAME="+c.LogStream)
 	}
-	c.Sample = p.fraction("KINESIS_TELEMETRY_SAMPLE", 1)
-	// CloudWatch metrics as EMF lines (emf.go): off by default, since they bill custom metrics
-	// per function and write into the function's log group (docs/operating.md).
-	c.Metrics.On = p.boolean("KINESIS_TELEMETRY_METRICS", false)
-	c.Metrics.Namespace = p.metricsNamespace("KINESIS_TELEMETRY_METRICS_NAMESPACE", "KinesisTelemetryExtension")
-	c.Metrics.Dimensions = p.metricDimensions("KINESIS_TELEMETRY_METRICS_DIMENSIONS", "FunctionName", c.Metrics.On, map[string]string{
-		"FunctionName": p.value("AWS_LAMBDA_FUNCTION_NAME"), "FunctionVersion": p.value("AWS_LAMBDA_FUNCTION_VERSION")})
-
-	if c.Managed {
-		// Managed instances never freeze and send no platform.runtimeDone: only a timer can
-		// decide when to ship.
-		if c.Flush.Mode != flushPeriodic {
-			c.Flush = flushStrategy{Mode: flushPeriodic, Period: time.Second}
-		}
-	}
-	return c, errors.Join(p.errs...)
 }
+
+// managedFlushPeriod is the timer of Lambda Managed Instances unless periodic,<ms> is set.
+const managedFlushPeriod = time.Second
 
 // limitMemory sets a soft memory limit of the buffer cap plus memoryHeadroom, and a lower GC
 // target, unless the user set GOMEMLIMIT or GOGC: the extension shares the function's memory, and
 // the collector's default (heap up to twice what is live) lets a burst through the buffer leave
-// megabytes behind. See README, Bounded memory.
+// megabytes behind. See docs/flushing.md, Bounded memory.
 func limitMemory(getenv func(string) string, bufferCap int) {
 	if getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(int64(bufferCap) + memoryHeadroom)
@@ -168,13 +177,19 @@ const (
 	gcPercent      = 50
 )
 
-// defaultMaxBuffer is a sixteenth of the function's memory (8 MiB for 128 MB), between 4 and 64 MiB.
+// defaultMaxBuffer is a sixteenth of the function's memory (8 MiB for 128 MB), between 4 and 64
+// MiB; 8 MiB when Lambda does not say (emulators).
 func defaultMaxBuffer(getenv func(string) string) int {
+	const (
+		share         = 16
+		least, most   = 4 << 20, 64 << 20
+		memoryUnknown = 8 << 20
+	)
 	mb, err := strconv.Atoi(getenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"))
 	if err != nil || mb <= 0 {
-		return 8 << 20
+		return memoryUnknown
 	}
-	return min(max(mb<<20/16, 4<<20), 64<<20)
+	return min(max(mb<<20/share, least), most)
 }
 
 // envParser collects configuration errors so that all of them are reported at once.
@@ -467,7 +482,8 @@ func checkEndpoint(s string) error {
 	return errors.New("the scheme must be https")
 }
 
-func (p *envParser) flush(name, def string) flushStrategy {
+// flush parses a flush strategy: adaptive, end, background, or periodic,<ms> with ms from lo to hi.
+func (p *envParser) flush(name, def string, lo, hi int) flushStrategy {
 	s := p.value(name)
 	if s == "" {
 		s = def
@@ -478,11 +494,11 @@ func (p *envParser) flush(name, def string) flushStrategy {
 		return flushStrategy{Mode: mode}
 	case mode == flushPeriodic:
 		ms, err := strconv.Atoi(strings.TrimSpace(arg))
-		if err == nil && ms >= 100 && ms <= 3600000 {
+		if err == nil && ms >= lo && ms <= hi {
 			return flushStrategy{Mode: mode, Period: time.Duration(ms) * time.Millisecond}
 		}
 	}
-	p.fail(name, s, "set adaptive (default), end, background, or periodic,<ms> with ms from 100 to 3600000")
+	p.fail(name, s, "set adaptive (default), end, background, or periodic,<ms> with ms from %d to %d", lo, hi)
 	return flushStrategy{Mode: flushMode(def)}
 }
 

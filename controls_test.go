@@ -86,7 +86,7 @@ func TestPartitionKeyDistribution(t *testing.T) {
 }
 
 // Prices used by TestRecordFormatsOnKinesis, US East (N. Virginia), from
-// https://aws.amazon.com/kinesis/data-streams/pricing/ (see README "Cheaper records").
+// https://aws.amazon.com/kinesis/data-streams/pricing/ (see docs/formats.md, "Cheaper records").
 const (
 	pricePerMillionPutUnits = 0.014 // provisioned: per 1,000,000 PUT payload units of 25 KB
 	pricePerGBOnDemand      = 0.08  // on-demand: per GB of data in, each record rounded up to 1 KB
@@ -104,7 +104,7 @@ var formatConsumers = map[recordFormat]string{
 // lines and their platform events) in every record format to kinesalite, reads it back and decodes
 // it as each format's consumers do (the kpl records also with awslabs' aws-kinesis-agg from npm,
 // checksums verified): every event arrives exactly once, with an id to de-duplicate by. It prints
-// the cost table of README "Cheaper records" from what was stored.
+// the cost table of docs/formats.md, "Cheaper records", from what was stored.
 func TestRecordFormatsOnKinesis(t *testing.T) {
 	type row struct {
 		format                recordFormat
@@ -120,7 +120,7 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 			checkCloudWatchExactlyOnce(t, posted, recs)
 		} else {
 			data, keys := userRecords(t, format, recs)
-			events, _ := decodeRecords(t, data, keys)
+			events, _ := decodeShipped(t, data, keys)
 			checkExactlyOnce(t, posted, events)
 			checkTraced(t, events)
 			if format == formatKPL {
@@ -145,7 +145,7 @@ func TestRecordFormatsOnKinesis(t *testing.T) {
 		fmt.Fprintf(&b, "| `%s` | %d | %d | %d | %d | %.2f | %.2f | %s |\n", r.format, r.records, r.bytes, r.units, r.onDemandKB, r.provisioned, r.onDemand, formatConsumers[r.format])
 	}
 	t.Logf("10 invocations x 100 log lines (50 text, 50 JSON) and their platform events, on kinesalite:%s", b.String())
-	checkREADMECostTable(t, func(f recordFormat) []string {
+	checkCostTable(t, func(f recordFormat) []string {
 		for _, r := range rows {
 			if r.format == f {
 				// Bytes stored vary by a few bytes between runs (the counts records' numbers).
@@ -231,15 +231,15 @@ func checkTraced(t *testing.T, events []shipped) {
 	}
 }
 
-// checkREADMECostTable fails when the README's "Cheaper records" table no longer shows what was
-// measured (records, PUT units, billed KB and prices of each format), so that it cannot drift.
-func checkREADMECostTable(t *testing.T, measured func(recordFormat) []string) {
+// checkCostTable fails when the "Cheaper records" table of docs/formats.md no longer shows what
+// was measured (records, PUT units, billed KB and prices of each format), so that it cannot drift.
+func checkCostTable(t *testing.T, measured func(recordFormat) []string) {
 	t.Helper()
 	root, err := peerRepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	readme, err := os.ReadFile(filepath.Join(root, "docs", "formats.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,11 +253,11 @@ func checkREADMECostTable(t *testing.T, measured func(recordFormat) []string) {
 			}
 			found = true
 			if got := []string{cols[1], cols[3], cols[4], cols[5], cols[6]}; strings.Join(got, " ") != strings.Join(want, " ") {
-				t.Errorf("README \"Cheaper records\", %s: records, PUT units, billed KB, $ provisioned, $ on-demand are %v, measured %v: update the table from this test's output", f, got, want)
+				t.Errorf("docs/formats.md \"Cheaper records\", %s: records, PUT units, billed KB, $ provisioned, $ on-demand are %v, measured %v: update the table from this test's output", f, got, want)
 			}
 		}
 		if !found {
-			t.Errorf("README has no cost table row for %s", f)
+			t.Errorf("docs/formats.md has no cost table row for %s", f)
 		}
 	}
 }

@@ -71,20 +71,36 @@ func newEvent(f eventFields) event {
 	}
 	if !isLogType(typ) {
 		// Only Lambda's own records: a JSON log line's "tenantId" or "tracing" is the user's.
-		e.traceID = traceRoot(unquote(f.traceValue))
+		e.traceID = parseTraceHeader(unquote(f.traceValue)).Root
 		e.tenantID = unquote(f.tenantID)
 	}
 	return e
 }
 
-// traceRoot returns the Root of an X-Amzn-Trace-Id value ("Root=1-…;Parent=…;Sampled=1").
-func traceRoot(v string) string {
+// traceHeader is an X-Amzn-Trace-Id value ("Root=1-…;Parent=…;Sampled=1") split into its parts.
+type traceHeader struct {
+	Root, Parent string
+	Sampled      bool
+}
+
+// parseTraceHeader splits an X-Amzn-Trace-Id value; a part without "=" is passed over, and where
+// a key repeats, the first one counts.
+func parseTraceHeader(v string) traceHeader {
+	var h traceHeader
+	var seen [3]bool
 	for part := range strings.SplitSeq(v, ";") {
-		if root, ok := strings.CutPrefix(strings.TrimSpace(part), "Root="); ok {
-			return root
+		k, val, ok := strings.Cut(strings.TrimSpace(part), "=")
+		switch {
+		case !ok:
+		case k == "Root" && !seen[0]:
+			h.Root, seen[0] = val, true
+		case k == "Parent" && !seen[1]:
+			h.Parent, seen[1] = val, true
+		case k == "Sampled" && !seen[2]:
+			h.Sampled, seen[2] = val == "1", true
 		}
 	}
-	return ""
+	return h
 }
 
 // internType avoids an allocation per event for the common types.

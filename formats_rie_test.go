@@ -126,7 +126,7 @@ func TestRIEManagedKPLTraceAndTenant(t *testing.T) {
 				Tracing  struct{ Value string }
 			}
 			json.Unmarshal(e.Record, &rec)
-			tags[e.requestID()] = invocationTags{trace: traceRoot(rec.Tracing.Value), tenant: rec.TenantID}
+			tags[e.requestID()] = invocationTags{trace: parseTraceHeader(rec.Tracing.Value).Root, tenant: rec.TenantID}
 		}
 	}
 	traced := 0

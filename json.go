@@ -432,6 +432,20 @@ func unquote(tok []byte) string {
 	return s
 }
 
+// utf8Prefix is the length of the longest prefix of s of at most n bytes that ends at a character
+// boundary: the one cutter of text, for strings and byte slices. (In invalid UTF-8 it looks back
+// at most utf8.UTFMax-1 bytes for a boundary.)
+func utf8Prefix[T ~string | ~[]byte](s T, n int) int {
+	if len(s) <= n {
+		return len(s)
+	}
+	i := n
+	for i > 0 && i > n-utf8.UTFMax && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return i
+}
+
 // fitEscaped returns how many bytes of text, in whole characters, fit in room bytes once escaped
 // inside a JSON string.
 func fitEscaped(text []byte, room int) int {

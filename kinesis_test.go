@@ -213,46 +213,6 @@ func TestPartitionKeys(t *testing.T) {
 	}
 }
 
-func TestJSONStringEncoding(t *testing.T) {
-	for _, s := range []string{"", "plain", "quote\" back\\ nl\n tab\t cr\r", "\x00\x1f\x7f", "é中😀", "bad\xffbyte", "<html>&"} {
-		got := appendJSONString(nil, s)
-		if len(got) != jsonStringLen(s) {
-			t.Errorf("jsonStringLen(%q)=%d, encoded %d bytes", s, jsonStringLen(s), len(got))
-		}
-		var back string
-		if err := json.Unmarshal(got, &back); err != nil {
-			t.Errorf("%q encoded as invalid JSON %s: %v", s, got, err)
-		}
-		want, _ := json.Marshal(s)
-		var wantBack string
-		json.Unmarshal(want, &wantBack)
-		if back != wantBack {
-			t.Errorf("%q round-trips as %q, want %q", s, back, wantBack)
-		}
-	}
-}
-
-func TestCheckEndpoint(t *testing.T) {
-	for _, tt := range []struct {
-		url string
-		ok  bool
-	}{
-		{"https://kinesis.eu-west-1.amazonaws.com", true},
-		{"https://vpce-1.kinesis.eu-west-1.vpce.amazonaws.com", true},
-		{"http://127.0.0.1:4567", true},
-		{"http://localhost:4567", true},
-		{"http://[::1]:4567", true},
-		{"http://kinesis.eu-west-1.amazonaws.com", false},
-		{"http://10.0.0.1:4567", false},
-		{"ftp://127.0.0.1", false},
-		{"kinesis.eu-west-1.amazonaws.com", false},
-	} {
-		if err := checkEndpoint(tt.url); (err == nil) != tt.ok {
-			t.Errorf("checkEndpoint(%q) = %v, want ok=%v", tt.url, err, tt.ok)
-		}
-	}
-}
-
 func testShipper(t testing.TB, cfg config, endpoint string) (*shipper, *buffer, *stats) {
 	t.Helper()
 	if cfg.Stream.Name == "" {

@@ -1,6 +1,6 @@
 package main
 
-// Where the test harness lives (README.md, "Test harness", says the same for readers):
+// Where the test harness lives (docs/development.md, "Test harness", says the same for readers):
 //
 //	main_test.go           TestMain builds the extension once; testEnv, freePort; reading back what
 //	                       landed: decodeShipped (counts records strictly into counts.go's countsRecord),
@@ -60,67 +60,6 @@ func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 
 func envOf(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
-}
-
-func TestParseConfigDefaults(t *testing.T) {
-	c, err := parseConfig(envOf(map[string]string{"KINESIS_TELEMETRY_STREAM": "telemetry", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Stream != (streamRef{Name: "telemetry"}) || c.Port != 4243 || strings.Join(c.Types, ",") != "platform,function" ||
-		c.BufferItems != 1000 || c.BufferBytes != 262144 || c.BufferTimeoutMS != 25 ||
-		c.FlushBudget != time.Second || c.MaxDelay != 10*time.Second || c.Flush.Mode != "adaptive" ||
-		c.MaxBufferBytes != 8<<20 || c.RecordFormat != "event" || c.PartitionKey != "request" || c.Sample != 1 {
-		t.Errorf("defaults: %+v", c)
-	}
-}
-
-func TestParseConfigErrorsNameTheVariable(t *testing.T) {
-	// Each variable with values it refuses ("" is unset); some errors also say why.
-	says := map[string]string{"KINESIS_TELEMETRY_PORT=9001": "reserved", "KINESIS_TELEMETRY_PORT=80": "from 1024 to 65535"}
-	for variable, values := range map[string][]string{
-		"KINESIS_TELEMETRY_STREAM":            {"", "bad name!", "arn:aws:kinesis:eu-west-1:12:stream/x"},
-		"KINESIS_TELEMETRY_PORT":              {"http", "9001", "80"},
-		"KINESIS_TELEMETRY_TYPES":             {"platform,logs"},
-		"KINESIS_TELEMETRY_BUFFER_ITEMS":      {"10"},
-		"KINESIS_TELEMETRY_BUFFER_BYTES":      {"2000000"},
-		"KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS": {"5"},
-		"KINESIS_TELEMETRY_ENDPOINT":          {"http://kinesis.example.com"},
-		"KINESIS_TELEMETRY_FLUSH":             {"sometimes", "periodic,5"},
-		"KINESIS_TELEMETRY_REDACT":            {"(unclosed", `["ok", 3]`},
-		"KINESIS_TELEMETRY_MIN_LEVEL":         {"LOUD"},
-		"KINESIS_TELEMETRY_SAMPLE":            {"1.5"},
-		"KINESIS_TELEMETRY_PARTITION_KEY":     {"shard"},
-		"KINESIS_TELEMETRY_RECORD_FORMAT":     {"csv"},
-	} {
-		for _, value := range values {
-			env := map[string]string{"KINESIS_TELEMETRY_STREAM": "s"}
-			env[variable] = value
-			_, err := parseConfig(envOf(env))
-			why := says[variable+"="+value]
-			if err == nil || !strings.Contains(err.Error(), variable) || !strings.Contains(err.Error(), why) {
-				t.Errorf("%s=%q: error %v, want one naming the variable (and saying %q)", variable, value, err, why)
-			}
-		}
-	}
-}
-
-func TestParseConfigValues(t *testing.T) {
-	c, err := parseConfig(envOf(map[string]string{
-		"KINESIS_TELEMETRY_STREAM":         "arn:aws:kinesis:eu-west-1:123456789012:stream/t",
-		"KINESIS_TELEMETRY_FLUSH":          "periodic,250",
-		"KINESIS_TELEMETRY_TYPES":          "platform, function ,extension",
-		"KINESIS_TELEMETRY_REDACT":         `["a+b", "c\\d"]`,
-		"KINESIS_TELEMETRY_REDACT_SECRETS": "true",
-		"AWS_LAMBDA_INITIALIZATION_TYPE":   "lambda-managed-instances",
-	}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Stream.ARN == "" || c.Stream.Name == "" || c.Flush.Period != 250*time.Millisecond || len(c.Types) != 3 ||
-		len(c.Redact) != 2+len(builtinSecrets) || !c.Managed {
-		t.Errorf("parsed %+v", c)
-	}
 }
 
 // extensionBinary is the extension, built once for the tests that run it as a process.
@@ -187,21 +126,8 @@ type shipped struct {
 	Type string
 }
 
-// decodeRecords decodes records read back from a stream (data and partition keys, in stream
-// order) into the shipped events and the counts records, the latter as untyped maps; new code
-// uses decodeShipped, which types them.
-func decodeRecords(t *testing.T, data [][]byte, keys []string) (events []shipped, counts []map[string]any) {
-	t.Helper()
-	events, raw := splitRecords(t, data, keys)
-	for _, r := range raw {
-		var m map[string]any
-		json.Unmarshal(r, &m)
-		counts = append(counts, m)
-	}
-	return events, counts
-}
-
-// decodeShipped is decodeRecords with the counts records typed.
+// decodeShipped decodes records read back from a stream (data and partition keys, in stream
+// order) into the shipped events and the counts records, typed.
 func decodeShipped(t testing.TB, data [][]byte, keys []string) (events []shipped, counts []countsRecord) {
 	t.Helper()
 	events, raw := splitRecords(t, data, keys)
@@ -503,36 +429,6 @@ func TestMalformedAndOversizedTelemetry(t *testing.T) {
 	}
 	if m := lastCounts(t, counts).Malformed.Batches; m != 1 {
 		t.Errorf("counts record: %v malformed batches, want 1", m)
-	}
-}
-
-func TestParseStreamARN(t *testing.T) {
-	for _, tt := range []struct {
-		arn  string
-		want streamRef
-		ok   bool
-	}{
-		{"arn:aws:kinesis:eu-west-1:123456789012:stream/my.stream_1-x", streamRef{Name: "my.stream_1-x", Region: "eu-west-1", Account: "123456789012"}, true},
-		{"arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s", streamRef{Name: "s", Region: "cn-north-1", Account: "123456789012"}, true},
-		{"arn:aws-us-gov:kinesis:us-gov-west-1:123456789012:stream/s", streamRef{Name: "s", Region: "us-gov-west-1", Account: "123456789012"}, true},
-		{"arn:aws:kinesis:eu-west-1:12345678901:stream/s", streamRef{}, false},
-		{"arn:aws:kinesis:eu-west-1:123456789012:stream/", streamRef{}, false},
-		{"arn:aws:kinesis:eu-west-1:123456789012:stream/a/b", streamRef{}, false},
-		{"arn:aws:kinesis:eu-west-1:123456789012:consumer/s", streamRef{}, false},
-		{"arn:aws:firehose:eu-west-1:123456789012:stream/s", streamRef{}, false},
-		{"arn:aws:kinesis:EU:123456789012:stream/s", streamRef{}, false},
-		{"arn:aws:kinesis:eu-west-1:123456789012:stream/" + strings.Repeat("x", 129), streamRef{}, false},
-	} {
-		got, ok := parseStreamARN(tt.arn)
-		if tt.ok {
-			tt.want.ARN = tt.arn
-		}
-		if ok != tt.ok || got != tt.want {
-			t.Errorf("parseStreamARN(%q) = %+v, %v; want %+v, %v", tt.arn, got, ok, tt.want, tt.ok)
-		}
-	}
-	if !validStreamName(strings.Repeat("a", 128)) || validStreamName(strings.Repeat("a", 129)) || validStreamName("") || validStreamName("a b") {
-		t.Error("validStreamName limits")
 	}
 }
 

@@ -63,7 +63,7 @@ func TestGovulncheck(t *testing.T) {
 			t.Fatalf("govulncheck did not run: %v\n%s", err, out)
 		case code == 3 && strings.Contains(out, "Standard library"):
 			t.Fatalf("govulncheck reports vulnerabilities in the standard library of %s reachable from this module.\n"+
-				"Fix: raise the toolchain line in go.mod to a release at or after each \"Fixed in\" below (and the README's mention of it), then rerun.\n%s", toolchain, out)
+				"Fix: raise the toolchain line in go.mod to a release at or after each \"Fixed in\" below (and its mentions in README.md and docs/development.md), then rerun.\n%s", toolchain, out)
 		case code == 3:
 			t.Fatalf("govulncheck reports vulnerabilities reachable from this module.\n"+
 				"Fix: go get each module at or after its \"Fixed in\" version below, then go mod tidy.\n%s", out)
