@@ -4,8 +4,8 @@ package main
 
 import "testing"
 
-// TestParseTraceHeader: the parts of an X-Amzn-Trace-Id value, as Lambda sends it and malformed;
-// on well-formed values it agrees with records.go's traceParts.
+// TestParseTraceHeader: the parts of an X-Amzn-Trace-Id value, as Lambda sends it and malformed.
+// It is the one parser: the envelope's traceId and the cloudwatch format's XRAY line use it.
 func TestParseTraceHeader(t *testing.T) {
 	for _, tt := range []struct {
 		in   string
@@ -22,12 +22,6 @@ func TestParseTraceHeader(t *testing.T) {
 	} {
 		if got := parseTraceHeader(tt.in); got != tt.want {
 			t.Errorf("parseTraceHeader(%q) = %+v, want %+v", tt.in, got, tt.want)
-		}
-	}
-	for _, v := range []string{"Root=1-a;Parent=p;Sampled=1", "Root=1-a", "Parent=p;Sampled=0", "Sampled=1;Root=r;Parent=p"} {
-		root, parent, sampled := traceParts(v)
-		if got := parseTraceHeader(v); got != (traceHeader{root, parent, sampled}) {
-			t.Errorf("%q: parseTraceHeader %+v, traceParts %q %q %t", v, got, root, parent, sampled)
 		}
 	}
 }

@@ -170,9 +170,8 @@ func TestJSONStringEncoding(t *testing.T) {
 	}
 }
 
-// TestUTF8Prefix: the one UTF-8 cutter never cuts a character, keeps all it can, and agrees with
-// kinesis.go's truncate (from utf8.UTFMax bytes) and records.go's cutUTF8 on valid UTF-8, so that
-// they can become it.
+// TestUTF8Prefix: the one UTF-8 cutter never cuts a character and keeps all it can; records.go's
+// truncate is it, for strings.
 func TestUTF8Prefix(t *testing.T) {
 	for _, s := range []string{"", "plain ascii", "é", "naïve café", "日本語のテキスト", "😀a😀bc😀", "a\u0301b"} {
 		for n := 0; n <= len(s)+1; n++ {
@@ -188,15 +187,8 @@ func TestUTF8Prefix(t *testing.T) {
 			if got := utf8Prefix([]byte(s), n); got != k {
 				t.Errorf("utf8Prefix([]byte(%q), %d) = %d, the string form %d", s, n, got, k)
 			}
-			// truncate keeps part of a first character longer than n (it looks back to byte 1,
-			// not 0): below utf8.UTFMax the two differ there, and utf8Prefix is the one right.
-			if got := truncate(s, n); got != s[:k] && n >= utf8.UTFMax {
+			if got := truncate(s, n); got != s[:k] {
 				t.Errorf("truncate(%q, %d) = %q, utf8Prefix keeps %q", s, n, got, s[:k])
-			}
-			if n < len(s) {
-				if got := cutUTF8([]byte(s), n); got != k {
-					t.Errorf("cutUTF8(%q, %d) = %d, utf8Prefix %d", s, n, got, k)
-				}
 			}
 		}
 	}

@@ -16,9 +16,7 @@ import (
 	"hash/fnv"
 	"math/bits"
 	"strconv"
-	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // recordFormat is KINESIS_TELEMETRY_RECORD_FORMAT.
@@ -241,21 +239,12 @@ func (m *recordMeta) appendLogEvent(dst []byte, e *event, room int, scratch *byt
 	dst = append(dst, `,"message":`...)
 	msg := m.logs.message(e, record, scratch)
 	if len(msg) > cwMaxMessage {
-		msg = msg[:cutUTF8(msg, cwMaxMessage)]
+		msg = msg[:utf8Prefix(msg, cwMaxMessage)]
 	}
 	room -= len(`{"id":"","timestamp":,"message":""}`) + cwIDDigits + 20
 	keep := fitEscaped(msg, room)
 	dst = appendJSONBytes(dst, msg[:keep])
 	return append(dst, '}'), keep
-}
-
-// cutUTF8 returns the largest n <= max < len(b) such that b[:n] ends on a character boundary.
-func cutUTF8(b []byte, max int) int {
-	n := max
-	for n > 0 && n > max-utf8.UTFMax && !utf8.RuneStart(b[n]) {
-		n--
-	}
-	return n
 }
 
 // message is what Lambda writes to CloudWatch Logs for the event, in the function's log format.
@@ -366,27 +355,11 @@ func textLine(typ eventType, record []byte) []byte {
 			b = fmt.Appendf(b, "\tBilled Restore Duration: %.0f ms", *mt.BilledRestoreDurationMs)
 		}
 		if r.Tracing != nil && r.Tracing.Value != "" {
-			root, parent, sampled := traceParts(r.Tracing.Value)
-			b = fmt.Appendf(b, "\nXRAY TraceId: %s\tSegmentId: %s\tSampled: %t", root, cmp.Or(r.Tracing.SpanID, parent), sampled)
+			h := parseTraceHeader(r.Tracing.Value)
+			b = fmt.Appendf(b, "\nXRAY TraceId: %s\tSegmentId: %s\tSampled: %t", h.Root, cmp.Or(r.Tracing.SpanID, h.Parent), h.Sampled)
 		}
 	}
 	return b
-}
-
-// traceParts splits an X-Amzn-Trace-Id value.
-func traceParts(v string) (root, parent string, sampled bool) {
-	for part := range strings.SplitSeq(v, ";") {
-		k, val, _ := strings.Cut(strings.TrimSpace(part), "=")
-		switch k {
-		case "Root":
-			root = val
-		case "Parent":
-			parent = val
-		case "Sampled":
-			sampled = val == "1"
-		}
-	}
-	return root, parent, sampled
 }
 
 // eventParts returns the raw "time" and "record" values of an event scanBatch has validated.
@@ -572,17 +545,7 @@ func (m *recordMeta) partitionKey(e *event) string {
 const maxKeyBytes, maxFieldBytes = 256, 256
 
 // truncate cuts s to at most n bytes at a character boundary.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for i := n; i > 0; i-- {
-		if utf8.RuneStart(s[i]) {
-			return s[:i]
-		}
-	}
-	return s[:n]
-}
+func truncate(s string, n int) string { return s[:utf8Prefix(s, n)] }
 
 // sameRecord reports whether b may share an aggregated record with a.
 func (m *recordMeta) sameRecord(a, b *event) bool {
