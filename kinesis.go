@@ -276,15 +276,18 @@ func maybeStored(err error) bool {
 	return errors.As(err, &ne) && ne.written
 }
 
+// throttleCodes are the error codes of throughput pushback; transientCodes those of other faults
+// worth another attempt. Each code is listed once.
+var (
+	throttleCodes = []string{"ProvisionedThroughputExceededException", "KMSThrottlingException",
+		"ThrottlingException", "Throttling", "LimitExceededException", "SlowDown"}
+	transientCodes = []string{"InternalFailure", "InternalFailureException", "ServiceUnavailable",
+		"ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
+		"ResourceInUseException", "ExpiredTokenException", "RequestExpired"}
+)
+
 // isThrottleCode tells throughput pushback from other transient faults (for the throttles count).
-func isThrottleCode(code string) bool {
-	switch code {
-	case "ProvisionedThroughputExceededException", "KMSThrottlingException", "ThrottlingException",
-		"Throttling", "LimitExceededException", "SlowDown":
-		return true
-	}
-	return false
-}
+func isThrottleCode(code string) bool { return slices.Contains(throttleCodes, code) }
 
 func isRetryable(err error) bool {
 	var ae *apiError
@@ -297,11 +300,7 @@ func isRetryable(err error) bool {
 // isRetryableCode tells throttling and transient faults, worth another attempt, from errors that
 // can never succeed (validation, access denied, not found, disabled keys).
 func isRetryableCode(code string, status int) bool {
-	switch code {
-	case "ProvisionedThroughputExceededException", "InternalFailure", "InternalFailureException",
-		"ServiceUnavailable", "ServiceUnavailableException", "ThrottlingException", "Throttling",
-		"LimitExceededException", "KMSThrottlingException", "RequestTimeout", "RequestTimeoutException",
-		"ResourceInUseException", "ExpiredTokenException", "RequestExpired", "SlowDown":
+	if isThrottleCode(code) || slices.Contains(transientCodes, code) {
 		return true
 	}
 	return status >= 500 || status == http.StatusTooManyRequests
