@@ -61,6 +61,8 @@ var fleetCases = []fleetCase{
 	// Issue 18: a stream with room whose answers spike, as Kinesis's do on a bad day, loses
 	// nothing; a hot shard among healthy ones, and a share refused whatever the rate under
 	// KINESIS_TELEMETRY_FLUSH=end, keep the accounting.
+	{name: "room", shards: 8, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, underCapacity: true,
+		faults: shardFaults{Latency: 20 * time.Millisecond, RandSeed: 18}},
 	{name: "spiky-answers-with-room", shards: 8, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, underCapacity: true,
 		faults: shardFaults{Latency: 20 * time.Millisecond, Spikes: []latencySpike{{0.10, 580 * time.Millisecond}, {0.05, 280 * time.Millisecond}}, RandSeed: 18}},
 	{name: "hot-shard", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second,
