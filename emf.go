@@ -29,7 +29,6 @@ package main
 import (
 	"io"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -243,57 +242,6 @@ const maxEMFDimensions = 30
 // functionDimensions are the dimensions whose value is the function's (parseConfig takes it from
 // Lambda's variables). Nothing per environment or per request is offered.
 var functionDimensions = []string{"FunctionName", "FunctionVersion"}
-
-// metricsNamespace validates a CloudWatch namespace: 1-255 of 0-9A-Za-z . - _ / # : and space,
-// not starting with AWS/ (reserved for AWS's own).
-func (p *envParser) metricsNamespace(name, def string) string {
-	return parsed(p, name, def, func(s string) (string, bool) {
-		return s, len(s) <= 255 && !strings.HasPrefix(s, "AWS/") && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_/#: ") == ""
-	}, "set a CloudWatch namespace: 1 to 255 of A-Z a-z 0-9 . - _ / # : and space, not starting with AWS/ (default %s)", def)
-}
-
-// metricDimensions parses a comma-separated list of FunctionName, FunctionVersion and fixed
-// Name=Value pairs, or "none" (no per-function dimension: the account-wide total only). values
-// holds the function's values by dimension name. The setting is checked only when metrics are
-// on, so that an unused one cannot stop the extension.
-func (p *envParser) metricDimensions(name, def string, on bool, values map[string]string) []metricDimension {
-	s := p.value(name)
-	if s == "" {
-		s = def
-	}
-	if !on || s == "none" {
-		return nil
-	}
-	var out []metricDimension
-	seen := map[string]bool{}
-	for _, item := range strings.Split(s, ",") {
-		item = strings.TrimSpace(item)
-		d := metricDimension{Name: item, Value: values[item]}
-		if k, v, ok := strings.Cut(item, "="); ok {
-			d = metricDimension{Name: strings.TrimSpace(k), Value: strings.TrimSpace(v), Fixed: true}
-		}
-		switch {
-		case !d.Fixed && !slices.Contains(functionDimensions, d.Name):
-			p.fail(name, s, "%q: use a comma-separated list of %s and fixed Name=Value pairs, or none (default %s); per-request or per-environment dimensions are not offered: each value would be a new metric", item, strings.Join(functionDimensions, ", "), def)
-		case !d.Fixed && d.Value == "":
-			p.fail(name, s, "%s: Lambda did not set the function's %s; remove it from the list", d.Name, d.Name)
-		case !dimensionText(d.Name, 250) || d.Name[0] == ':' || !dimensionText(d.Value, 1024) || reservedEMFName(d.Name):
-			p.fail(name, s, "%q: a dimension needs a name (1-250 ASCII characters, not starting with ':', not _aws, type or a metric's name) and a value (1-1024 ASCII characters)", item)
-		case seen[d.Name]:
-			p.fail(name, s, "%s is listed twice", d.Name)
-		default:
-			seen[d.Name] = true
-			out = append(out, d)
-			continue
-		}
-		return nil
-	}
-	if len(out) > maxEMFDimensions {
-		p.fail(name, s, "at most %d dimensions", maxEMFDimensions)
-		return nil
-	}
-	return out
-}
 
 // dimensionText reports whether s is 1 to max printable ASCII characters, not only spaces.
 func dimensionText(s string, max int) bool {

@@ -5,6 +5,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/base32"
 	"strings"
 	"time"
 )
@@ -161,4 +163,12 @@ func lineLevel(s string) int {
 		return levelFatal
 	}
 	return levelUnknown
+}
+
+// newIDPrefix returns a random prefix for event ids: ids are <prefix>-<sequence>, unique across
+// environments, extension restarts and SnapStart clones.
+func newIDPrefix() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }

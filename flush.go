@@ -20,6 +20,12 @@ const (
 	flushPeriodic   flushMode = "periodic"
 )
 
+// flushStrategy says when buffered telemetry is sent; KINESIS_TELEMETRY_FLUSH parsed (config.go): the mode, and for periodic its period.
+type flushStrategy struct {
+	Mode   flushMode // flushAdaptive, flushEnd, flushBackground or flushPeriodic
+	Period time.Duration
+}
+
 // flushChoice is how one invocation ships, as its strategy decides (chooseFlush).
 type flushChoice int
 
@@ -153,4 +159,19 @@ func (r *round) reach() time.Duration {
 		return min(r.allowance, r.budget)
 	}
 	return r.budget
+}
+
+// earliest returns the earlier of two times, later the later.
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

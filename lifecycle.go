@@ -13,8 +13,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base32"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -183,14 +181,14 @@ func (e *extension) start(ctx context.Context, host string) error {
 	if err != nil {
 		return fmt.Errorf("listen for telemetry on %s (KINESIS_TELEMETRY_PORT=%d: choose a port no other extension uses): %w", addr, e.cfg.Port, err)
 	}
-	e.stopListener = serveListener(ln, newListener(e.buf, e.stats, e.cfg), e.logs.out)
+	e.stopListener = serveListener(ln, newBatchListener(e.buf, e.stats, e.cfg.BufferBytes, e.cfg.filter()), e.logs.out)
 	meta := newRecordMeta(e.reg, e.cfg, e.cfg.Region, environmentID(e.cfg.LogStream))
 	e.ship = newShipper(e.cfg, e.buf, e.stats, e.logs, meta)
 	if e.cfg.RecordFormat == formatCloudWatch && len(e.cfg.DefaultLogNames) > 0 {
 		e.logs.printf("cloudwatch records: Lambda did not set %s; using Lambda's default naming", strings.Join(e.cfg.DefaultLogNames, ", "))
 	}
 
-	e.sub, err = subscribeTelemetry(ctx, e.api, e.cfg)
+	e.sub, err = e.subscribe(ctx)
 	if err != nil {
 		e.stopListener()
 		return err
@@ -199,6 +197,18 @@ func (e *extension) start(ctx context.Context, host string) error {
 		e.logs.printf("telemetry subscription refused (%s): nothing will be shipped from this environment; the extension keeps running and does not affect the function", e.sub.Detail)
 	}
 	return nil
+}
+
+// subscribe subscribes to the configured telemetry; the listener's subscription code takes only
+// a way to PUT and what to ask for.
+func (e *extension) subscribe(ctx context.Context) (subscription, error) {
+	put := func(ctx context.Context, body []byte) (int, []byte, error) {
+		return e.api.do(ctx, http.MethodPut, e.api.telemetryURL, body, nil)
+	}
+	return subscribe(ctx, put, telemetryRequest{
+		Managed: e.cfg.Managed, Port: e.cfg.Port, Types: e.cfg.Types,
+		BufferItems: e.cfg.BufferItems, BufferBytes: e.cfg.BufferBytes, BufferTimeoutMS: e.cfg.BufferTimeoutMS,
+	})
 }
 
 // run is the event loop. It returns the process exit code.
@@ -453,21 +463,6 @@ func (e *extension) onShutdown(ev lifecycleEvent) {
 	e.logs.printf("shutdown (%s): %s", ev.ShutdownReason, e.stats.summary(e.buf.buffered()))
 }
 
-// earliest returns the earlier of two times, later the later.
-func earliest(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
-
 // environmentID identifies this execution environment: the unique part of its log stream name
 // ("2024/05/01/[$LATEST]8f6c…"), so that records can be matched with CloudWatch Logs, or a random
 // id where there is none.
@@ -479,14 +474,6 @@ func environmentID(logStream string) string {
 		return newIDPrefix()
 	}
 	return logStream
-}
-
-// newIDPrefix returns a random prefix for event ids: ids are <prefix>-<sequence>, unique across
-// environments, extension restarts and SnapStart clones.
-func newIDPrefix() string {
-	var b [10]byte
-	_, _ = rand.Read(b[:])
-	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }
 
 // flushFor chooses how this invocation ships; see chooseFlush.

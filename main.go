@@ -14,7 +14,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -74,23 +73,4 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 		return ext.cannotShip(ctx, "start", "Extension.StartFailed", err, "")
 	}
 	return ext.run(ctx)
-}
-
-// The listener takes what it needs, not the whole configuration or the Extensions API client:
-// subscribeTelemetry and newListener hand it over.
-
-// subscribeTelemetry subscribes to the configured telemetry through the Extensions API client.
-func subscribeTelemetry(ctx context.Context, api *extensionsClient, cfg config) (subscription, error) {
-	put := func(ctx context.Context, body []byte) (int, []byte, error) {
-		return api.do(ctx, http.MethodPut, api.telemetryURL, body, nil)
-	}
-	return subscribe(ctx, put, telemetryRequest{
-		Managed: cfg.Managed, Port: cfg.Port, Types: cfg.Types,
-		BufferItems: cfg.BufferItems, BufferBytes: cfg.BufferBytes, BufferTimeoutMS: cfg.BufferTimeoutMS,
-	})
-}
-
-// newListener makes the listener for the configured buffering and filter.
-func newListener(buf *buffer, st *stats, cfg config) *listener {
-	return newBatchListener(buf, st, cfg.BufferBytes, cfg.filter())
 }
