@@ -21,6 +21,11 @@ package main
 //	fakests_test.go        fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis;
 //	                       the role tests that use them are in sts_test.go
 //	formats_test.go        kpl and cloudwatch decoders: protowire, aws-lambda-go, npm aws-kinesis-agg
+//	cgroup_test.go         cpuCgroup, a CPU cgroup (v1 or v2) with Lambda's CPU share for a memory size
+//	cpufunction_test.go    cpuFunction, a CPU-bound fake function process (this test binary re-run)
+//	                       that burns a fixed CPU time per invocation and prints its log lines
+//	cpushare_test.go       BenchmarkCPUShare: extension and function in one cgroup at 128/512/1,769 MB,
+//	                       beside the floor (issue 20)
 //
 // The usual end-to-end test:
 //
