@@ -12,6 +12,10 @@ package main
 //
 // Run: go test -run '^$' -bench CPUShare -benchtime 1x .   (about 3 minutes; -v adds nothing)
 //
+// For focused runs: KTE_CPUSHARE_MB="1769" picks the memory sizes, and KTE_CPUSHARE_ENV="GOGC=100
+// GOMEMLIMIT=16MiB" adds variables to the extension's environment (to choose memory settings).
+// The extension runs with GODEBUG=gctrace=1; its collections per invocation are counted from it.
+//
 // Extension CPU is read from /proc/<pid>/task/*/schedstat (ns of CPU per thread, exact), and
 // checked against /proc/<pid>/stat's utime+stime (10 ms ticks). The function's duration is its
 // own wall time from the command to its last instruction.
@@ -51,6 +55,8 @@ type shareRun struct {
 	sumCPUMS  float64 // schedstat over the process's life
 	events    int     // events posted per invocation
 	throttled time.Duration
+	gcs       float64   // collections per invocation, from gctrace (the extension only), init included
+	mem       memSample // at the end
 }
 
 func (r shareRun) mean(xs []float64) float64 { return summarize(xs).mean }
@@ -70,7 +76,23 @@ func BenchmarkCPUShare(b *testing.B) {
 		fmt.Printf("CPU share (the function burns %v of CPU per invocation; %d and %d invocations at 128 and 512 MB, %d at 1,769 MB):\n%s\n%s\n",
 			cpuShareBurn, shareInvocations(128), shareInvocations(512), shareInvocations(oneVCPUMB), shareHeader, strings.Join(rows, "\n"))
 	}()
-	for _, mb := range []int{128, 512, oneVCPUMB} {
+	sizes := []int{128, 512, oneVCPUMB}
+	if v := os.Getenv("KTE_CPUSHARE_MB"); v != "" {
+		sizes = nil
+		for _, f := range strings.Fields(v) {
+			mb, err := strconv.Atoi(f)
+			if err != nil {
+				b.Fatalf("KTE_CPUSHARE_MB=%q: want memory sizes in MB, e.g. \"128 1769\"", v)
+			}
+			sizes = append(sizes, mb)
+		}
+	}
+	var userEnv []string
+	for _, kv := range strings.Fields(os.Getenv("KTE_CPUSHARE_ENV")) {
+		k, v, _ := strings.Cut(kv, "=")
+		userEnv = append(userEnv, k, v)
+	}
+	for _, mb := range sizes {
 		twenty := map[string]shareRun{} // the 20-line runs, by program, for the per-event cost
 		for _, lines := range []int{20, 200} {
 			b.Run(fmt.Sprintf("mb=%d/lines=%d", mb, lines), func(b *testing.B) {
@@ -81,9 +103,9 @@ func BenchmarkCPUShare(b *testing.B) {
 				rows = append(rows, shareRow(mb, lines, "floor", fl, fl, twenty["floor"]))
 				for _, flush := range []string{"adaptive", "end"} {
 					b.Run("flush="+flush, func(b *testing.B) {
-						var extra []string
+						extra := append([]string{"GODEBUG", "gctrace=1"}, userEnv...)
 						if flush != "adaptive" {
-							extra = []string{"KINESIS_TELEMETRY_FLUSH", flush}
+							extra = append(extra, "KINESIS_TELEMETRY_FLUSH", flush)
 						}
 						ext := runCPUShare(b, ours, mb, lines, extra)
 						if lines == 20 {
@@ -128,8 +150,9 @@ func reportShare(b *testing.B, r, floor, twenty shareRun) {
 	b.ReportMetric(quantileOf(r.addedMS, 0.95), "added-p95-ms")
 	b.ReportMetric(r.hwmMiB, "hwm-MiB")
 	b.ReportMetric(floor.hwmMiB, "floor-hwm-MiB")
-	b.Logf("CPU over the process's life: schedstat %.1f ms, utime+stime %.0f ms (10 ms ticks); quota throttled the cgroup for %v",
-		r.sumCPUMS, r.statCPUMS, r.throttled.Round(time.Millisecond))
+	b.ReportMetric(r.gcs, "gc/inv")
+	b.Logf("CPU over the process's life: schedstat %.1f ms, utime+stime %.0f ms (10 ms ticks); quota throttled the cgroup for %v; %.2f collections per invocation; at the end %s (floor %s)",
+		r.sumCPUMS, r.statCPUMS, r.throttled.Round(time.Millisecond), r.gcs, r.mem, floor.mem)
 }
 
 // inflation is the function's mean duration beside the extension over its mean beside the floor,
@@ -238,6 +261,12 @@ func runCPUShare(b *testing.B, bin string, mb, lines int, extra []string) shareR
 	r.hwmMiB = kibToMiB(readMemory(b, pid).hwm)
 	r.sumCPUMS = ms(taskCPU(b, pid))
 	r.statCPUMS = ms(statCPU(b, pid))
+	gcs := strings.Count(p.stderr.String(), "\ngc ")
+	if strings.HasPrefix(p.stderr.String(), "gc ") {
+		gcs++
+	}
+	r.gcs = float64(gcs) / float64(n+1)
+	r.mem = readMemory(b, pid)
 	tally.shutdown(b, p, filepath.Base(bin) == extensionName)
 	return r
 }
@@ -360,3 +389,4 @@ func statCPU(b *testing.B, pid int) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
