@@ -389,4 +389,3 @@ func statCPU(b *testing.B, pid int) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
