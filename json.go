@@ -432,6 +432,59 @@ func unquote(tok []byte) string {
 	return s
 }
 
+// scanPutAnswer reads a PutRecords answer: each entry of "Records", in order, with its ErrorCode
+// and ErrorMessage (null or absent is ""). Sequence numbers and shard ids, which the extension
+// does not use, are scanned past, not built: decoding them with encoding/json cost about 1 µs per
+// entry (BENCHMARKS.md, "CPU share"). Keys match exactly, as Kinesis writes them.
+func scanPutAnswer(answer []byte) ([]putResult, error) {
+	s := scanner{data: answer}
+	var out []putResult
+	s.ws()
+	err := s.members(func(key []byte) error {
+		if string(key) != `"Records"` || s.peek() != '[' {
+			return s.value()
+		}
+		s.pos++
+		out = make([]putResult, 0, bytes.Count(answer, []byte(`"SequenceNumber"`)))
+		s.ws()
+		if s.consume(']') {
+			return nil
+		}
+		for {
+			s.ws()
+			var code, msg []byte
+			if s.peek() == '{' {
+				err := s.members(func(key []byte) error {
+					switch string(key) {
+					case `"ErrorCode"`:
+						return s.strInto(&code)
+					case `"ErrorMessage"`:
+						return s.strInto(&msg)
+					}
+					return s.value()
+				})
+				if err != nil {
+					return err
+				}
+			} else if err := s.value(); err != nil {
+				return err
+			}
+			out = append(out, putResult{ErrorCode: unquote(code), ErrorMessage: unquote(msg)})
+			s.ws()
+			if s.consume(']') {
+				return nil
+			}
+			if !s.consume(',') {
+				return s.fail("expected , or ] after a record result")
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, s.end()
+}
+
 // fitEscaped returns how many bytes of text, in whole characters, fit in room bytes once escaped
 // inside a JSON string.
 func fitEscaped(text []byte, room int) int {
