@@ -431,7 +431,8 @@ func (b *buffer) takeNewest(n, maxBytes int, size func(*event) int) []event {
 func (b *buffer) takeWhile(n, maxBytes int, size func(*event) int, next func() (q *eventQueue, back bool)) []event {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var out []event
+	// Sized once: grown by append, 200 events (150 bytes each) allocated 76 KB instead of 30.
+	out := make([]event, 0, min(n, b.platform.len()+b.logs.len()))
 	total := 0
 	for len(out) < n {
 		q, back := next()
