@@ -1261,7 +1261,7 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 		return nil, &networkError{err: err, written: written.Load()}
 	}
 	defer resp.Body.Close()
-	answer, err := readAnswer(resp)
+	answer, err := readAnswer(resp, n)
 	k.lastDone = time.Now()
 	if err != nil {
 		return nil, &networkError{err: fmt.Errorf("read answer: %w", err), written: true}
@@ -1279,11 +1279,12 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 	return results, nil
 }
 
-// readAnswer reads an answer body of up to 8 MiB into one allocation of its announced length
-// (io.ReadAll would grow and copy it about ten times for a 500-entry answer).
-func readAnswer(resp *http.Response) ([]byte, error) {
+// readAnswer reads an answer body of up to 8 MiB into one allocation of its announced length, or
+// when it has none (chunked) of what n entries take, about 100 bytes each (io.ReadAll would grow
+// and copy it about ten times for a 500-entry answer).
+func readAnswer(resp *http.Response, n int) ([]byte, error) {
 	const limit = 8 << 20
-	size := 512
+	size := 128*n + bytes.MinRead
 	if resp.ContentLength > 0 && resp.ContentLength <= limit {
 		size = int(resp.ContentLength) + bytes.MinRead // ReadFrom wants MinRead free to see EOF
 	}
