@@ -56,6 +56,7 @@ type shareRun struct {
 	events    int     // events posted per invocation
 	throttled time.Duration
 	gcs       float64   // collections per invocation, from gctrace (the extension only), init included
+	gcCPUMS   float64   // their CPU per invocation, as gctrace estimates it
 	mem       memSample // at the end
 }
 
@@ -151,8 +152,9 @@ func reportShare(b *testing.B, r, floor, twenty shareRun) {
 	b.ReportMetric(r.hwmMiB, "hwm-MiB")
 	b.ReportMetric(floor.hwmMiB, "floor-hwm-MiB")
 	b.ReportMetric(r.gcs, "gc/inv")
-	b.Logf("CPU over the process's life: schedstat %.1f ms, utime+stime %.0f ms (10 ms ticks); quota throttled the cgroup for %v; %.2f collections per invocation; at the end %s (floor %s)",
-		r.sumCPUMS, r.statCPUMS, r.throttled.Round(time.Millisecond), r.gcs, r.mem, floor.mem)
+	b.ReportMetric(r.gcCPUMS, "gc-cpu-ms/inv")
+	b.Logf("CPU over the process's life: schedstat %.1f ms, utime+stime %.0f ms (10 ms ticks); quota throttled the cgroup for %v; %.2f collections per invocation, %.3f ms of CPU; at the end %s (floor %s)",
+		r.sumCPUMS, r.statCPUMS, r.throttled.Round(time.Millisecond), r.gcs, r.gcCPUMS, r.mem, floor.mem)
 }
 
 // inflation is the function's mean duration beside the extension over its mean beside the floor,
@@ -261,11 +263,8 @@ func runCPUShare(b *testing.B, bin string, mb, lines int, extra []string) shareR
 	r.hwmMiB = kibToMiB(readMemory(b, pid).hwm)
 	r.sumCPUMS = ms(taskCPU(b, pid))
 	r.statCPUMS = ms(statCPU(b, pid))
-	gcs := strings.Count(p.stderr.String(), "\ngc ")
-	if strings.HasPrefix(p.stderr.String(), "gc ") {
-		gcs++
-	}
-	r.gcs = float64(gcs) / float64(n+1)
+	gcs, gcCPU := gcTrace(p.stderr.String())
+	r.gcs, r.gcCPUMS = float64(gcs)/float64(n+1), gcCPU/float64(n+1)
 	r.mem = readMemory(b, pid)
 	tally.shutdown(b, p, filepath.Base(bin) == extensionName)
 	return r
@@ -389,3 +388,25 @@ func statCPU(b *testing.B, pid int) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// gcTrace counts the collections GODEBUG=gctrace=1 reported in out and sums their CPU, the
+// "a+b/c/d+e ms cpu" field of each line (stop-the-world, assist, background and idle marking,
+// stop-the-world).
+func gcTrace(out string) (n int, cpuMS float64) {
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(line, "gc ") {
+			continue
+		}
+		n++
+		_, rest, ok := strings.Cut(line, "clock, ")
+		field, _, ok2 := strings.Cut(rest, " ms cpu")
+		if !ok || !ok2 {
+			continue
+		}
+		for _, part := range strings.FieldsFunc(field, func(r rune) bool { return r == '+' || r == '/' }) {
+			v, _ := strconv.ParseFloat(part, 64)
+			cpuMS += v
+		}
+	}
+	return n, cpuMS
+}
