@@ -12,8 +12,10 @@ package main
 //
 // Run: go test -run '^$' -bench CPUShare -benchtime 1x .   (about 3 minutes; -v adds nothing)
 //
-// For focused runs: KTE_CPUSHARE_MB="1769" picks the memory sizes, and KTE_CPUSHARE_ENV="GOGC=100
-// GOMEMLIMIT=16MiB" adds variables to the extension's environment (to choose memory settings).
+// For focused runs: KTE_CPUSHARE_MB="1769" picks the memory sizes, KTE_CPUSHARE_ENV="GOGC=100
+// GOMEMLIMIT=16MiB" adds variables to the extension's environment (to choose memory settings),
+// and KTE_CPUSHARE_BIN=/path/to/binary measures another build of the extension (BENCHMARKS.md's
+// "before" column is the build of an older commit).
 // The extension runs with GODEBUG=gctrace=1; its collections per invocation are counted from it.
 //
 // Extension CPU is read from /proc/<pid>/task/*/schedstat (ns of CPU per thread, exact), and
@@ -45,6 +47,7 @@ const (
 // shareRun is what one run of one program (the extension or the floor) measured.
 type shareRun struct {
 	initMS    float64   // exec → first /event/next
+	initCPUMS float64   // CPU used by then (package initialisation, configuration, register, subscribe)
 	cpuMS     []float64 // extension CPU per invocation, frozen to frozen
 	duringMS  []float64 // extension CPU while the function ran (INVOKE to the function's end)
 	fnWallMS  []float64 // the function's duration
@@ -58,6 +61,7 @@ type shareRun struct {
 	gcs       float64   // collections per invocation, from gctrace (the extension only), init included
 	gcCPUMS   float64   // their CPU per invocation, as gctrace estimates it
 	mem       memSample // at the end
+	switches  float64   // context switches per invocation, all threads: how often it woke
 }
 
 func (r shareRun) mean(xs []float64) float64 { return summarize(xs).mean }
@@ -71,6 +75,9 @@ func BenchmarkCPUShare(b *testing.B) {
 		b.Skipf("skipped: %v", err)
 	}
 	ours, floor := buildBenchBinaries(b)
+	if bin := os.Getenv("KTE_CPUSHARE_BIN"); bin != "" {
+		ours = copyAs(b, bin, extensionName) // another build (an older commit), under the layer's name
+	}
 	var rows []string
 	// Printed, not logged: a benchmark with sub-benchmarks does not show its own log.
 	defer func() {
@@ -122,7 +129,7 @@ func BenchmarkCPUShare(b *testing.B) {
 }
 
 // shareHeader and shareRow are the printed table.
-const shareHeader = "MB    lines flush    | fn ms   infl%  model% | CPU ms/inv  over floor  µs/event | init ms ×floor | added p50/p95 ms | VmHWM MiB"
+const shareHeader = "MB    lines flush    | fn ms   infl%  model% | CPU ms/inv  over floor  µs/event | init ms ×floor CPU ms | added p50/p95 ms | VmHWM MiB"
 
 func shareRow(mb, lines int, name string, r, floor, twenty shareRun) string {
 	perEvent := "-"
@@ -130,10 +137,10 @@ func shareRow(mb, lines int, name string, r, floor, twenty shareRun) string {
 		perEvent = fmt.Sprintf("%.1f", perEventUS(r, twenty))
 	}
 	added := summarize(r.addedMS)
-	return fmt.Sprintf("%-5d %-5d %-8s | %6.1f %6.2f %6.2f | %9.3f %+10.3f %9s | %7.1f %5.2f | %7.2f / %6.2f | %6.2f",
+	return fmt.Sprintf("%-5d %-5d %-8s | %6.1f %6.2f %6.2f | %9.3f %+10.3f %9s | %7.1f %5.2f %6.1f | %7.2f / %6.2f | %6.2f",
 		mb, lines, name, r.mean(r.fnWallMS), inflation(r, floor), modelInflation(r, floor),
 		r.mean(r.cpuMS), r.mean(r.cpuMS)-floor.mean(floor.cpuMS), perEvent,
-		r.initMS, r.initMS/floor.initMS, added.median, quantileOf(r.addedMS, 0.95), r.hwmMiB)
+		r.initMS, r.initMS/floor.initMS, r.initCPUMS, added.median, quantileOf(r.addedMS, 0.95), r.hwmMiB)
 }
 
 func reportShare(b *testing.B, r, floor, twenty shareRun) {
@@ -147,11 +154,15 @@ func reportShare(b *testing.B, r, floor, twenty shareRun) {
 	}
 	b.ReportMetric(r.initMS, "init-ms")
 	b.ReportMetric(floor.initMS, "floor-init-ms")
+	b.ReportMetric(r.initCPUMS, "init-cpu-ms")
+	b.ReportMetric(floor.initCPUMS, "floor-init-cpu-ms")
 	b.ReportMetric(summarize(r.addedMS).median, "added-p50-ms")
 	b.ReportMetric(quantileOf(r.addedMS, 0.95), "added-p95-ms")
 	b.ReportMetric(r.hwmMiB, "hwm-MiB")
 	b.ReportMetric(floor.hwmMiB, "floor-hwm-MiB")
 	b.ReportMetric(r.gcs, "gc/inv")
+	b.ReportMetric(r.switches, "switches/inv")
+	b.ReportMetric(floor.switches, "floor-switches/inv")
 	b.ReportMetric(r.gcCPUMS, "gc-cpu-ms/inv")
 	b.Logf("CPU over the process's life: schedstat %.1f ms, utime+stime %.0f ms (10 ms ticks); quota throttled the cgroup for %v; %.2f collections per invocation, %.3f ms of CPU; at the end %s (floor %s)",
 		r.sumCPUMS, r.statCPUMS, r.throttled.Round(time.Millisecond), r.gcs, r.gcCPUMS, r.mem, floor.mem)
@@ -182,15 +193,15 @@ func quantileOf(xs []float64, q float64) float64 {
 }
 
 // shareInvocations is how many invocations a run at mb measures: fewer where each takes longer
-// (about 0.75 s at 128 MB, 0.25 s at 512 MB, 0.1 s at 1,769 MB on the shared 2-core machine).
+// (about 0.85 s at 128 MB, 0.2 s at 512 MB, 0.06 s at 1,769 MB).
 func shareInvocations(mb int) int {
 	switch {
 	case mb < 256:
 		return 8
 	case mb < 1024:
-		return 16
+		return 20
 	}
-	return 30
+	return 60
 }
 
 // runCPUShare runs bin and the function in a fresh cgroup with mb's share: init, one warm-up
@@ -212,6 +223,7 @@ func runCPUShare(b *testing.B, bin string, mb, lines int, extra []string) shareR
 
 	var r shareRun
 	f.awaitNext()
+	r.initCPUMS = ms(taskCPU(b, pid))
 	f.mu.Lock()
 	r.initMS = float64(f.nextAt[0].Sub(start).Microseconds()) / 1000
 	f.mu.Unlock()
@@ -221,6 +233,7 @@ func runCPUShare(b *testing.B, bin string, mb, lines int, extra []string) shareR
 	n := shareInvocations(mb)
 	_, throttled0 := cg.throttled()
 	var frozenCPU []time.Duration
+	var switches0 int
 	// After each invocation: the report, once the extension is in next, then the freeze.
 	report := func() {
 		f.awaitNext()
@@ -233,6 +246,9 @@ func runCPUShare(b *testing.B, bin string, mb, lines int, extra []string) shareR
 		}
 		if i > 0 {
 			frozenCPU = append(frozenCPU, taskCPU(b, pid))
+		}
+		if i == 1 {
+			switches0 = contextSwitches(b, pid)
 		}
 		time.Sleep(cpuSharePause)
 		id := fmt.Sprintf("8c4f3a2e-1b6d-4e8f-9a0c-%012d", i)
@@ -249,6 +265,7 @@ func runCPUShare(b *testing.B, bin string, mb, lines int, extra []string) shareR
 	report()
 	f.lastReq = "" // reported: the shutdown has none to post
 	frozenCPU = append(frozenCPU, taskCPU(b, pid))
+	r.switches = float64(contextSwitches(b, pid)-switches0) / float64(n)
 	f.freeze.Signal(syscall.SIGCONT)
 	for i := 1; i < len(frozenCPU); i++ {
 		r.cpuMS = append(r.cpuMS, ms(frozenCPU[i]-frozenCPU[i-1]))
@@ -409,4 +426,38 @@ func gcTrace(out string) (n int, cpuMS float64) {
 		}
 	}
 	return n, cpuMS
+}
+
+// copyAs copies the executable bin into a temporary folder as name.
+func copyAs(b *testing.B, bin, name string) string {
+	b.Helper()
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		b.Fatalf("KTE_CPUSHARE_BIN: %v", err)
+	}
+	out := filepath.Join(b.TempDir(), name)
+	if err := os.WriteFile(out, data, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
+
+// contextSwitches sums the voluntary and involuntary context switches of pid's threads.
+func contextSwitches(b *testing.B, pid int) int {
+	b.Helper()
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	n := 0
+	for _, t := range tasks {
+		s, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(s), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				c, _ := strconv.Atoi(strings.TrimSpace(v))
+				n += c
+			}
+		}
+	}
+	return n
 }
