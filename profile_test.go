@@ -21,7 +21,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -45,6 +47,8 @@ func BenchmarkExtensionProfile(b *testing.B) {
 			b.Setenv("GOGC", "100")
 			b.Setenv("GOMEMLIMIT", "off")
 			b.Setenv("AWS_CA_BUNDLE", "") // this machine's, which Lambda does not set
+			// run would put the whole test process on one P (limitProcs), the fakes with it.
+			b.Setenv("GOMAXPROCS", strconv.Itoa(runtime.GOMAXPROCS(0)))
 			exited := make(chan int, 1)
 			go pprof.Do(context.Background(), pprof.Labels("side", "extension"), func(context.Context) {
 				exited <- run(os.Getenv, os.Stderr)
