@@ -26,6 +26,8 @@ package main
 //	                       that burns a fixed CPU time per invocation and prints its log lines
 //	cpushare_test.go       BenchmarkCPUShare: extension and function in one cgroup at 128/512/1,769 MB,
 //	                       beside the floor (issue 20)
+//	profile_test.go        BenchmarkExtensionProfile: the extension's run in-process under the pprof
+//	                       label side=extension, for go tool pprof -tagfocus
 //
 // The usual end-to-end test:
 //

@@ -1,11 +1,17 @@
 package main
 
 import (
+	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 )
 
 // TestScanPutAnswer: scanPutAnswer reads what encoding/json reads from PutRecords answers as
@@ -76,4 +82,44 @@ func BenchmarkPutAnswer(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestPutAnswerOnEmulators: the client reads the answers of the real emulators: one result per
+// record, and on kinesis-mock a per-record failure (a record over 1 MiB) with its code.
+func TestPutAnswerOnEmulators(t *testing.T) {
+	for _, start := range []func(testing.TB) *kinesisPeer{
+		func(t testing.TB) *kinesisPeer { return startKinesalite(t, streamSpec{"s", 2}) },
+		func(t testing.TB) *kinesisPeer {
+			return startKinesisMock(t, "eu-west-1", "123456789012", streamSpec{"s", 2})
+		},
+	} {
+		p := start(t)
+		t.Run(p.Name, func(t *testing.T) {
+			creds := aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(p.Account, peerSecretKey, ""))
+			c := newKinesisClient(p.Endpoint, p.Region, creds, 10*time.Second)
+			sizes := []int{10, 20, 30}
+			if p.Name == "kinesis-mock" {
+				sizes = []int{10, 1<<20 + 1, 30} // kinesalite refuses the whole call instead
+			}
+			var recs []string
+			for i, n := range sizes {
+				data := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("x", n)))
+				recs = append(recs, fmt.Sprintf(`{"Data":%q,"PartitionKey":"k%d"}`, data, i))
+			}
+			body := []byte(`{"StreamName":"s","Records":[` + strings.Join(recs, ",") + `]}`)
+			results, err := c.putRecords(context.Background(), body, len(sizes))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, r := range results {
+				want := ""
+				if sizes[i] > 1<<20 {
+					want = "InvalidArgumentException"
+				}
+				if r.ErrorCode != want || (want != "") != (r.ErrorMessage != "") {
+					t.Errorf("record %d: %+v, want error code %q", i, r, want)
+				}
+			}
+		})
+	}
 }
