@@ -186,7 +186,9 @@ func (b *buffer) newestFirst() (*eventQueue, bool) {
 func (b *buffer) takeWhile(n, maxBytes int, size func(*event) int, skip func(*event) bool, next func() (q *eventQueue, back bool)) []event {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var out, skipped []event
+	// Sized once: growing it by append allocated about 2.5 times what it holds.
+	out := make([]event, 0, min(n, b.platform.len()+b.lines.len()))
+	var skipped []event
 	defer func() {
 		// Skipped events go back where they were: to the end they came from, without a copy of
 		// the queue.

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -150,6 +151,18 @@ func (p *envParser) cloudWatchNames(c *config) {
 
 // managedFlushPeriod is the timer of Lambda Managed Instances unless periodic,<ms> is set.
 const managedFlushPeriod = time.Second
+
+// limitProcs runs the extension's goroutines on one processor (P) unless the user set GOMAXPROCS.
+// Its work is waiting on the network, and a function's share of a CPU is small (7% of one at
+// 128 MB): a second P buys no parallelism, only CPU, since each wake-up (a Telemetry POST, a
+// Kinesis answer) also wakes a second thread to look for work. Measured in BENCHMARKS.md, "CPU
+// share": a third less CPU per event. Setting it also stops the runtime's periodic re-reading of
+// the cgroup's CPU limit.
+func limitProcs(getenv func(string) string) {
+	if getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
+}
 
 // limitMemory sets a soft memory limit of the buffer cap plus memoryHeadroom, and a lower GC
 // target, unless the user set GOMEMLIMIT or GOGC: the extension shares the function's memory, and

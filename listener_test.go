@@ -70,3 +70,8 @@ func TestListenerReplacesInvalidUTF8(t *testing.T) {
 		t.Fatalf("got %q, want valid JSON with U+FFFD", evs[0].raw)
 	}
 }
+
+// newListener is the listener for a configuration, as the extension makes it (lifecycle.go).
+func newListener(b *buffer, st *stats, cfg config) *listener {
+	return newBatchListener(b, st, cfg.BufferBytes, cfg.filter())
+}

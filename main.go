@@ -39,6 +39,8 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 	}
 	cfg, cfgErr := parseConfig(getenv)
 	limitMemory(getenv, cfg.MaxBufferBytes)
+	limitProcs(getenv)
+	limitProcs(getenv)
 
 	// Resolving sandbox.localdomain may wait on DNS; do it while the register call is in flight.
 	listenHost := make(chan string, 1)

@@ -26,6 +26,13 @@ package main
 //	                       testdata/peers/emf-validate.js)
 //	archive_test.go        firehoseObjects (what landed, gzipped under Firehose's prefix), runDuckDB (npm
 //	                       @duckdb/node-api through testdata/peers/duckdb-run.js), compareRows
+//	cgroup_test.go         cpuCgroup, a CPU cgroup (v1 or v2) with Lambda's CPU share for a memory size
+//	cpufunction_test.go    cpuFunction, a CPU-bound fake function process (this test binary re-run)
+//	                       that burns a fixed CPU time per invocation and prints its log lines
+//	cpushare_test.go       BenchmarkCPUShare: extension and function in one cgroup at 128/512/1,769 MB,
+//	                       beside the floor (issue 20)
+//	profile_test.go        BenchmarkExtensionProfile: the extension's run in-process under the pprof
+//	                       label side=extension, for go tool pprof -tagfocus
 //
 // The usual end-to-end test:
 //

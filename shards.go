@@ -157,8 +157,11 @@ type shardCall struct {
 func (s *shardPacers) learn(keys []string, results []putResult) (byShard map[string]*shardCall, unknown shardCall) {
 	byShard = map[string]*shardCall{}
 	for i, res := range results {
-		shard, ok := res.ShardID, res.ShardID != ""
-		if !ok && isThrottleCode(res.ErrorCode) {
+		var shard string
+		ok := len(res.ShardID) > 0
+		if ok {
+			shard = s.internBytes(res.ShardID)
+		} else if isThrottleCode(res.ErrorCode) {
 			shard, ok = refusedShard(res.ErrorMessage)
 		}
 		throttled := res.ErrorCode != "" && isRetryableCode(res.ErrorCode, 0)
@@ -203,6 +206,14 @@ func (s *shardPacers) forgetCalm() {
 			delete(s.pacers, shard)
 		}
 	}
+}
+
+// internBytes is intern for a shard id still in an answer's bytes; a known id costs no copy.
+func (s *shardPacers) internBytes(shard []byte) string {
+	if v, ok := s.names[string(shard)]; ok {
+		return v
+	}
+	return s.intern(string(shard))
 }
 
 func (s *shardPacers) intern(shard string) string {
