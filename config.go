@@ -152,6 +152,20 @@ func (p *envParser) cloudWatchNames(c *config) {
 // managedFlushPeriod is the timer of Lambda Managed Instances unless periodic,<ms> is set.
 const managedFlushPeriod = time.Second
 
+// recordSettings are the settings that shape records (records.go).
+func (c config) recordSettings() recordSettings {
+	return recordSettings{
+		Format: c.RecordFormat, Partition: c.PartitionKey, Text: c.TextRecord, LogFormat: c.LogFormat,
+		LogGroup: c.LogGroup, LogStream: c.LogStream, SubscriptionFilter: c.SubscriptionFilter,
+		StreamAccount: c.Stream.Account,
+	}
+}
+
+// clientSettings are the settings the Kinesis client is built by (kinesis.go).
+func (c config) clientSettings() clientSettings {
+	return clientSettings{Stream: c.Stream, Endpoint: c.Endpoint, Role: c.Role, Timeout: c.RequestTimeout}
+}
+
 // limitProcs runs the extension's goroutines on one processor (P) unless the user set GOMAXPROCS.
 // Its work is waiting on the network, and a function's share of a CPU is small (7% of one at
 // 128 MB): a second P buys no parallelism, only CPU, since each wake-up (a Telemetry POST, a
@@ -339,22 +353,6 @@ func validStreamName(s string) bool {
 	return true
 }
 
-// streamRef is KINESIS_TELEMETRY_STREAM parsed once: a stream name, or a stream ARN and what it
-// names. Requests carry StreamARN when ARN is set, StreamName otherwise.
-type streamRef struct {
-	Name            string
-	ARN             string // empty when the stream was given by name
-	Region, Account string // from the ARN
-}
-
-// String is the stream as the user gave it.
-func (s streamRef) String() string {
-	if s.ARN != "" {
-		return s.ARN
-	}
-	return s.Name
-}
-
 // parseStreamARN parses arn:<partition>:kinesis:<region>:<account>:stream/<name>.
 func parseStreamARN(s string) (streamRef, bool) {
 	f := strings.Split(s, ":")
@@ -391,37 +389,6 @@ func (p *envParser) stream(name string) streamRef {
 	return streamRef{}
 }
 
-// kinesisEndpoint is where PutRecords goes and the region it is signed for: the
-// KINESIS_TELEMETRY_ENDPOINT override, else for a stream ARN the account's data endpoint in the
-// ARN's region (what the AWS SDK uses), else the public endpoint of the function's region.
-func (c config) kinesisEndpoint(region string) (endpoint, signingRegion string) {
-	if c.Stream.ARN != "" {
-		region = c.Stream.Region
-	}
-	switch {
-	case c.Endpoint != "":
-		return c.Endpoint, region
-	case c.Stream.ARN != "":
-		return "https://" + c.Stream.Account + ".data-kinesis." + region + "." + dnsSuffix(region), region
-	}
-	return "https://kinesis." + region + "." + dnsSuffix(region), region
-}
-
-func dnsSuffix(region string) string {
-	if strings.HasPrefix(region, "cn-") {
-		return "amazonaws.com.cn"
-	}
-	return "amazonaws.com"
-}
-
-// roleConfig is the role the extension writes through (KINESIS_TELEMETRY_ROLE_ARN); empty ARN:
-// the function's own credentials.
-type roleConfig struct {
-	ARN         string
-	ExternalID  string
-	STSEndpoint string // AWS_ENDPOINT_URL_STS; empty: the regional STS endpoint
-}
-
 // role parses the role to assume, its external id, and the STS endpoint override.
 func (p *envParser) role(arnVar, externalIDVar, stsVar string) roleConfig {
 	r := roleConfig{ARN: p.value(arnVar), ExternalID: p.value(externalIDVar)}
@@ -441,9 +408,6 @@ func (p *envParser) role(arnVar, externalIDVar, stsVar string) roleConfig {
 	}
 	return r
 }
-
-// stsNameChars are the characters STS allows in role names and session names.
-const stsNameChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+=,.@-_"
 
 // validRoleARN reports whether s is arn:<partition>:iam::<account>:role/<path/><name>.
 func validRoleARN(s string) bool {

@@ -177,3 +177,14 @@ func (c *codeCounts) snapshot() map[string]uint64 {
 	maps.Copy(out, c.m)
 	return out
 }
+
+// roleConfig is the role the extension writes through (KINESIS_TELEMETRY_ROLE_ARN); empty ARN:
+// the function's own credentials.
+type roleConfig struct {
+	ARN         string
+	ExternalID  string
+	STSEndpoint string // AWS_ENDPOINT_URL_STS; empty: the regional STS endpoint
+}
+
+// stsNameChars are the characters STS allows in role names and session names.
+const stsNameChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+=,.@-_"

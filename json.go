@@ -446,67 +446,6 @@ func utf8Prefix[T ~string | ~[]byte](s T, n int) int {
 	return i
 }
 
-// scanPutAnswer reads a PutRecords answer: each entry of "Records", in order, with its ErrorCode
-// and ErrorMessage (null or absent is "") and its ShardId, left in the answer's bytes (the pacing
-// per shard interns it). Sequence numbers, which the extension does not use, are scanned past,
-// not built: decoding the answer with encoding/json cost about 1 µs per entry (BENCHMARKS.md, "CPU
-// share"). Keys match exactly, as Kinesis writes them.
-func scanPutAnswer(answer []byte) ([]putResult, error) {
-	s := scanner{data: answer}
-	var out []putResult
-	s.ws()
-	err := s.members(func(key []byte) error {
-		if string(key) != `"Records"` || s.peek() != '[' {
-			return s.value()
-		}
-		s.pos++
-		out = make([]putResult, 0, bytes.Count(answer, []byte(`"SequenceNumber"`)))
-		s.ws()
-		if s.consume(']') {
-			return nil
-		}
-		for {
-			s.ws()
-			var code, msg, shard []byte
-			if s.peek() == '{' {
-				err := s.members(func(key []byte) error {
-					switch string(key) {
-					case `"ErrorCode"`:
-						return s.strInto(&code)
-					case `"ErrorMessage"`:
-						return s.strInto(&msg)
-					case `"ShardId"`:
-						return s.strInto(&shard)
-					}
-					return s.value()
-				})
-				if err != nil {
-					return err
-				}
-			} else if err := s.value(); err != nil {
-				return err
-			}
-			if len(shard) >= 2 && bytes.IndexByte(shard, '\\') < 0 {
-				shard = shard[1 : len(shard)-1]
-			} else {
-				shard = []byte(unquote(shard))
-			}
-			out = append(out, putResult{ErrorCode: unquote(code), ErrorMessage: unquote(msg), ShardID: shard})
-			s.ws()
-			if s.consume(']') {
-				return nil
-			}
-			if !s.consume(',') {
-				return s.fail("expected , or ] after a record result")
-			}
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, s.end()
-}
-
 // fitEscaped returns how many bytes of text, in whole characters, fit in room bytes once escaped
 // inside a JSON string.
 func fitEscaped(text []byte, room int) int {

@@ -29,13 +29,6 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 )
 
-// PutRecords limits. Sizes count record data plus partition key, before base64.
-const (
-	maxRecordsPerCall = 500
-	maxCallBytes      = 5 << 20
-	maxRecordBytes    = 1 << 20
-)
-
 // appendPutRecordsBody appends the PutRecords JSON request for recs to dst, naming the stream by
 // ARN when it has one; data returns one record's data (before base64), which it may overwrite
 // at its next call.
@@ -107,28 +100,51 @@ type kinesisClient struct {
 // a freeze the server or a NAT may have forgotten it; a request on it would wait for a timeout.
 const staleAfter = 15 * time.Second
 
+// clientSettings are what the Kinesis client is built from: the stream, an endpoint override,
+// the role to write through, the timeout of a call.
+type clientSettings struct {
+	Stream   streamRef
+	Endpoint string // empty: the public regional endpoint
+	Role     roleConfig
+	Timeout  time.Duration
+}
+
+// endpoint is where PutRecords goes and the region it is signed for: the
+// KINESIS_TELEMETRY_ENDPOINT override, else for a stream ARN the account's data endpoint in the
+// ARN's region (what the AWS SDK uses), else the public endpoint of the function's region.
+func (c clientSettings) endpoint(region string) (endpoint, signingRegion string) {
+	if c.Stream.ARN != "" {
+		region = c.Stream.Region
+	}
+	switch {
+	case c.Endpoint != "":
+		return c.Endpoint, region
+	case c.Stream.ARN != "":
+		return "https://" + c.Stream.Account + ".data-kinesis." + region + "." + dnsSuffix(region), region
+	}
+	return "https://kinesis." + region + "." + dnsSuffix(region), region
+}
+
 // loadKinesisClient reads the region and credentials from the AWS SDK's default chain (Lambda's
 // environment variables, or the container credentials endpoint of SnapStart and managed
-// instances) and builds the client. With KINESIS_TELEMETRY_ROLE_ARN the calls are signed with
-// that role's credentials instead (credentials.go); the role is first assumed at the first
-// PutRecords, not here. The envelope's region is set here too.
-func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta, st *stats, logs *logger) (*kinesisClient, error) {
+// instances) and builds the client, and returns the region it read. With
+// KINESIS_TELEMETRY_ROLE_ARN the calls are signed with that role's credentials instead
+// (credentials.go), under a session named for function; the role is first assumed at the first
+// PutRecords, not here.
+func loadKinesisClient(ctx context.Context, c clientSettings, function string, st *stats, logs *logger) (*kinesisClient, string, error) {
 	awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("load AWS configuration: %w", err)
+		return nil, "", fmt.Errorf("load AWS configuration: %w", err)
 	}
 	if awsCfg.Region == "" {
-		return nil, errors.New("no AWS region: set AWS_REGION (Lambda sets it for every function)")
-	}
-	if meta.region == "" {
-		meta.setRegion(awsCfg.Region)
+		return nil, "", errors.New("no AWS region: set AWS_REGION (Lambda sets it for every function)")
 	}
 	creds := awsCfg.Credentials
-	if cfg.Role.ARN != "" {
-		creds = newRoleCredentials(awsCfg, cfg.Role, meta.function, &st.assumeRole, logs)
+	if c.Role.ARN != "" {
+		creds = newRoleCredentials(awsCfg, c.Role, function, &st.assumeRole, logs)
 	}
-	endpoint, region := cfg.kinesisEndpoint(awsCfg.Region)
-	return newKinesisClient(endpoint, region, creds, cfg.RequestTimeout), nil
+	endpoint, region := c.endpoint(awsCfg.Region)
+	return newKinesisClient(endpoint, region, creds, c.Timeout), awsCfg.Region, nil
 }
 
 func newKinesisClient(endpoint, region string, creds aws.CredentialsProvider, timeout time.Duration) *kinesisClient {
@@ -330,4 +346,88 @@ func errorCode(err error) string {
 		return "AssumeRole." + ce.Code
 	}
 	return "Error"
+}
+
+// streamRef is KINESIS_TELEMETRY_STREAM parsed once: a stream name, or a stream ARN and what it
+// names. Requests carry StreamARN when ARN is set, StreamName otherwise.
+type streamRef struct {
+	Name            string
+	ARN             string // empty when the stream was given by name
+	Region, Account string // from the ARN
+}
+
+// String is the stream as the user gave it.
+func (s streamRef) String() string {
+	if s.ARN != "" {
+		return s.ARN
+	}
+	return s.Name
+}
+
+func dnsSuffix(region string) string {
+	if strings.HasPrefix(region, "cn-") {
+		return "amazonaws.com.cn"
+	}
+	return "amazonaws.com"
+}
+
+// scanPutAnswer reads a PutRecords answer: each entry of "Records", in order, with its ErrorCode
+// and ErrorMessage (null or absent is "") and its ShardId, left in the answer's bytes (the pacing
+// per shard interns it). Sequence numbers, which the extension does not use, are scanned past,
+// not built: decoding the answer with encoding/json cost about 1 µs per entry (BENCHMARKS.md, "CPU
+// share"). Keys match exactly, as Kinesis writes them.
+func scanPutAnswer(answer []byte) ([]putResult, error) {
+	s := scanner{data: answer}
+	var out []putResult
+	s.ws()
+	err := s.members(func(key []byte) error {
+		if string(key) != `"Records"` || s.peek() != '[' {
+			return s.value()
+		}
+		s.pos++
+		out = make([]putResult, 0, bytes.Count(answer, []byte(`"SequenceNumber"`)))
+		s.ws()
+		if s.consume(']') {
+			return nil
+		}
+		for {
+			s.ws()
+			var code, msg, shard []byte
+			if s.peek() == '{' {
+				err := s.members(func(key []byte) error {
+					switch string(key) {
+					case `"ErrorCode"`:
+						return s.strInto(&code)
+					case `"ErrorMessage"`:
+						return s.strInto(&msg)
+					case `"ShardId"`:
+						return s.strInto(&shard)
+					}
+					return s.value()
+				})
+				if err != nil {
+					return err
+				}
+			} else if err := s.value(); err != nil {
+				return err
+			}
+			if len(shard) >= 2 && bytes.IndexByte(shard, '\\') < 0 {
+				shard = shard[1 : len(shard)-1]
+			} else {
+				shard = []byte(unquote(shard))
+			}
+			out = append(out, putResult{ErrorCode: unquote(code), ErrorMessage: unquote(msg), ShardID: shard})
+			s.ws()
+			if s.consume(']') {
+				return nil
+			}
+			if !s.consume(',') {
+				return s.fail("expected , or ] after a record result")
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, s.end()
 }

@@ -34,7 +34,7 @@ func testMeta(cfg config) recordMeta {
 	if cfg.Stream.Name == "" {
 		cfg.Stream = streamRef{Name: "s"}
 	}
-	return newRecordMeta(testReg, cfg, "eu-west-1", "env1")
+	return newRecordMeta(testReg.function(), cfg.recordSettings(), "eu-west-1", "env1")
 }
 
 // envelopeOf decodes one record's data.
@@ -605,8 +605,7 @@ func TestLoadKinesisClientEndpoints(t *testing.T) {
 		{config{Stream: testStreamARN("arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s")}, "https://123456789012.data-kinesis.cn-north-1.amazonaws.com.cn/", "cn-north-1"},
 		{config{Stream: streamRef{Name: "s"}, Endpoint: "http://127.0.0.1:1"}, "http://127.0.0.1:1/", "eu-west-1"},
 	} {
-		meta := testMeta(tt.cfg)
-		k, err := loadKinesisClient(context.Background(), tt.cfg, &meta, newStats(), newLogger(io.Discard))
+		k, _, err := loadKinesisClient(context.Background(), tt.cfg.clientSettings(), "fn", newStats(), newLogger(io.Discard))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -49,6 +49,11 @@ type registration struct {
 	AccountID       string `json:"accountId"`
 }
 
+// function is the function the registration names, as records carry it.
+func (r registration) function() functionID {
+	return functionID{Name: r.FunctionName, Version: r.FunctionVersion, Account: r.AccountID}
+}
+
 // lifecycleType is the type of a lifecycle event from /event/next, and what register subscribes to.
 type lifecycleType string
 
@@ -182,7 +187,7 @@ func (e *extension) start(ctx context.Context, host string) error {
 		return fmt.Errorf("listen for telemetry on %s (KINESIS_TELEMETRY_PORT=%d: choose a port no other extension uses): %w", addr, e.cfg.Port, err)
 	}
 	e.stopListener = serveListener(ln, newBatchListener(e.buf, e.stats, e.cfg.BufferBytes, e.cfg.filter()), e.logs.out)
-	meta := newRecordMeta(e.reg, e.cfg, e.cfg.Region, environmentID(e.cfg.LogStream))
+	meta := newRecordMeta(e.reg.function(), e.cfg.recordSettings(), e.cfg.Region, environmentID(e.cfg.LogStream))
 	e.ship = newShipper(e.cfg, e.buf, e.stats, e.logs, meta)
 	if e.cfg.RecordFormat == formatCloudWatch && len(e.cfg.DefaultLogNames) > 0 {
 		e.logs.printf("cloudwatch records: Lambda did not set %s; using Lambda's default naming", strings.Join(e.cfg.DefaultLogNames, ", "))

@@ -32,7 +32,9 @@ func TestScanPutAnswer(t *testing.T) {
 		`{"Records":null}`,
 	}
 	for _, a := range answers {
-		var want struct{ Records []struct{ ErrorCode, ErrorMessage, ShardId string } }
+		var want struct {
+			Records []struct{ ErrorCode, ErrorMessage, ShardId string }
+		}
 		if err := json.Unmarshal([]byte(a), &want); err != nil {
 			t.Fatalf("encoding/json: %v", err)
 		}

@@ -78,7 +78,11 @@ func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMet
 		starved: map[string]bool{}, allowed: map[string]int{}, metrics: newEMFWriter(cfg.Metrics)}
 	s.shardPace = newShardPacers(func() *pacer { return newPacer(s.pace.now) })
 	s.newClient = func(ctx context.Context) (recordPutter, error) {
-		return loadKinesisClient(ctx, cfg, &s.meta, st, logs)
+		c, region, err := loadKinesisClient(ctx, cfg.clientSettings(), s.meta.function, st, logs)
+		if err == nil && s.meta.region == "" {
+			s.meta.setRegion(region) // the envelope's region, once the AWS configuration says it
+		}
+		return c, err
 	}
 	return s
 }
@@ -100,18 +104,8 @@ func (s *shipper) ship(ctx context.Context, before uint64) error {
 func (s *shipper) shipRound(ctx context.Context, r *round) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n, _ := s.buf.state(); n == 0 {
+	if n, _ := s.buf.state(); n == 0 || !s.ready(ctx) {
 		return nil
-	}
-	if s.client == nil {
-		c, err := s.newClient(ctx)
-		if err != nil {
-			// Without a region or configuration nothing can ever be sent: keep the events while
-			// the buffer has room (the cap drops and counts the oldest), and say so once.
-			s.logs.once("client", "kinesis: %v; telemetry is buffered and dropped when the buffer is full", err)
-			return nil
-		}
-		s.client = c
 	}
 	defer s.stats.noteFlush(time.Now(), s.stats.flushCounters())
 	waited := false
@@ -154,36 +148,60 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 			return nil
 		}
 		s.pace.refund(n - len(recs))
-		_, throttled, pushback := s.send(ctx, r, recs)
-		if pushback == noCredentials {
-			s.pushbackAt.Store(time.Now().UnixNano())
-			r.pushed.Store(true)
+		throttled, pushback := s.send(ctx, r, recs)
+		if !s.learn(r, len(recs), n < want, throttled, pushback) {
 			return nil
 		}
-		// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does. A slow
-		// answer is not pushback: a stream that answers late still stores what it is sent, and
-		// sending less would only leave the backlog to the shutdown. An outage or 5xx says
-		// nothing about the stream's rate either, and is met with backoff (and, when calls keep
-		// failing whole, small probing calls) instead.
-		if pushback == throughput {
-			s.pace.observe(len(recs), 0, len(recs), true, n < want)
-		} else {
-			s.pace.observe(s.unsharded.sent, s.unsharded.accepted, s.unsharded.throttled, false, n < want)
-		}
-		if pushback == failure {
-			s.failStreak++
-			s.retryAt = time.Now().Add(backoff(s.failStreak - 1))
-		} else {
-			s.failStreak = 0
-		}
-		if throttled == 0 && pushback == noPushback {
-			continue
-		}
+	}
+	return ctx.Err()
+}
+
+// ready makes sure the Kinesis client exists, and reports whether it does.
+func (s *shipper) ready(ctx context.Context) bool {
+	if s.client != nil {
+		return true
+	}
+	c, err := s.newClient(ctx)
+	if err != nil {
+		// Without a region or configuration nothing can ever be sent: keep the events while the
+		// buffer has room (the cap drops and counts the oldest), and say so once.
+		s.logs.once("client", "kinesis: %v; telemetry is buffered and dropped when the buffer is full", err)
+		return false
+	}
+	s.client = c
+	return true
+}
+
+// learn takes in how one call of sent entries met the stream (starved: the pacer granted less
+// than the backlog wanted), and reports whether the round may go on.
+//
+// The pacer learns from throughput pushback only, as the SDKs' adaptive mode does. A slow answer
+// is not pushback: a stream that answers late still stores what it is sent, and sending less
+// would only leave the backlog to the shutdown. An outage or 5xx says nothing about the stream's
+// rate either, and is met with backoff (and, when calls keep failing whole, small probing calls).
+func (s *shipper) learn(r *round, sent int, starved bool, throttled int, pushback callPushback) bool {
+	if pushback == noCredentials {
+		s.pushbackAt.Store(time.Now().UnixNano())
+		r.pushed.Store(true)
+		return false
+	}
+	if pushback == throughput {
+		s.pace.observe(sent, 0, sent, true, starved)
+	} else {
+		s.pace.observe(s.unsharded.sent, s.unsharded.accepted, s.unsharded.throttled, false, starved)
+	}
+	if pushback == failure {
+		s.failStreak++
+		s.retryAt = time.Now().Add(backoff(s.failStreak - 1))
+	} else {
+		s.failStreak = 0
+	}
+	if throttled > 0 || pushback != noPushback {
 		s.pushbackAt.Store(time.Now().UnixNano())
 		r.pushed.Store(true)
 		r.urgent = r.urgent || r.escalate
 	}
-	return ctx.Err()
+	return true
 }
 
 // answerTimes are the answer times of the last answerWindow calls.
@@ -355,9 +373,9 @@ const (
 )
 
 // send makes one PutRecords call and settles its records: stored ones are delivered, refused ones
-// dropped, the rest go back to the buffer. It returns how many entries were stored and how many
-// were refused for throughput, and how the whole call met pushback.
-func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (accepted, throttled int, pushback callPushback) {
+// dropped, the rest go back to the buffer. It returns how many entries were refused for
+// throughput, and how the whole call met pushback.
+func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (throttled int, pushback callPushback) {
 	s.body = s.encodeBody(s.body[:0], recs)
 	s.unsharded = shardCall{}
 	callCtx, done := s.guard(ctx, r)
@@ -372,7 +390,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 		// which has logged the fix): the events wait, and the round ends.
 		s.shrinkBody()
 		s.retryLater(recs, false)
-		return 0, 0, noCredentials
+		return 0, noCredentials
 	}
 	s.stats.calls.Add(1)
 	s.stats.entries.Add(uint64(len(recs)))
@@ -383,33 +401,44 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 	s.shrinkBody()
 	var ne *networkError
 	s.unanswered.Store(errors.As(err, &ne))
-
 	switch {
 	case err == nil:
 		s.answers.add(took)
 		s.observeShards(recs, results)
-		var again []pendingRecord
-		for i, res := range results {
-			switch {
-			case res.ErrorCode == "":
-				s.delivered(recs[i])
-				accepted++
-			case isRetryableCode(res.ErrorCode, 0):
-				if isThrottleCode(res.ErrorCode) {
-					s.stats.throttles.Add(1)
-				}
-				throttled++
-				again = append(again, recs[i])
-			default:
-				s.drop(recs[i:i+1], &apiError{Code: res.ErrorCode, Message: res.ErrorMessage})
-			}
-		}
-		s.retryLater(again, false)
-		return accepted, throttled, pushback
+		return s.settleAnswered(recs, results), noPushback
 	case !isRetryable(err):
 		s.drop(recs, err)
-		return 0, 0, noPushback
+		return 0, noPushback
 	}
+	return 0, s.settleFailed(err, recs, ctx.Err() == nil && callCtx.Err() == nil)
+}
+
+// settleAnswered settles the records of an answered call, entry by entry, and returns how many
+// were refused for throughput (or another passing fault): those go back to the buffer.
+func (s *shipper) settleAnswered(recs []pendingRecord, results []putResult) (throttled int) {
+	var again []pendingRecord
+	for i, res := range results {
+		switch {
+		case res.ErrorCode == "":
+			s.delivered(recs[i])
+		case isRetryableCode(res.ErrorCode, 0):
+			if isThrottleCode(res.ErrorCode) {
+				s.stats.throttles.Add(1)
+			}
+			throttled++
+			again = append(again, recs[i])
+		default:
+			s.drop(recs[i:i+1], &apiError{Code: res.ErrorCode, Message: res.ErrorMessage})
+		}
+	}
+	s.retryLater(again, false)
+	return throttled
+}
+
+// settleFailed puts back the records of a call that failed whole with a passing fault, as maybe
+// stored when the request was written, and says how the call met pushback; say tells it to log
+// the failure (not when the call was cut on purpose).
+func (s *shipper) settleFailed(err error, recs []pendingRecord, say bool) callPushback {
 	unknown := maybeStored(err)
 	if unknown {
 		// Kinesis may have stored them: sending them again risks a duplicate (same id), not
@@ -417,7 +446,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 		s.stats.unconfirmed.Add(telemetryEvents(eventsOf(recs)))
 	}
 	code := errorCode(err)
-	if ctx.Err() == nil && callCtx.Err() == nil {
+	if say {
 		s.logs.once("retry:"+code, "kinesis: PutRecords failed, the events wait in the buffer: %v", err)
 	}
 	if code == "ExpiredTokenException" {
@@ -426,9 +455,9 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 	s.retryLater(recs, unknown)
 	if isThrottleCode(code) {
 		s.stats.throttles.Add(1)
-		return 0, 0, throughput
+		return throughput
 	}
-	return 0, 0, failure
+	return failure
 }
 
 // guard derives the context of one call. After the invocation's runtime is done a call may run
@@ -515,72 +544,6 @@ func (s *shipper) drop(recs []pendingRecord, err error) {
 	}
 	s.logs.once("drop:"+code, "kinesis: PutRecords rejected %d events, which are dropped and counted: %v%s", n, err, hint(code, s.cfg, s.meta.region))
 }
-
-// dropRemaining empties the buffer at shutdown, counting what could not be sent in time: as
-// dropped, or as unknown where a call of unknown outcome may have stored it.
-func (s *shipper) dropRemaining() (telemetry uint64) {
-	for {
-		evs := s.buf.take(everything, 1<<20, 1<<62, func(*event) int { return 0 })
-		if len(evs) == 0 {
-			return telemetry
-		}
-		telemetry += telemetryEvents(evs)
-		s.buf.release(evs, outcome{kind: droppedShutdown})
-	}
-}
-
-// keepWhatFits drops, as lost to the shutdown, what the time left cannot ship (and returns how
-// many telemetry events that was), and keeps the
-// most valuable events (takeNewest's order) in the buffer: as many full calls as the stream's
-// usual answer time fits in left after one of its slowest answers, and no more entries than the
-// pacer would grant in that time.
-func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	calls := s.callsWithin(left)
-	entries := calls * maxRecordsPerCall
-	if s.failStreak >= outageAfter {
-		entries = calls * probeEntries
-	}
-	entries = min(entries, s.pace.room(left))
-	if s.cfg.RecordFormat.aggregated() {
-		// Aggregated records hold many events each: the call's byte limit is what binds.
-		entries = calls * s.eventsPerCall()
-	}
-	if n, _ := s.buf.state(); n <= entries {
-		return 0
-	}
-	keep := s.buf.takeNewest(entries, calls*maxCallBytes, s.recordSize)
-	dropped = s.dropRemaining()
-	s.buf.putBack(keep)
-	return dropped
-}
-
-// callsWithin is how many calls, one after another, are expected to answer within left: one at
-// the slowest recent answer time, the others at the usual one. Before any answer, calls are
-// taken to answer in unmeasuredAnswer.
-func (s *shipper) callsWithin(left time.Duration) int {
-	usual, slowest := s.answers.typical(), s.answers.slowest()
-	if s.answers.n == 0 {
-		usual, slowest = unmeasuredAnswer, unmeasuredAnswer
-	}
-	usual = max(usual, minCallTime)
-	if left < usual {
-		return 0
-	}
-	if left < slowest {
-		return 1
-	}
-	return 1 + int((left-slowest)/usual)
-}
-
-// unmeasuredAnswer is what a call is taken to cost before the stream has answered one: a first
-// call also loads credentials and opens a connection. minCallTime is the least a call is taken
-// to cost, encoding included.
-const (
-	unmeasuredAnswer = 200 * time.Millisecond
-	minCallTime      = 5 * time.Millisecond
-)
 
 // telemetryEvents counts the events that came from Lambda, leaving out the extension's own
 // counts records.

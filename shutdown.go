@@ -1,0 +1,73 @@
+package main
+
+import "time"
+
+// What a SHUTDOWN ships: the time left holds so many calls at the stream's answer times, and what
+// does not fit is dropped (and counted) before anything is sent, so that the counts record, which
+// heads the first call, already says what the shutdown loses (lifecycle.go's onShutdown).
+
+// dropRemaining empties the buffer at shutdown, counting what could not be sent in time: as
+// dropped, or as unknown where a call of unknown outcome may have stored it.
+func (s *shipper) dropRemaining() (telemetry uint64) {
+	for {
+		evs := s.buf.take(everything, 1<<20, 1<<62, func(*event) int { return 0 })
+		if len(evs) == 0 {
+			return telemetry
+		}
+		telemetry += telemetryEvents(evs)
+		s.buf.release(evs, outcome{kind: droppedShutdown})
+	}
+}
+
+// keepWhatFits drops, as lost to the shutdown, what the time left cannot ship (and returns how
+// many telemetry events that was), and keeps the
+// most valuable events (takeNewest's order) in the buffer: as many full calls as the stream's
+// usual answer time fits in left after one of its slowest answers, and no more entries than the
+// pacer would grant in that time.
+func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	calls := s.callsWithin(left)
+	entries := calls * maxRecordsPerCall
+	if s.failStreak >= outageAfter {
+		entries = calls * probeEntries
+	}
+	entries = min(entries, s.pace.room(left))
+	if s.cfg.RecordFormat.aggregated() {
+		// Aggregated records hold many events each: the call's byte limit is what binds.
+		entries = calls * s.eventsPerCall()
+	}
+	if n, _ := s.buf.state(); n <= entries {
+		return 0
+	}
+	keep := s.buf.takeNewest(entries, calls*maxCallBytes, s.recordSize)
+	dropped = s.dropRemaining()
+	s.buf.putBack(keep)
+	return dropped
+}
+
+// callsWithin is how many calls, one after another, are expected to answer within left: one at
+// the slowest recent answer time, the others at the usual one. Before any answer, calls are
+// taken to answer in unmeasuredAnswer.
+func (s *shipper) callsWithin(left time.Duration) int {
+	usual, slowest := s.answers.typical(), s.answers.slowest()
+	if s.answers.n == 0 {
+		usual, slowest = unmeasuredAnswer, unmeasuredAnswer
+	}
+	usual = max(usual, minCallTime)
+	if left < usual {
+		return 0
+	}
+	if left < slowest {
+		return 1
+	}
+	return 1 + int((left-slowest)/usual)
+}
+
+// unmeasuredAnswer is what a call is taken to cost before the stream has answered one: a first
+// call also loads credentials and opens a connection. minCallTime is the least a call is taken
+// to cost, encoding included.
+const (
+	unmeasuredAnswer = 200 * time.Millisecond
+	minCallTime      = 5 * time.Millisecond
+)
