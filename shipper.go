@@ -384,6 +384,8 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 	results, err := s.client.putRecords(callCtx, s.body, len(recs))
 	took := time.Since(start)
 	s.sending.Store(false)
+	// Whether the call was given up (cut, or the round's end), read before done cancels callCtx.
+	givenUp := ctx.Err() != nil || callCtx.Err() != nil
 	done()
 	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
 		// Nothing was sent, and the role will not be asked again for a while (credentials.go,
@@ -410,7 +412,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 		s.drop(recs, err)
 		return 0, noPushback
 	}
-	return 0, s.settleFailed(err, recs, ctx.Err() == nil && callCtx.Err() == nil)
+	return 0, s.settleFailed(err, recs, !givenUp)
 }
 
 // settleAnswered settles the records of an answered call, entry by entry, and returns how many
