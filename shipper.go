@@ -243,6 +243,12 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 	}
 	if deadline, ok := ctx.Deadline(); ok {
 		d = min(d, time.Until(deadline)/2)
+		if d <= 0 {
+			// The deadline is a nanosecond away: no time for another attempt. (Without this the
+			// round waits ever shorter halves; on a virtual clock, which stands still while the
+			// round runs, it would never reach the deadline.)
+			return false
+		}
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
