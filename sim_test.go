@@ -138,15 +138,15 @@ type simEnv struct {
 
 // simEnvResult is one environment's end state.
 type simEnvResult struct {
-	idx                                     int
-	offered                                 int
-	received, delivered, filtered, unknown  uint64
-	full, shutdown, rejected, unconfirmed   uint64
-	buffered                                int
-	rejectedBy                              map[string]uint64
-	countsLogged                            uint64 // dropped.total in the final stats
-	countsInStream                          uint64 // dropped.total in the last counts record stored
-	countsFound                             bool
+	idx                                    int
+	offered                                int
+	received, delivered, filtered, unknown uint64
+	full, shutdown, rejected, unconfirmed  uint64
+	buffered                               int
+	rejectedBy                             map[string]uint64
+	countsLogged                           uint64 // dropped.total in the final stats
+	countsInStream                         uint64 // dropped.total in the last counts record stored
+	countsFound                            bool
 }
 
 // runSim runs one scenario for one fleet size. Call it inside a synctest bubble.

@@ -38,6 +38,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -46,6 +47,8 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -84,14 +87,14 @@ type simSecond struct {
 // simLedger is what one environment's events became in the stream: which ids are stored (by the
 // sequence number of the id, <prefix>-<seq>), duplicates, and its last counts record.
 type simLedger struct {
-	stored          []uint64 // bit set by seq
-	telemetry       int      // distinct telemetry events stored
-	dupTelemetry    int      // telemetry entries stored again
-	counts          int      // counts records stored
-	lastCountsSeq   uint64
-	lastCounts      []byte // the data of the counts record with the highest seq
-	entries, calls  int
-	refused, kept   int // entries refused and stored
+	stored         []uint64 // bit set by seq
+	telemetry      int      // distinct telemetry events stored
+	dupTelemetry   int      // telemetry entries stored again
+	counts         int      // counts records stored
+	lastCountsSeq  uint64
+	lastCounts     []byte // the data of the counts record with the highest seq
+	entries, calls int
+	refused, kept  int // entries refused and stored
 }
 
 // simStream is the modelled stream. Environments reach it through client(env).
@@ -406,4 +409,141 @@ func (l *simLedger) lastCountsRecord() (countsRecord, bool) {
 		return countsRecord{}, false
 	}
 	return env.Event.Record, true
+}
+
+// simBody is a PutRecords body of entries with the given partition keys, each record's data an
+// envelope with id p-<seq>.
+func simBody(stream string, firstSeq int, keys ...string) []byte {
+	type entry struct{ Data, PartitionKey string }
+	req := struct {
+		StreamName string
+		Records    []entry
+	}{StreamName: stream}
+	for i, k := range keys {
+		data := fmt.Sprintf(`{"id":"p-%d","event":{"type":"function","record":"x"}}`, firstSeq+i)
+		req.Records = append(req.Records, entry{Data: base64.StdEncoding.EncodeToString([]byte(data)), PartitionKey: k})
+	}
+	b, _ := json.Marshal(req)
+	return b
+}
+
+// TestSimStreamModel checks the model against what it claims to model: MD5 routing over even
+// hash ranges, a shard's 1,000 records/s with a second of burst and the service's message, KMS
+// throttling's share, answer times, a cut call that stays stored, and on-demand scaling.
+func TestSimStreamModel(t *testing.T) {
+	keys := func(n int, prefix string) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = fmt.Sprintf("%s%d", prefix, i)
+		}
+		return out
+	}
+	t.Run("routing", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			m := newSimStream("s", simStreamOptions{Shards: 2, Limits: kinesisShardLimits})
+			ks := keys(50, "k")
+			res, err := m.client(0).putRecords(t.Context(), simBody("s", 0, ks...), len(ks))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, r := range res {
+				sum := md5.Sum([]byte(ks[i]))
+				want := "shardId-000000000000"
+				if sum[0] >= 0x80 { // the upper half of the 128-bit key space
+					want = "shardId-000000000001"
+				}
+				if r.ShardID != want || r.ErrorCode != "" {
+					t.Errorf("key %q: %+v, want stored on %s", ks[i], r, want)
+				}
+			}
+		})
+	})
+	t.Run("shard limit", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			m := newSimStream("s", simStreamOptions{Shards: 1, Limits: kinesisShardLimits, Answer: 20 * time.Millisecond})
+			c := m.client(0)
+			stored := 0
+			for call := range 3 {
+				start := time.Now()
+				res, err := c.putRecords(t.Context(), simBody("s", call*500, keys(500, "k")...), 500)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if took := time.Since(start); took < 20*time.Millisecond || took > 22*time.Millisecond {
+					t.Errorf("answer took %v, want 20 ms and under 1 ms of jitter", took)
+				}
+				for _, r := range res {
+					switch {
+					case r.ErrorCode == "":
+						stored++
+					case r.ErrorMessage != "Rate exceeded for shard shardId-000000000000 in stream s under account 123456789012.":
+						t.Errorf("refusal %+v", r)
+					}
+				}
+			}
+			// A full bucket of 1,000, plus what 40 ms of answers refilled.
+			if stored < 1000 || stored > 1060 {
+				t.Errorf("stored %d of 1,500 sent at once, want about 1,000", stored)
+			}
+			time.Sleep(time.Second)
+			res, _ := c.putRecords(t.Context(), simBody("s", 1500, keys(500, "k")...), 500)
+			if i := slices.IndexFunc(res, func(r putResult) bool { return r.ErrorCode != "" }); i >= 0 {
+				t.Errorf("after a second, entry %d of 500 refused (%s), want none", i, res[i].ErrorCode)
+			}
+			if l := m.ledgers[0]; l.telemetry != stored+500 || l.entries != 2000 {
+				t.Errorf("ledger: %d stored of %d entries, want %d of 2000", l.telemetry, l.entries, stored+500)
+			}
+		})
+	})
+	t.Run("kms share", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			m := newSimStream("s", simStreamOptions{Shards: 4, Limits: shardLimits{Records: 1e9, Bytes: 1e12, Burst: time.Second}, KMSShare: 0.3, Seed: 9})
+			refused := 0
+			for call := range 20 {
+				res, _ := m.client(0).putRecords(t.Context(), simBody("s", call*500, keys(500, "k")...), 500)
+				for _, r := range res {
+					if r.ErrorCode == "KMSThrottlingException" {
+						refused++
+					}
+				}
+			}
+			if share := float64(refused) / 10000; share < 0.27 || share > 0.33 {
+				t.Errorf("KMS refused %.3f of the entries, want 0.3", share)
+			}
+		})
+	})
+	t.Run("cut call stays stored", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			m := newSimStream("s", simStreamOptions{Shards: 1, Limits: kinesisShardLimits, Answer: time.Second})
+			ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+			defer cancel()
+			_, err := m.client(3).putRecords(ctx, simBody("s", 0, "a", "b"), 2)
+			if !maybeStored(err) {
+				t.Errorf("cut call: %v, want a written request without an answer", err)
+			}
+			if l := m.ledgers[3]; l == nil || l.telemetry != 2 {
+				t.Errorf("the cut call's records are not stored: %+v", l)
+			}
+		})
+	})
+	t.Run("on-demand", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			m := newSimStream("s", simStreamOptions{Shards: 1, OnDemand: simOnDemand{Peak: 100, ScaleAfter: 3 * time.Second}})
+			if c := m.capacity(); c != 200 {
+				t.Fatalf("capacity %v, want twice the peak of 100", c)
+			}
+			c := m.client(0)
+			// 300 records/s offered for 10 s: the second of burst (200) lasts 2 s, then the
+			// stream throttles, scales to 400 records/s 3 s later, and throttles no more.
+			for i := range 100 {
+				c.putRecords(t.Context(), simBody("s", i*30, keys(30, "k")...), 30)
+				time.Sleep(100 * time.Millisecond)
+			}
+			if len(m.scaledAt) != 1 || m.capacity() != 400 {
+				t.Errorf("capacity %v after 10 s at 300/s (scaled at %v), want 400 after one scaling", m.capacity(), m.scaledAt)
+			} else if at := m.scaledAt[0]; at < 4500*time.Millisecond || at > 5500*time.Millisecond {
+				t.Errorf("scaled at %v, want about 3 s after the throttling began at 2 s", at)
+			}
+		})
+	})
 }
