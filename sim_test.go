@@ -514,32 +514,40 @@ func (f *simFleet) result(nominal float64) simResult {
 	return r
 }
 
-// converged is how long after the step the stream is used well in every second until the end
-// of the run: it stores at least 90% of what is offered or what it takes, whichever is less, and
-// refuses at most a quarter of the entries it is sent (amplification 1.33). NaN: never.
+// converged is how long after the step the stream is used well until the end of the run: in
+// every window of simConvergeWindow from then on it stores at least 90% of what is offered or of
+// what it takes, whichever is less, and refuses at most a quarter of the entries it is sent
+// (amplification 1.33). NaN: never.
 func (f *simFleet) converged(last int) float64 {
 	m := f.stream
 	first := int(math.Ceil(f.stepAt.Seconds()))
-	good := func(s int) bool {
-		if s >= len(m.seconds) {
-			return false
+	good := func(s int) bool { // the window [s, s+simConvergeWindow)
+		var stored, refused, entries, offered, capacity float64
+		for i := s; i < s+simConvergeWindow; i++ {
+			if i >= len(m.seconds) {
+				return false
+			}
+			c := m.seconds[i]
+			stored, refused, entries, capacity = stored+float64(c.Stored), refused+float64(c.Refused), entries+float64(c.Entries), capacity+c.Capacity
+			if i < len(f.offered) {
+				offered += float64(f.offered[i])
+			}
 		}
-		c := m.seconds[s]
-		offered := 0.0
-		if s < len(f.offered) {
-			offered = float64(f.offered[s])
-		}
-		return float64(c.Stored) >= 0.9*min(offered, c.Capacity) && float64(c.Refused) <= 0.25*float64(c.Entries)
+		return stored >= 0.9*min(offered, capacity) && refused <= 0.25*entries
 	}
-	at := last
-	for s := last - 1; s >= first && good(s); s-- {
+	at := -1
+	for s := last - simConvergeWindow; s >= first && good(s); s-- {
 		at = s
 	}
-	if at == last {
+	if at < 0 {
 		return math.NaN()
 	}
 	return float64(at) - f.stepAt.Seconds()
 }
+
+// simConvergeWindow is the window, in seconds, over which convergence is judged: AIMD's
+// saw-tooth refuses in bursts, a second at a time.
+const simConvergeWindow = 3
 
 // simHeader and row are BenchmarkSim's table.
 const simHeader = "| scenario | fleet | environments | offered ev/s | capacity rec/s | goodput / capacity | delivered / offered | amplification | Jain | converge s | dropped full / shutdown / rejected | unknown | added p50 / p95 ms | counts short |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
