@@ -550,7 +550,9 @@ func (f *simFleet) converged(last int) float64 {
 const simConvergeWindow = 3
 
 // simHeader and row are BenchmarkSim's table.
-const simHeader = "| scenario | fleet | environments | offered ev/s | capacity rec/s | goodput / capacity | delivered / offered | amplification | Jain | converge s | dropped full / shutdown / rejected | unknown | added p50 / p95 ms | counts short |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+const simHeader = "| scenario | fleet | environments | offered ev/s | capacity rec/s | goodput / capacity | delivered / offered | amplification | Jain | converge s | dropped full / shutdown / rejected | unknown | added p50 / p95 ms | counts short |"
+
+const simRule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 func (r simResult) row() string {
 	var rejected uint64
@@ -583,7 +585,7 @@ func TestSim(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/%d", sc.name, fleet), func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					r := runSim(sc, fleet, simTestRun)
-					t.Logf("\n%s\n%s", simHeader, r.row())
+					t.Logf("\n%s\n%s\n%s", simHeader, simRule, r.row())
 					if r.offered == 0 || r.calls == 0 {
 						t.Fatalf("offered %d events in %d calls: the fleet did not run", r.offered, r.calls)
 					}
@@ -616,8 +618,8 @@ var simFleets = []int{10, 100, 1000, 10000}
 // shows; each sub-benchmark reports its measures as metrics.
 func BenchmarkSim(b *testing.B) {
 	var rows []string
-	for _, sc := range simScenarios {
-		for _, fleet := range simFleets {
+	for _, fleet := range simFleets { // the small fleets first: their rows come in seconds
+		for _, sc := range simScenarios {
 			b.Run(fmt.Sprintf("%s/%d", sc.name, fleet), func(b *testing.B) {
 				var r simResult
 				var wall time.Duration
@@ -638,11 +640,13 @@ func BenchmarkSim(b *testing.B) {
 				b.ReportMetric(float64(r.full+r.shutdown), "dropped")
 				b.ReportMetric(ms(r.addedP50), "added-p50-ms")
 				b.ReportMetric(ms(r.addedP95), "added-p95-ms")
-				rows = append(rows, r.row()+fmt.Sprintf(" <!-- %.1f s -->", wall.Seconds()))
+				row := r.row() + fmt.Sprintf(" %.1f |", wall.Seconds())
+				fmt.Println("sim row:", row)
+				rows = append(rows, row)
 			})
 		}
 	}
-	fmt.Printf("\nBenchmarkSim, %s virtual per run (%s warm-up left out of goodput):\n%s\n%s\n", simRun, simWarmUp, simHeader, strings.Join(rows, "\n"))
+	fmt.Printf("\nBenchmarkSim, %s virtual per run (%s warm-up left out of goodput):\n%s real s |\n%s---|\n%s\n", simRun, simWarmUp, simHeader, simRule, strings.Join(rows, "\n"))
 }
 
 // inBubble runs f in a synctest bubble from a benchmark: synctest.Test needs a *testing.T, so it
