@@ -5,7 +5,7 @@ package main
 // testing/synctest bubble, so that a minute of a 10,000-environment fleet takes seconds.
 //
 // Each environment is a real extension value wired as main.go and extension.start wire it — its
-// buffer, stats, shipper and listener, with the shipper's newClient returning the model — and
+// buffer, stats, shipper and listener (newBatchListener, as start makes it), with the shipper's newClient returning the model — and
 // driven as Lambda drives it, without processes or HTTP: telemetry reaches the buffer through the
 // listener's accept (the batch decoding, the filter, buffer.add), in batches that Lambda's
 // Telemetry API would post (at most simBatch after their first event); the extension's loop calls
@@ -221,7 +221,7 @@ func (f *simFleet) newEnv(slot, gen int, rng *rand.Rand) *simEnv {
 		f: f, idx: idx, rng: rand.New(rand.NewPCG(rng.Uint64(), 4)),
 		ext: &extension{cfg: cfg, logs: logs, reg: testReg, stats: st, buf: buf, ship: ship,
 			sub: subscription{Active: true}},
-		lis:    newListener(buf, st, cfg),
+		lis:    newBatchListener(buf, st, cfg.BufferBytes, cfg.filter()),
 		next:   make(chan lifecycleEvent),
 		called: make(chan struct{}, 1),
 		exited: make(chan struct{}),
