@@ -15,10 +15,14 @@ package main
 // random while, are shut down (spindown) and replaced along the run.
 //
 // The production code runs unchanged: shipRound, the pacer, flushBeforeNext, shipWhileInvoked,
-// onShutdown, the buffer. Nothing in it blocks in a way synctest cannot see (the waits are
-// channels, timers and context deadlines); the round's mutex is never held across a wait by two
-// goroutines. The one thing the simulation cannot pin is backoff's jitter (math/rand/v2's global
-// source), used only after calls that fail whole — here, calls the round cuts.
+// onShutdown, the buffer. Its waits are channels, timers and context deadlines, which synctest
+// sees; a goroutine blocked on a sync.Mutex is not durably blocked, but only the extension's own
+// goroutine takes the shipper's mutex, which a round holds across its waits. One loop did not
+// end on a virtual clock: shipper.pause waited ever shorter halves of the time to its deadline,
+// and with time standing still while it ran it never got there; pause now gives up when the
+// half is zero (commit 74a326a, the only change to production code). The one thing the
+// simulation cannot pin is backoff's jitter (math/rand/v2's global source), drawn only after
+// calls that fail whole — here, calls the round cuts.
 //
 // What the simulation leaves out, besides what the stream model leaves out: the Telemetry API's
 // item and byte limits per batch, Lambda's own telemetry drops, init phases that time out,
@@ -465,10 +469,8 @@ func (f *simFleet) result(nominal float64) simResult {
 			x := float64(e.delivered) / float64(e.offered)
 			sumX, sumX2, jainN = sumX+x, sumX2+x*x, jainN+1
 		}
-		if c, ok := l.lastCountsRecord(); ok && c.Dropped.Total >= e.countsLogged {
-			// in the stream as logged
-		} else if e.countsLogged > 0 || !ok {
-			r.countsShort++
+		if c, ok := l.lastCountsRecord(); !ok || c.Dropped.Total < e.countsLogged {
+			r.countsShort++ // missing, or short of what the extension counted
 		}
 		dropped := e.full + e.shutdown + e.rejected
 		switch {
