@@ -387,7 +387,7 @@ func TestBackoff(t *testing.T) {
 	}{{0, 50 * time.Millisecond}, {1, 100 * time.Millisecond}, {3, 400 * time.Millisecond}, {5, 1600 * time.Millisecond}, {6, 2 * time.Second}, {60, 2 * time.Second}} {
 		var most time.Duration
 		for range 2000 {
-			d := backoff(tt.attempt)
+			d := backoff(tt.attempt, rand.Int64N)
 			if d < 0 || d > tt.limit {
 				t.Fatalf("backoff(%d) = %v, outside [0, %v]", tt.attempt, d, tt.limit)
 			}

@@ -18,6 +18,10 @@ package main
 //	shardproxy_test.go     shardProxy, Kinesis's per-shard limits in front of kinesalite (checked by
 //	                       shardproxy_selftest_test.go)
 //	fleet_test.go          TestFleet, BenchmarkFleet: many frozen environments on one throttled stream
+//	sim_test.go            TestSim, BenchmarkSim: fleets of 10 to 10,000 real extension values driven as
+//	                       Lambda drives them, on a testing/synctest virtual clock, in process
+//	simkinesis_test.go     simStream, the simulation's Kinesis model (a recordPutter): hash ranges, shard
+//	                       buckets, hot key, on-demand scaling, answer spikes, KMS throttling
 //	fakests_test.go        fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis;
 //	                       the role tests that use them are in sts_test.go
 //	formats_test.go        kpl and cloudwatch decoders: protowire, aws-lambda-go, npm aws-kinesis-agg

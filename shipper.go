@@ -60,6 +60,9 @@ type shipper struct {
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
 	unanswered atomic.Bool  // the last call got no answer: the next one may hang too
 
+	// jitter draws backoffs (rand.Int64N); the simulation seeds its own, to replay a run.
+	jitter func(n int64) int64
+
 	// newClient builds the Kinesis client on first use, so that loading the AWS configuration
 	// stays off the start-up path. Tests replace it.
 	newClient func(ctx context.Context) (recordPutter, error)
@@ -75,7 +78,7 @@ type recordPutter interface {
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
 	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now),
-		starved: map[string]bool{}, allowed: map[string]int{}, metrics: newEMFWriter(cfg.Metrics)}
+		starved: map[string]bool{}, allowed: map[string]int{}, metrics: newEMFWriter(cfg.Metrics), jitter: rand.Int64N}
 	s.shardPace = newShardPacers(func() *pacer { return newPacer(s.pace.now) })
 	s.newClient = func(ctx context.Context) (recordPutter, error) {
 		c, region, err := loadKinesisClient(ctx, cfg.clientSettings(), s.meta.function, st, logs)
@@ -192,7 +195,7 @@ func (s *shipper) learn(r *round, sent int, starved bool, throttled int, pushbac
 	}
 	if pushback == failure {
 		s.failStreak++
-		s.retryAt = time.Now().Add(backoff(s.failStreak - 1))
+		s.retryAt = time.Now().Add(backoff(s.failStreak-1, s.jitter))
 	} else {
 		s.failStreak = 0
 	}
@@ -310,6 +313,12 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 	}
 	if deadline, ok := ctx.Deadline(); ok {
 		d = min(d, time.Until(deadline)/2)
+		if d <= 0 {
+			// The deadline is a nanosecond away: no time for another attempt. (Without this the
+			// round waits ever shorter halves; on a virtual clock, which stands still while the
+			// round runs, it would never reach the deadline.)
+			return false
+		}
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -520,14 +529,15 @@ func (s *shipper) retryLater(recs []pendingRecord, unknown bool) {
 	s.buf.putBack(evs)
 }
 
-// backoff is "full jitter": a random wait up to an exponentially growing cap.
-func backoff(attempt int) time.Duration {
+// backoff is "full jitter": a random wait up to an exponentially growing cap; jitter returns a
+// random number in [0, n).
+func backoff(attempt int, jitter func(n int64) int64) time.Duration {
 	const base, ceiling = 50 * time.Millisecond, 2 * time.Second
 	limit := ceiling
 	if attempt < 6 {
 		limit = min(ceiling, base<<attempt)
 	}
-	return time.Duration(rand.Int64N(int64(limit) + 1))
+	return time.Duration(jitter(int64(limit) + 1))
 }
 
 func (s *shipper) delivered(r pendingRecord) {
