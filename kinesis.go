@@ -12,6 +12,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -1243,11 +1244,15 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 		return nil, &networkError{err: fmt.Errorf("get AWS credentials: %w", err)}
 	}
 	var written atomic.Bool
-	trace := &httptrace.ClientTrace{WroteRequest: func(info httptrace.WroteRequestInfo) {
-		if info.Err == nil {
-			written.Store(true)
-		}
-	}}
+	var conn atomic.Pointer[net.Conn]
+	trace := &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { conn.Store(&info.Conn) },
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				written.Store(true)
+			}
+		},
+	}
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodPost, k.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -1260,6 +1265,9 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 	}
 	resp, err := k.http.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			abandon(conn.Load())
+		}
 		return nil, &networkError{err: err, written: written.Load()}
 	}
 	defer resp.Body.Close()
@@ -1282,6 +1290,23 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 		return nil, &networkError{err: fmt.Errorf("answer has %d results for %d records", len(out.Records), n), written: true}
 	}
 	return out.Records, nil
+}
+
+// abandon closes the connection of a call given up (cut or timed out) before putRecords returns.
+// Cancelling an HTTP/2 request returns at once and leaves its RST_STREAM to another goroutine; if
+// Lambda froze the environment in between, the stream would stay open on the server, which may
+// still store the records while the extension is frozen and later sends them again. Closing the
+// socket itself (not the TLS layer, whose close_notify may wait behind a blocked write) ends every
+// stream on it now; the next call pays one handshake. Calls are given up only under faults.
+func abandon(c *net.Conn) {
+	if c == nil || *c == nil {
+		return
+	}
+	conn := *c
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	conn.Close()
 }
 
 func (k *kinesisClient) invalidateCredentials() {
