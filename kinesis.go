@@ -402,6 +402,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 	results, err := s.client.putRecords(callCtx, s.body, len(recs))
 	took := time.Since(start)
 	s.sending.Store(false)
+	given := callCtx.Err() != nil // before done(), which cancels callCtx in every case
 	done()
 	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
 		// Nothing was sent, and the role will not be asked again for a while (credentials.go,
@@ -454,7 +455,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (acc
 		s.stats.unconfirmed.Add(telemetryEvents(eventsOf(recs)))
 	}
 	code := errorCode(err)
-	if ctx.Err() == nil && callCtx.Err() == nil {
+	if ctx.Err() == nil && !given {
 		s.logs.once("retry:"+code, "kinesis: PutRecords failed, the events wait in the buffer: %v", err)
 	}
 	if code == "ExpiredTokenException" {
@@ -1267,6 +1268,11 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 	if err != nil {
 		if ctx.Err() != nil {
 			abandon(conn.Load())
+		}
+		if cv := (*tls.CertificateVerificationError)(nil); errors.As(err, &cv) {
+			// Nothing was sent: the handshake failed. The events wait (a certificate may be
+			// fixed, or a CA bundle rolled out), and the log says what to check.
+			err = fmt.Errorf("%s refused: its TLS certificate is not valid for this host or not trusted (%w); check KINESIS_TELEMETRY_ENDPOINT, and for a private CA set SSL_CERT_FILE to its PEM file", k.url, cv)
 		}
 		return nil, &networkError{err: err, written: written.Load()}
 	}
