@@ -25,6 +25,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -233,7 +235,7 @@ func startTLSFront(t testing.TB, target string, o frontOptions) *tlsFront {
 		}),
 		IdleTimeout:       o.idleTimeout,
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          nil,
+		ErrorLog:          log.New(io.Discard, "", 0), // refused handshakes are what some tests want
 	}
 	if o.idleTimeout == 0 {
 		f.srv.IdleTimeout = time.Hour
