@@ -90,3 +90,58 @@ func TestBadCertificateErrorSaysTheFix(t *testing.T) {
 		t.Errorf("error %v (maybe stored %v): want the endpoint, the fix, and not of unknown outcome", err, maybeStored(err))
 	}
 }
+
+// TestIdleCloseWhileFrozen: the server closes connections idle 100 ms, so during every freeze
+// (as NAT gateways and load balancers do after minutes). The first call after a thaw must not
+// hang into its timeout nor leave events of unknown outcome, and a thaw costs at most one
+// handshake.
+func TestIdleCloseWhileFrozen(t *testing.T) {
+	for _, w := range tlsWires {
+		t.Run(w.String(), func(t *testing.T) {
+			t.Parallel()
+			const invocations = 12
+			fk := newFakeKinesis(t, allOK)
+			front := startTLSFront(t, fk.URL, frontOptions{wire: w, idleTimeout: 100 * time.Millisecond})
+			fl := newFakeLambda(t)
+			ext := startExtension(t, fl, tlsEnv(testEnv(fk.URL, "KINESIS_TELEMETRY_FLUSH", "end", "KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS", "2000"), front))
+			fl.freeze = ext.cmd.Process
+			fl.init()
+			for i := range invocations {
+				fl.invoke(invocation{requestID: fmt.Sprintf("r%02d", i), textLines: 20, pause: 250 * time.Millisecond})
+			}
+			fl.shutdownAndWait(ext)
+			events, _ := fk.decoded(t)
+			checkExactlyOnce(t, fl.postedEvents(), events)
+			s := readShutdownSummary(t, ext.stderr.String())
+			if s.unknown != 0 || s.resent != 0 {
+				t.Errorf("summary %+v: a call after a thaw left events of unknown outcome", s)
+			}
+			// One handshake per thaw at most, plus the first and the shutdown's.
+			if h := int(front.handshakes.Load()); h > invocations+2 {
+				t.Errorf("%d handshakes for %d thaws", h, invocations)
+			}
+			front.checkWire(t, w)
+			t.Logf("%s: %d handshakes, %d PutRecords calls for %d invocations", w, front.handshakes.Load(), s.calls, invocations)
+		})
+	}
+}
+
+// TestStalledHandshake: a TLS handshake that never gets an answer costs one TLSHandshakeTimeout
+// (2 s) and no event: the events wait and go over the next connection, once each.
+func TestStalledHandshake(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	front := startTLSFront(t, fk.URL, frontOptions{})
+	front.stallHandshakes(1, time.Minute)
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, tlsEnv(testEnv(fk.URL, "KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS", "5000"), front))
+	fl.init()
+	for i := range 4 {
+		fl.invoke(invocation{requestID: fmt.Sprintf("r%d", i), textLines: 5, pause: 300 * time.Millisecond})
+	}
+	fl.shutdownAndWait(ext)
+	events, _ := fk.decoded(t)
+	checkDelivery(t, fl.postedEvents(), events, false, 0) // after pushback the newest invocation goes first
+	if s := readShutdownSummary(t, ext.stderr.String()); s.unknown != 0 || s.resent != 0 {
+		t.Errorf("summary %+v: a stalled handshake sent nothing, so nothing is of unknown outcome", s)
+	}
+}
