@@ -21,6 +21,10 @@ package main
 //	fakests_test.go        fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis;
 //	                       the role tests that use them are in sts_test.go
 //	formats_test.go        kpl and cloudwatch decoders: protowire, aws-lambda-go, npm aws-kinesis-agg
+//	tlsfront_test.go       the test CA (SSL_CERT_FILE) and tlsFront, TLS with h2+http/1.1 or http/1.1 in
+//	                       front of any plain-HTTP peer (overWire, trusting); stalls, idle closes
+//	h2faults_test.go       frame-level HTTP/2 faults (GOAWAY, REFUSED_STREAM) with x/net/http2's Framer;
+//	                       the wire-fault tests are in wirefaults_test.go, the benchmark wire_bench_test.go
 //
 // The usual end-to-end test:
 //

@@ -173,6 +173,7 @@ type tlsFront struct {
 	CAFile string // the CA to trust, for SSL_CERT_FILE
 
 	target     *url.URL
+	tlsConfig  *tls.Config // the server's, for hijacked connections
 	srv        *http.Server
 	ln         *frontListener
 	served     chan struct{}
@@ -213,6 +214,7 @@ func startTLSFront(t testing.TB, target string, o frontOptions) *tlsFront {
 	if o.wire == wireH1 {
 		cfg.NextProtos = []string{"http/1.1"}
 	}
+	f.tlsConfig = cfg
 	forward := &http.Transport{} // plain HTTP/1.1 to the peer behind
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"crypto/tls"
+	"net"
+	"os/exec"
 	"time"
 
 	"fmt"
@@ -143,5 +145,55 @@ func TestStalledHandshake(t *testing.T) {
 	checkDelivery(t, fl.postedEvents(), events, false, 0) // after pushback the newest invocation goes first
 	if s := readShutdownSummary(t, ext.stderr.String()); s.unknown != 0 || s.resent != 0 {
 		t.Errorf("summary %+v: a stalled handshake sent nothing, so nothing is of unknown outcome", s)
+	}
+}
+
+// TestH2FrameFaults: the first connection's first stream meets a frame-level fault
+// (h2faults_test.go). A stream the server says it did not process (REFUSED_STREAM, or above a
+// GOAWAY's last-stream-id) goes again without counting as unknown; a GOAWAY that includes a
+// stream whose request was read leaves its outcome unknown, counted. Every event lands once.
+func TestH2FrameFaults(t *testing.T) {
+	for _, fault := range []h2Fault{h2Refused, h2GoAwayGraceful, h2GoAwayAbrupt} {
+		t.Run(fault.String(), func(t *testing.T) {
+			t.Parallel()
+			fk := newFakeKinesis(t, allOK)
+			front := startTLSFront(t, fk.URL, frontOptions{wire: wireH2})
+			front.hijackNext(1, func(c net.Conn) { playH2Fault(c, front.tlsConfig, fault) })
+			fl := newFakeLambda(t)
+			ext := startExtension(t, fl, tlsEnv(testEnv(fk.URL, "KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS", "3000"), front))
+			fl.init()
+			for i := range 4 {
+				fl.invoke(invocation{requestID: fmt.Sprintf("r%d", i), textLines: 5, pause: 100 * time.Millisecond})
+			}
+			fl.shutdownAndWait(ext)
+			events, _ := fk.decoded(t)
+			checkDelivery(t, fl.postedEvents(), events, false, 0)
+			s := readShutdownSummary(t, ext.stderr.String())
+			if fault == h2GoAwayAbrupt {
+				if s.unknown == 0 && s.resent == 0 {
+					t.Errorf("summary %+v: the call cut by an abrupt GOAWAY after its request was read is not counted as of unknown outcome", s)
+				}
+			} else if s.unknown != 0 || s.resent != 0 {
+				t.Errorf("summary %+v: a stream the server did not process counted as of unknown outcome", s)
+			}
+			if s.delivered != len(fl.postedEvents()) {
+				t.Errorf("summary %+v: %d events posted", s, len(fl.postedEvents()))
+			}
+			t.Logf("%s: %+v, %d handshakes", fault, s, front.handshakes.Load())
+		})
+	}
+}
+
+// TestShippedBinaryHasNoXNet: golang.org/x/net/http2 is for the tests' frame-level faults only;
+// the extension speaks HTTP/2 through net/http's own copy.
+func TestShippedBinaryHasNoXNet(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasPrefix(p, "golang.org/x/net") {
+			t.Errorf("the extension imports %s", p)
+		}
 	}
 }
