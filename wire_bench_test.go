@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
 )
@@ -61,6 +62,72 @@ func BenchmarkWire(b *testing.B) {
 				if front != nil {
 					b.ReportMetric(float64(front.handshakes.Load()-before)*100/float64(b.N), "handshakes/100calls")
 				}
+			})
+		}
+	}
+}
+
+// BenchmarkWireProcess runs the built extension under the fake Lambda with real freezes (SIGSTOP)
+// between 100 invocations of 20 lines each, flush "end", against fakeKinesis over plain HTTP,
+// TLS+HTTP/1.1 and TLS+HTTP/2, with the connection kept across freezes, or closed by the server
+// during each freeze (idle timeout 20 ms, freezes of 60 ms: a NAT or load balancer after minutes).
+// It reports:
+//
+//	cold-start-ms   process start to its first /event/next (no call is made during init)
+//	first-call-ms   what the first invocation added to its duration: the first PutRecords, on
+//	                a new connection (dial, handshake)
+//	added-ms-p50    median of what an invocation added: its PutRecords after a thaw
+//	cpu-ms/inv      the extension process's CPU (user+system, 10 ms ticks) per invocation
+//	handshakes/100inv
+//
+//	go test -run '^$' -bench BenchmarkWireProcess -benchtime 1x .
+func BenchmarkWireProcess(b *testing.B) {
+	const invocations = 100
+	for _, w := range []wire{wirePlain, wireH1, wireH2} {
+		for _, closed := range []bool{false, true} {
+			if closed && w == wirePlain {
+				continue // fakeKinesis itself keeps connections; the front is what closes them
+			}
+			name := w.String() + map[bool]string{false: "/kept", true: "/closed-while-frozen"}[closed]
+			b.Run(name, func(b *testing.B) {
+				var cold, first, p50, cpu, handshakes float64
+				for b.Loop() {
+					fk := newFakeKinesis(b, allOK)
+					o := frontOptions{}
+					pause := 30 * time.Millisecond
+					if closed {
+						o.idleTimeout, pause = 20*time.Millisecond, 60*time.Millisecond
+					}
+					endpoint, front := overWire(b, fk.URL, w, o)
+					fl := newFakeLambda(b)
+					started := time.Now()
+					ext := startExtension(b, fl, trusting(testEnv(endpoint, "KINESIS_TELEMETRY_FLUSH", "end"), front))
+					fl.freeze = ext.cmd.Process
+					fl.init()
+					fl.mu.Lock()
+					cold += float64(fl.nextAt[0].Sub(started).Microseconds()) / 1000
+					fl.mu.Unlock()
+					cpu0 := procCPU(ext.cmd.Process.Pid)
+					for i := range invocations {
+						fl.invoke(invocation{requestID: fmt.Sprintf("r%03d", i), textLines: 20, pause: pause})
+					}
+					fl.awaitNext()
+					cpu += float64((procCPU(ext.cmd.Process.Pid) - cpu0).Microseconds()) / 1000 / invocations
+					added := fl.addedTimes()
+					first += float64(added[0].Microseconds()) / 1000
+					sortDurations(added)
+					p50 += float64(added[len(added)/2].Microseconds()) / 1000
+					if front != nil {
+						handshakes += float64(front.handshakes.Load()) * 100 / invocations
+					}
+					fl.shutdownAndWait(ext)
+				}
+				n := float64(b.N)
+				b.ReportMetric(cold/n, "cold-start-ms")
+				b.ReportMetric(first/n, "first-call-ms")
+				b.ReportMetric(p50/n, "added-ms-p50")
+				b.ReportMetric(cpu/n, "cpu-ms/inv")
+				b.ReportMetric(handshakes/n, "handshakes/100inv")
 			})
 		}
 	}
