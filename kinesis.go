@@ -1190,9 +1190,11 @@ func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta, st *st
 
 func newKinesisClient(endpoint, region string, creds aws.CredentialsProvider, timeout time.Duration) *kinesisClient {
 	t := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
+		Proxy:       http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		// HTTP/1.1 even where the endpoint offers HTTP/2: one call at a time has no use for
+		// streams, and HTTP/2 cost more CPU per invocation (BENCHMARKS.md, "The wire").
+		ForceAttemptHTTP2:     false,
 		MaxIdleConnsPerHost:   4,
 		IdleConnTimeout:       staleAfter,
 		TLSHandshakeTimeout:   2 * time.Second,

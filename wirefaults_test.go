@@ -153,6 +153,9 @@ func TestStalledHandshake(t *testing.T) {
 // GOAWAY's last-stream-id) goes again without counting as unknown; a GOAWAY that includes a
 // stream whose request was read leaves its outcome unknown, counted. Every event lands once.
 func TestH2FrameFaults(t *testing.T) {
+	if !clientSpeaksH2() {
+		t.Skip("the extension speaks HTTP/1.1 (ForceAttemptHTTP2 false, BENCHMARKS.md \"The wire\"); TestH2FrameFaultsClient checks its client with HTTP/2 forced")
+	}
 	for _, fault := range []h2Fault{h2Refused, h2GoAwayGraceful, h2GoAwayAbrupt} {
 		t.Run(fault.String(), func(t *testing.T) {
 			t.Parallel()
@@ -195,5 +198,34 @@ func TestShippedBinaryHasNoXNet(t *testing.T) {
 		if strings.HasPrefix(p, "golang.org/x/net") {
 			t.Errorf("the extension imports %s", p)
 		}
+	}
+}
+
+// TestH2FrameFaultsClient: the same faults against the extension's client with HTTP/2 forced, as
+// it would run if ForceAttemptHTTP2 were turned back on: a refused or GOAWAY'd stream is sent
+// again by Go's transport and the call succeeds; an abrupt GOAWAY that includes the stream is an
+// error of unknown outcome.
+func TestH2FrameFaultsClient(t *testing.T) {
+	for _, fault := range []h2Fault{h2Refused, h2GoAwayGraceful, h2GoAwayAbrupt} {
+		t.Run(fault.String(), func(t *testing.T) {
+			fk := newFakeKinesis(t, allOK)
+			front := startTLSFront(t, fk.URL, frontOptions{wire: wireH2})
+			front.hijackNext(1, func(c net.Conn) { playH2Fault(c, front.tlsConfig, fault) })
+			t.Setenv("SSL_CERT_FILE", front.CAFile)
+			k := newKinesisClient(front.URL, "eu-west-1", credentials.NewStaticCredentialsProvider("AKID", "SECRET", ""), 3*time.Second)
+			k.transport.ForceAttemptHTTP2 = true
+			body := []byte(`{"StreamName":"telemetry","Records":[{"Data":"eA==","PartitionKey":"k"}]}`)
+			_, err := k.putRecords(t.Context(), body, 1)
+			if fault == h2GoAwayAbrupt {
+				if err == nil || !maybeStored(err) {
+					t.Errorf("abrupt GOAWAY: error %v, maybe stored %v; want an error of unknown outcome", err, maybeStored(err))
+				}
+			} else if err != nil {
+				t.Errorf("%s: %v; want the call sent again on a new connection", fault, err)
+			}
+			if front.protoRequests("HTTP/2.0") == 0 && err == nil {
+				t.Errorf("the call did not go over HTTP/2")
+			}
+		})
 	}
 }
