@@ -397,3 +397,18 @@ func (f *tlsFront) checkWire(t testing.TB, w wire) {
 func clientSpeaksH2() bool {
 	return newKinesisClient("https://kinesis.eu-west-1.amazonaws.com", "eu-west-1", nil, 0).transport.ForceAttemptHTTP2
 }
+
+// rieOverTLS puts a tlsFront (offering h2 and http/1.1) in front of the plain endpoint in env and
+// points env at it, with the CA in a file the emulator's processes can read (rieSharedDir; managed
+// mode runs them as another user). It returns the front.
+func rieOverTLS(t testing.TB, env map[string]string) *tlsFront {
+	t.Helper()
+	front := startTLSFront(t, env["KINESIS_TELEMETRY_ENDPOINT"], frontOptions{wire: wireH2})
+	ca := filepath.Join(rieSharedDir(t), "test-ca.pem")
+	if err := os.WriteFile(ca, testCertificates(t).caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env["KINESIS_TELEMETRY_ENDPOINT"] = front.URL
+	env["SSL_CERT_FILE"] = ca
+	return front
+}
