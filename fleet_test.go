@@ -46,6 +46,7 @@ type fleetCase struct {
 	outageAt      time.Duration // when outageFor > 0: a 503 outage from outageAt after the start
 	outageFor     time.Duration
 	underCapacity bool // the stream takes everything offered: no drops, no duplicates
+	wire          wire // wirePlain, or through a tlsFront (tlsfront_test.go) that offers h2 or http/1.1 only
 }
 
 func (c fleetCase) capacity() float64 { return float64(c.shards) * c.limits.Records }
@@ -56,6 +57,12 @@ var fleetCases = []fleetCase{
 	{name: "2x-overload", shards: 1, limits: kinesisShardLimits, lines: 50, run: 20 * time.Second},
 	{name: "6x-overload", shards: 1, limits: shardLimits{Records: 300, Bytes: 1 << 20, Burst: time.Second}, lines: 50, run: 20 * time.Second},
 	{name: "outage-10s", shards: 4, limits: kinesisShardLimits, lines: 50, run: 26 * time.Second, outageAt: 5 * time.Second, outageFor: 10 * time.Second},
+}
+
+// fleetWireCases are TestFleet's runs over TLS (the client chooses the protocol the front offers).
+var fleetWireCases = []fleetCase{
+	{name: "under-capacity-over-tls+h2", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, underCapacity: true, wire: wireH2},
+	{name: "2x-overload-over-tls+h1", shards: 1, limits: kinesisShardLimits, lines: 50, run: 20 * time.Second, wire: wireH1},
 }
 
 // fleetMemoryCase is issue 11's memory measurement: 20 lines per invocation, dense, frozen.
@@ -72,7 +79,7 @@ func TestFleet(t *testing.T) {
 	}
 	var rows []string
 	t.Cleanup(func() { t.Logf("fleet:\n%s\n%s", fleetHeader, strings.Join(rows, "\n")) })
-	for _, c := range fleetCases {
+	for _, c := range append(slices.Clone(fleetCases), fleetWireCases...) {
 		t.Run(c.name, func(t *testing.T) {
 			r := runFleet(t, c)
 			rows = append(rows, r.row())
@@ -165,6 +172,8 @@ type fleetEnv struct {
 	index     int
 	accessKey string // the proxy tells environments apart by the access key they sign with
 	logStream string
+	endpoint  string    // the shard proxy's URL, or its tlsFront's
+	front     *tlsFront // nil over plain HTTP
 
 	// Set by the environment's goroutine, read after it ends.
 	posted       []postedEvent
@@ -205,13 +214,15 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 	tb.Helper()
 	peer := startKinesalite(tb, streamSpec{Name: fleetStream, Shards: c.shards})
 	proxy := startShardProxy(tb, peer, fleetStream, c.limits)
+	endpoint, front := overWire(tb, proxy.URL, c.wire, frontOptions{})
+	defer front.checkWire(tb, c.wire)
 
 	envs := make([]*fleetEnv, fleetEnvs)
 	var ready, done sync.WaitGroup
 	begin := make(chan struct{})
 	var start time.Time
 	for i := range envs {
-		e := &fleetEnv{index: i, accessKey: fmt.Sprintf("AKIAFLEET%011d", i), logStream: fmt.Sprintf("2024/05/01/[$LATEST]fleet%02d", i)}
+		e := &fleetEnv{index: i, accessKey: fmt.Sprintf("AKIAFLEET%011d", i), logStream: fmt.Sprintf("2024/05/01/[$LATEST]fleet%02d", i), endpoint: endpoint, front: front}
 		envs[i] = e
 		ready.Add(1)
 		done.Add(1)
@@ -268,7 +279,7 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 // run is one environment: start the extension, init, invoke every fleetPeriod (staggered across
 // environments) until the run ends, SHUTDOWN, wait for the exit.
 func (e *fleetEnv) run(t testing.TB, c fleetCase, peer *kinesisPeer, proxy *shardProxy, ready func(), begin <-chan struct{}, start *time.Time) {
-	env := extensionEnvFor(peer, fleetStream, proxy.URL, false)
+	env := trusting(extensionEnvFor(peer, fleetStream, e.endpoint, false), e.front)
 	env["AWS_ACCESS_KEY_ID"] = e.accessKey
 	env["AWS_LAMBDA_LOG_STREAM_NAME"] = e.logStream
 	fl := newFakeLambda(t)
