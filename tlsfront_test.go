@@ -81,7 +81,9 @@ func testCertificates(t testing.TB) *testPKI {
 	return pki
 }
 
-// caFile writes the CA certificate to a file of t's and returns its path, for SSL_CERT_FILE.
+// caFile writes the CA certificate to a file of t's and returns its path, for SSL_CERT_FILE. Every
+// file of a run holds the same CA: a client in the test process itself reads the system pool
+// once, so whichever file SSL_CERT_FILE named first serves every later test.
 func (p *testPKI) caFile(t testing.TB) string {
 	path := filepath.Join(t.TempDir(), "test-ca.pem")
 	if err := os.WriteFile(path, p.caPEM, 0o600); err != nil {
