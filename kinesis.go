@@ -1158,6 +1158,7 @@ type kinesisClient struct {
 	transport *http.Transport
 	timeout   time.Duration
 	lastDone  time.Time
+	refused   *atomic.Uint64 // calls not sent for a refused TLS certificate (stats.certRefused); nil: not counted
 }
 
 // staleAfter is how long a pooled connection may sit unused before it is no longer trusted. After
@@ -1185,7 +1186,9 @@ func loadKinesisClient(ctx context.Context, cfg config, meta *recordMeta, st *st
 		creds = newRoleCredentials(awsCfg, cfg.Role, meta.function, &st.assumeRole, logs)
 	}
 	endpoint, region := cfg.kinesisEndpoint(awsCfg.Region)
-	return newKinesisClient(endpoint, region, creds, cfg.RequestTimeout), nil
+	k := newKinesisClient(endpoint, region, creds, cfg.RequestTimeout)
+	k.refused = &st.certRefused
+	return k, nil
 }
 
 func newKinesisClient(endpoint, region string, creds aws.CredentialsProvider, timeout time.Duration) *kinesisClient {
@@ -1272,6 +1275,9 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 			abandon(conn.Load())
 		}
 		if cv := (*tls.CertificateVerificationError)(nil); errors.As(err, &cv) {
+			if k.refused != nil {
+				k.refused.Add(1)
+			}
 			// Nothing was sent: the handshake failed. The events wait (a certificate may be
 			// fixed, or a CA bundle rolled out), and the log says what to check.
 			err = fmt.Errorf("%s refused: its TLS certificate is not valid for this host or not trusted (%w); check KINESIS_TELEMETRY_ENDPOINT, and for a private CA set SSL_CERT_FILE to its PEM file", k.url, cv)

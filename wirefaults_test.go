@@ -76,6 +76,12 @@ func TestBadCertificate(t *testing.T) {
 			if s.received != len(fl.postedEvents()) || s.delivered != 0 || s.unknown != 0 || s.received != s.dropped+s.buffered {
 				t.Errorf("summary %+v: want every event received, none delivered or unknown, all dropped or buffered", s)
 			}
+			var refused int
+			if i := strings.LastIndex(out, "calls not sent: TLS certificate refused"); i < 0 {
+				t.Errorf("the shutdown summary does not count the refused certificate:\n%s", out)
+			} else if fmt.Sscanf(out[strings.LastIndex(out[:i], ", ")+2:], "%d", &refused); refused < 1 || refused > s.calls {
+				t.Errorf("%d calls counted as refused for the certificate, of %d calls", refused, s.calls)
+			}
 		})
 	}
 }
