@@ -25,6 +25,7 @@ type stats struct {
 	lambdaDroppedRecords, lambdaDroppedBytes         atomic.Uint64
 	calls, retries, throttles, bytesSent, entries    atomic.Uint64
 	unconfirmed                                      atomic.Uint64 // events of calls of unknown outcome: maybe stored, sent again
+	certRefused                                      atomic.Uint64 // calls not sent: the endpoint's TLS certificate was refused
 	filteredExcluded, filteredLevel, filteredSampled atomic.Uint64
 	filteredOwn                                      atomic.Uint64
 	invocations, postRuntimeCount, postRuntimeMicros atomic.Uint64
@@ -183,6 +184,9 @@ type countsRecord struct {
 		Retries     uint64 `json:"retries"`
 		Throttles   uint64 `json:"throttles"`
 		Unconfirmed uint64 `json:"unconfirmed"` // events of calls of unknown outcome: the only possible duplicates
+		// CertificateRefused counts calls not sent because the endpoint's TLS certificate was
+		// expired, for another host or not trusted.
+		CertificateRefused uint64 `json:"certificateRefused,omitempty"`
 	} `json:"kinesis"`
 	LastFlush struct {
 		Events    uint64  `json:"events"`
@@ -229,6 +233,7 @@ func (s *stats) json(buffered int) []byte {
 	k := &c.Kinesis
 	k.Calls, k.Entries, k.Records, k.Bytes = s.calls.Load(), s.entries.Load(), s.records.Load(), s.bytesSent.Load()
 	k.Retries, k.Throttles, k.Unconfirmed = s.retries.Load(), s.throttles.Load(), s.unconfirmed.Load()
+	k.CertificateRefused = s.certRefused.Load()
 	c.LastFlush.Events, c.LastFlush.Records, c.LastFlush.Bytes, c.LastFlush.Calls = lf.Events, lf.Records, lf.Bytes, lf.Calls
 	c.LastFlush.Retries, c.LastFlush.Throttles, c.LastFlush.Dropped, c.LastFlush.Ms = lf.Retries, lf.Throttles, lf.Dropped, lf.Ms
 	c.Invocations = s.invocations.Load()
@@ -246,7 +251,11 @@ func (s *stats) json(buffered int) []byte {
 // summary is the one-line account logged at shutdown.
 func (s *stats) summary(buffered int) string {
 	m := s.marks()
-	return fmt.Sprintf("received %d, delivered %d, dropped %d (buffer full %d, rejected %d, shutdown %d), Lambda dropped %d, malformed %d, %d PutRecords calls, %d retries, %d events sent again after a call of unknown outcome, unknown %d, buffered %d, %d entries sent",
+	line := fmt.Sprintf("received %d, delivered %d, dropped %d (buffer full %d, rejected %d, shutdown %d), Lambda dropped %d, malformed %d, %d PutRecords calls, %d retries, %d events sent again after a call of unknown outcome, unknown %d, buffered %d, %d entries sent",
 		s.received.Load(), s.delivered.Load(), m.full+m.rejected+m.shutdown, m.full, m.rejected, m.shutdown, m.lambda, m.bad,
 		s.calls.Load(), s.retries.Load(), s.unconfirmed.Load(), m.unknown, buffered, s.entries.Load())
+	if n := s.certRefused.Load(); n > 0 {
+		line += fmt.Sprintf(", %d calls not sent: TLS certificate refused", n)
+	}
+	return line
 }

@@ -48,6 +48,7 @@ type fleetCase struct {
 	underCapacity bool        // the stream takes everything offered: no drops, no duplicates
 	faults        shardFaults // answer times, a hot shard, refusals whatever the rate
 	flush         string      // KINESIS_TELEMETRY_FLUSH; "" for the default
+	wire          wire        // wirePlain, or through a tlsFront (tlsfront_test.go) that offers h2 or http/1.1 only
 }
 
 func (c fleetCase) capacity() float64 { return float64(c.shards) * c.limits.Records }
@@ -71,6 +72,12 @@ var fleetCases = []fleetCase{
 		faults: shardFaults{Latency: 20 * time.Millisecond, Refuse: 0.3, RandSeed: 18}},
 }
 
+// fleetWireCases are TestFleet's runs over TLS (the client chooses the protocol the front offers).
+var fleetWireCases = []fleetCase{
+	{name: "under-capacity-over-tls+h2", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, underCapacity: true, wire: wireH2},
+	{name: "2x-overload-over-tls+h1", shards: 1, limits: kinesisShardLimits, lines: 50, run: 20 * time.Second, wire: wireH1},
+}
+
 // fleetMemoryCase is issue 11's memory measurement: 20 lines per invocation, dense, frozen.
 var fleetMemoryCase = fleetCase{name: "memory-20-lines", shards: 4, limits: kinesisShardLimits, lines: 20, run: 15 * time.Second, underCapacity: true}
 
@@ -85,7 +92,7 @@ func TestFleet(t *testing.T) {
 	}
 	var rows []string
 	t.Cleanup(func() { t.Logf("fleet:\n%s\n%s", fleetHeader, strings.Join(rows, "\n")) })
-	for _, c := range fleetCases {
+	for _, c := range append(slices.Clone(fleetCases), fleetWireCases...) {
 		t.Run(c.name, func(t *testing.T) {
 			r := runFleet(t, c)
 			rows = append(rows, r.row())
@@ -178,6 +185,8 @@ type fleetEnv struct {
 	index     int
 	accessKey string // the proxy tells environments apart by the access key they sign with
 	logStream string
+	endpoint  string    // the shard proxy's URL, or its tlsFront's
+	front     *tlsFront // nil over plain HTTP
 
 	// Set by the environment's goroutine, read after it ends.
 	posted       []postedEvent
@@ -219,13 +228,15 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 	peer := startKinesalite(tb, streamSpec{Name: fleetStream, Shards: c.shards})
 	proxy := startShardProxy(tb, peer, fleetStream, c.limits)
 	proxy.setFaults(c.faults)
+	endpoint, front := overWire(tb, proxy.URL, c.wire, frontOptions{})
+	defer front.checkWire(tb, c.wire)
 
 	envs := make([]*fleetEnv, fleetEnvs)
 	var ready, done sync.WaitGroup
 	begin := make(chan struct{})
 	var start time.Time
 	for i := range envs {
-		e := &fleetEnv{index: i, accessKey: fmt.Sprintf("AKIAFLEET%011d", i), logStream: fmt.Sprintf("2024/05/01/[$LATEST]fleet%02d", i)}
+		e := &fleetEnv{index: i, accessKey: fmt.Sprintf("AKIAFLEET%011d", i), logStream: fmt.Sprintf("2024/05/01/[$LATEST]fleet%02d", i), endpoint: endpoint, front: front}
 		envs[i] = e
 		ready.Add(1)
 		done.Add(1)
@@ -282,7 +293,7 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 // run is one environment: start the extension, init, invoke every fleetPeriod (staggered across
 // environments) until the run ends, SHUTDOWN, wait for the exit.
 func (e *fleetEnv) run(t testing.TB, c fleetCase, peer *kinesisPeer, proxy *shardProxy, ready func(), begin <-chan struct{}, start *time.Time) {
-	env := extensionEnvFor(peer, fleetStream, proxy.URL, false)
+	env := trusting(extensionEnvFor(peer, fleetStream, e.endpoint, false), e.front)
 	env["AWS_ACCESS_KEY_ID"] = e.accessKey
 	env["AWS_LAMBDA_LOG_STREAM_NAME"] = e.logStream
 	if c.flush != "" {

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -94,6 +95,7 @@ type kinesisClient struct {
 	transport *http.Transport
 	timeout   time.Duration
 	lastDone  time.Time
+	refused   *atomic.Uint64 // calls not sent for a refused TLS certificate (stats.certRefused); nil: not counted
 }
 
 // staleAfter is how long a pooled connection may sit unused before it is no longer trusted. After
@@ -144,14 +146,18 @@ func loadKinesisClient(ctx context.Context, c clientSettings, function string, s
 		creds = newRoleCredentials(awsCfg, c.Role, function, &st.assumeRole, logs)
 	}
 	endpoint, region := c.endpoint(awsCfg.Region)
-	return newKinesisClient(endpoint, region, creds, c.Timeout), awsCfg.Region, nil
+	k := newKinesisClient(endpoint, region, creds, c.Timeout)
+	k.refused = &st.certRefused
+	return k, awsCfg.Region, nil
 }
 
 func newKinesisClient(endpoint, region string, creds aws.CredentialsProvider, timeout time.Duration) *kinesisClient {
 	t := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
+		Proxy:       http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		// HTTP/1.1 even where the endpoint offers HTTP/2: one call at a time has no use for
+		// streams, and HTTP/2 cost more CPU per invocation (BENCHMARKS.md, "The wire").
+		ForceAttemptHTTP2:     false,
 		MaxIdleConnsPerHost:   4,
 		IdleConnTimeout:       staleAfter,
 		TLSHandshakeTimeout:   2 * time.Second,
@@ -203,11 +209,15 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 		return nil, &networkError{err: fmt.Errorf("get AWS credentials: %w", err)}
 	}
 	var written atomic.Bool
-	trace := &httptrace.ClientTrace{WroteRequest: func(info httptrace.WroteRequestInfo) {
-		if info.Err == nil {
-			written.Store(true)
-		}
-	}}
+	var conn atomic.Pointer[net.Conn]
+	trace := &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { conn.Store(&info.Conn) },
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				written.Store(true)
+			}
+		},
+	}
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodPost, k.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -220,6 +230,17 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 	}
 	resp, err := k.http.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			abandon(conn.Load())
+		}
+		if cv := (*tls.CertificateVerificationError)(nil); errors.As(err, &cv) {
+			if k.refused != nil {
+				k.refused.Add(1)
+			}
+			// Nothing was sent: the handshake failed. The events wait (a certificate may be
+			// fixed, or a CA bundle rolled out), and the log says what to check.
+			err = fmt.Errorf("%s refused: its TLS certificate is not valid for this host or not trusted (%w); check KINESIS_TELEMETRY_ENDPOINT, and for a private CA set SSL_CERT_FILE to its PEM file", k.url, cv)
+		}
 		return nil, &networkError{err: err, written: written.Load()}
 	}
 	defer resp.Body.Close()
@@ -253,6 +274,23 @@ func readAnswer(resp *http.Response, n int) ([]byte, error) {
 	buf := bytes.NewBuffer(make([]byte, 0, size))
 	_, err := buf.ReadFrom(io.LimitReader(resp.Body, limit))
 	return buf.Bytes(), err
+}
+
+// abandon closes the connection of a call given up (cut or timed out) before putRecords returns.
+// Cancelling an HTTP/2 request returns at once and leaves its RST_STREAM to another goroutine; if
+// Lambda froze the environment in between, the stream would stay open on the server, which may
+// still store the records while the extension is frozen and later sends them again. Closing the
+// socket itself (not the TLS layer, whose close_notify may wait behind a blocked write) ends every
+// stream on it now; the next call pays one handshake. Calls are given up only under faults.
+func abandon(c *net.Conn) {
+	if c == nil || *c == nil {
+		return
+	}
+	conn := *c
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	conn.Close()
 }
 
 func (k *kinesisClient) invalidateCredentials() {

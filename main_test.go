@@ -37,6 +37,10 @@ package main
 //	                       beside the floor (issue 20)
 //	profile_test.go        BenchmarkExtensionProfile: the extension's run in-process under the pprof
 //	                       label side=extension, for go tool pprof -tagfocus
+//	tlsfront_test.go       the test CA (SSL_CERT_FILE) and tlsFront, TLS with h2+http/1.1 or http/1.1 in
+//	                       front of any plain-HTTP peer (overWire, trusting); stalls, idle closes
+//	h2faults_test.go       frame-level HTTP/2 faults (GOAWAY, REFUSED_STREAM) with x/net/http2's Framer;
+//	                       the wire-fault tests are in wirefaults_test.go, the benchmark wire_bench_test.go
 //
 // The usual end-to-end test:
 //
@@ -485,62 +489,69 @@ func storedData(recs []storedRecord) (data [][]byte, keys []string) {
 // record, shutdown; every event lands exactly once, in per-request order, read back with the SDK.
 func TestEndToEndOnEmulators(t *testing.T) {
 	for _, em := range emulators {
-		t.Run(em.name, func(t *testing.T) {
-			const stream = "telemetry"
-			peer := em.start(t, streamSpec{Name: stream, Shards: 2})
-			fl := newFakeLambda(t)
-			ext := startExtension(t, fl, extensionEnvFor(peer, stream, peer.Endpoint, em.byARN))
-			fl.init()
-			for i := range 6 {
-				fl.invoke(invocation{requestID: fmt.Sprintf("req-%d", i), textLines: 4, jsonLines: 3, logsDropped: map[bool]int{true: 5}[i == 2]})
-				if i == 3 {
-					fl.post(fmt.Sprintf("req-%d", i), fl.ev("function", `"`+strings.Repeat("big ", 300000)+`"`))
-				}
+		for _, w := range tlsWires {
+			t.Run(em.name+" over "+w.String(), func(t *testing.T) { endToEndOnEmulator(t, em, w) })
+		}
+	}
+}
+
+// endToEndOnEmulator is one run of TestEndToEndOnEmulators, over w (tlsfront_test.go).
+func endToEndOnEmulator(t *testing.T, em emulatorCase, w wire) {
+	const stream = "telemetry"
+	peer := em.start(t, streamSpec{Name: stream, Shards: 2})
+	endpoint, front := overWire(t, peer.Endpoint, w, frontOptions{})
+	fl := newFakeLambda(t)
+	ext := startExtension(t, fl, trusting(extensionEnvFor(peer, stream, endpoint, em.byARN), front))
+	defer front.checkWire(t, w)
+	fl.init()
+	for i := range 6 {
+		fl.invoke(invocation{requestID: fmt.Sprintf("req-%d", i), textLines: 4, jsonLines: 3, logsDropped: map[bool]int{true: 5}[i == 2]})
+		if i == 3 {
+			fl.post(fmt.Sprintf("req-%d", i), fl.ev("function", `"`+strings.Repeat("big ", 300000)+`"`))
+		}
+	}
+	fl.shutdownAndWait(ext)
+	data, keys := storedData(peer.waitForRecords(t, stream, len(fl.postedEvents()), 10*time.Second))
+	events, counts := decodeShipped(t, data, keys)
+	var normal []postedEvent
+	for _, p := range fl.postedEvents() {
+		if len(p.raw) < maxRecordBytes {
+			normal = append(normal, p)
+		}
+	}
+	var small []shipped
+	truncated := 0
+	for _, e := range events {
+		if e.TruncatedBytes != nil {
+			truncated++
+			if e.RequestID != "req-3" || *e.TruncatedBytes <= 0 {
+				t.Errorf("truncated event: requestId %q, %d bytes cut", e.RequestID, *e.TruncatedBytes)
 			}
-			fl.shutdownAndWait(ext)
-			data, keys := storedData(peer.waitForRecords(t, stream, len(fl.postedEvents()), 10*time.Second))
-			events, counts := decodeShipped(t, data, keys)
-			var normal []postedEvent
-			for _, p := range fl.postedEvents() {
-				if len(p.raw) < maxRecordBytes {
-					normal = append(normal, p)
-				}
-			}
-			var small []shipped
-			truncated := 0
-			for _, e := range events {
-				if e.TruncatedBytes != nil {
-					truncated++
-					if e.RequestID != "req-3" || *e.TruncatedBytes <= 0 {
-						t.Errorf("truncated event: requestId %q, %d bytes cut", e.RequestID, *e.TruncatedBytes)
-					}
-					continue
-				}
-				small = append(small, e)
-			}
-			// A call cut short (kinesis-mock takes seconds for a 1 MiB record) is sent again: the
-			// extension counts those events as unconfirmed, the only ones that may be doubled.
-			if len(counts) == 0 {
-				t.Fatal("no counts record")
-			}
-			// The counters are cumulative: the largest is the latest (the final counts record may
-			// itself be cut short by a slow emulator). A cut call may have stored part of its
-			// entries, so stream order is promised only where no call was cut, and only on
-			// kinesalite: kinesis-mock's answers are slow enough to be pushback, after which the
-			// shutdown sends the newest invocation first. The ids restore the order in every case.
-			unconfirmed := 0
-			for _, c := range counts {
-				unconfirmed = max(unconfirmed, int(c.Kinesis.Unconfirmed))
-			}
-			checkDelivery(t, normal, small, unconfirmed == 0 && em.name == "kinesalite", unconfirmed)
-			checkIDsOrdered(t, normal, small)
-			if truncated < 1 || truncated > 1+unconfirmed {
-				t.Errorf("%d truncated events in the stream, want 1 (%d unconfirmed)", truncated, unconfirmed)
-			}
-			if last := lastCounts(t, counts); last.LambdaDropped.Records != 5 {
-				t.Errorf("counts record: %d records dropped by Lambda, want 5: %+v", last.LambdaDropped.Records, last)
-			}
-		})
+			continue
+		}
+		small = append(small, e)
+	}
+	// A call cut short (kinesis-mock takes seconds for a 1 MiB record) is sent again: the
+	// extension counts those events as unconfirmed, the only ones that may be doubled.
+	if len(counts) == 0 {
+		t.Fatal("no counts record")
+	}
+	// The counters are cumulative: the largest is the latest (the final counts record may
+	// itself be cut short by a slow emulator). A cut call may have stored part of its
+	// entries, so stream order is promised only where no call was cut, and only on
+	// kinesalite: kinesis-mock's answers are slow enough to be pushback, after which the
+	// shutdown sends the newest invocation first. The ids restore the order in every case.
+	unconfirmed := 0
+	for _, c := range counts {
+		unconfirmed = max(unconfirmed, int(c.Kinesis.Unconfirmed))
+	}
+	checkDelivery(t, normal, small, unconfirmed == 0 && em.name == "kinesalite", unconfirmed)
+	checkIDsOrdered(t, normal, small)
+	if truncated < 1 || truncated > 1+unconfirmed {
+		t.Errorf("%d truncated events in the stream, want 1 (%d unconfirmed)", truncated, unconfirmed)
+	}
+	if last := lastCounts(t, counts); last.LambdaDropped.Records != 5 {
+		t.Errorf("counts record: %d records dropped by Lambda, want 5: %+v", last.LambdaDropped.Records, last)
 	}
 }
 

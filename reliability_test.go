@@ -168,22 +168,39 @@ func TestFaultMatrix(t *testing.T) {
 		{name: "SHUTDOWN in a backoff, then recovery", run: 2 * time.Second, shutdownPlan: &throttled, shutdownRecover: &clear, shutdownAfter: 600 * time.Millisecond},
 		{name: "SHUTDOWN in a backoff, no recovery", run: 2 * time.Second, shutdownPlan: &faultPlan{FailCallStatus: 500, FailCallCode: "InternalFailure"}},
 	}
-	results := make([]string, len(cases))
+	runFaultMatrix(t, cases, tlsWires)
+}
+
+// runFaultMatrix runs every case over every wire (tlsfront_test.go), in parallel, and prints the
+// table when t ends.
+func runFaultMatrix(t *testing.T, cases []faultCase, wires []wire) {
+	results := make([]string, len(cases)*len(wires))
 	t.Cleanup(func() {
-		t.Logf("fault matrix (events):\n%-40s %8s %9s %10s %7s %17s %7s\n%s", "case", "produced", "delivered", "duplicated", "dropped", "counted-as-dropped", "unknown", strings.Join(results, "\n"))
+		t.Logf("fault matrix (events):\n%-48s %8s %9s %10s %7s %17s %7s\n%s", "case", "produced", "delivered", "duplicated", "dropped", "counted-as-dropped", "unknown", strings.Join(results, "\n"))
 	})
 	for i, fc := range cases {
-		t.Run(fc.name, func(t *testing.T) {
-			t.Parallel()
-			results[i] = runFaultCase(t, fc)
-		})
+		for j, w := range wires {
+			t.Run(fc.name+" over "+w.String(), func(t *testing.T) {
+				t.Parallel()
+				results[i*len(wires)+j] = runFaultCase(t, fc, w)
+			})
+		}
 	}
 }
 
-func runFaultCase(t *testing.T, fc faultCase) string {
+// runFaultCase runs one case over w. Over TLS the fault proxy sits behind a tlsFront; the
+// front's Unreachable is the proxy's, so that an unreachable endpoint refuses the TLS
+// connection itself rather than answering.
+func runFaultCase(t *testing.T, fc faultCase, w wire) string {
 	const stream = "telemetry"
 	peer := startKinesalite(t, streamSpec{Name: stream, Shards: 2})
 	proxy := startFaultProxy(t, peer.Endpoint)
+	endpoint, front := overWire(t, proxy.URL, w, frontOptions{refuse: func() bool {
+		proxy.mu.Lock()
+		defer proxy.mu.Unlock()
+		return proxy.plan.Unreachable
+	}})
+	busy := func() bool { return proxy.inFlight() > 0 || (front != nil && front.inFlight() > 0) }
 	fl := newFakeLambda(t)
 	var violations atomic.Int32
 	fl.set(func() {
@@ -191,7 +208,7 @@ func runFaultCase(t *testing.T, fc faultCase) string {
 			// A call the extension abandoned (its timeout) stays in the proxy's count until the
 			// proxy notices the closed connection, a moment later; a call still awaited would stay
 			// for the whole fault (hundreds of ms).
-			for wait := 0; proxy.inFlight() > 0; wait++ {
+			for wait := 0; busy(); wait++ {
 				if wait == 20 {
 					violations.Add(1)
 					return
@@ -200,8 +217,9 @@ func runFaultCase(t *testing.T, fc faultCase) string {
 			}
 		}
 	})
-	ext := startExtension(t, fl, extensionEnvFor(peer, stream, proxy.URL, false,
-		"KINESIS_TELEMETRY_FLUSH", "end", "KINESIS_TELEMETRY_FLUSH_BUDGET_MS", "1000", "KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS", "400"))
+	ext := startExtension(t, fl, trusting(extensionEnvFor(peer, stream, endpoint, false,
+		"KINESIS_TELEMETRY_FLUSH", "end", "KINESIS_TELEMETRY_FLUSH_BUDGET_MS", "1000", "KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS", "400"), front))
+	fl.freeze = ext.cmd.Process // real freezes between invocations, as Lambda does
 	fl.init()
 	start := time.Now()
 	var timers []*time.Timer
@@ -296,7 +314,7 @@ func runFaultCase(t *testing.T, fc faultCase) string {
 	if len(fc.steps) > 0 && fc.permanent == "" && fc.shutdownPlan == nil && dropped != 0 {
 		t.Errorf("%d events dropped although Kinesis recovered before shutdown", dropped)
 	}
-	return fmt.Sprintf("%-40s %8d %9d %10d %7d %17d %7d", fc.name, len(posted), delivered, duplicated, len(posted)-delivered, dropped, unknown)
+	return fmt.Sprintf("%-48s %8d %9d %10d %7d %17d %7d", fc.name+" over "+w.String(), len(posted), delivered, duplicated, len(posted)-delivered, dropped, unknown)
 }
 
 // TestManagedShutdownDuringBackoff: on managed instances the timer's send runs while the

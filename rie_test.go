@@ -1130,6 +1130,8 @@ func runRIEManagedProbe(t *testing.T, kinesis *kinesisPeer, stream string, n int
 	probe := rieBuild(t, "./testdata/probe", t.TempDir(), "probe")
 	out := rieSharedDir(t)
 	env = rieProductEnv(kinesis, stream, freePort())
+	front := rieOverTLS(t, env) // HTTPS, as in production (tlsfront_test.go)
+	defer front.checkWire(t, wireH2)
 	for i := 0; i+1 < len(settings); i += 2 {
 		env[settings[i]] = settings[i+1]
 	}
@@ -1370,9 +1372,11 @@ func TestRIEClassic(t *testing.T) {
 	const stream = "rie-classic"
 	kinesis := startKinesalite(t, streamSpec{Name: stream, Shards: 1})
 	product := rieProductBinary(t)
+	env := rieProductEnv(kinesis, stream, freePort())
+	rieOverTLS(t, env) // HTTPS, as in production (tlsfront_test.go)
 	r := startRIE(t, rieOptions{
 		Extensions: map[string]string{rieProductName: product},
-		Env:        rieProductEnv(kinesis, stream, freePort()),
+		Env:        env,
 	})
 	for i := 1; i <= 10; i++ {
 		r.invokeN(t, i)

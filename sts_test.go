@@ -196,7 +196,9 @@ func TestOtherAccountStreamOnKinesisMock(t *testing.T) {
 			own.sdk = newPeerSDKClient(peer.Endpoint, stsTestRegion, writerAccount, "")
 			own.createStream(t, streamSpec{Name: centralStream})
 			fl := newFakeLambda(t)
-			env := testEnv(peer.Endpoint,
+			// Every endpoint over HTTPS, as in production (tlsfront_test.go).
+			front := startTLSFront(t, peer.Endpoint, frontOptions{})
+			env := testEnv(front.URL, "SSL_CERT_FILE", front.CAFile,
 				"KINESIS_TELEMETRY_STREAM", peer.streamARN(centralStream),
 				"AWS_REGION", stsTestRegion, "AWS_ACCESS_KEY_ID", functionKey,
 				"AWS_SECRET_ACCESS_KEY", functionSecret, "AWS_SESSION_TOKEN", functionToken)
@@ -205,10 +207,10 @@ func TestOtherAccountStreamOnKinesisMock(t *testing.T) {
 			if variant == "role" {
 				sts = newFakeSTS(t, time.Hour)
 				kin = newSignedKinesis(t, sts, peer.Endpoint)
-				env["KINESIS_TELEMETRY_ENDPOINT"] = kin.URL
+				env["KINESIS_TELEMETRY_ENDPOINT"] = startTLSFront(t, kin.URL, frontOptions{}).URL
 				env["KINESIS_TELEMETRY_ROLE_ARN"] = centralRole
 				env["KINESIS_TELEMETRY_ROLE_EXTERNAL_ID"] = centralExternal
-				env["AWS_ENDPOINT_URL_STS"] = sts.URL
+				env["AWS_ENDPOINT_URL_STS"] = startTLSFront(t, sts.URL, frontOptions{}).URL
 			}
 			ext := startExtension(t, fl, env)
 			fl.init()
