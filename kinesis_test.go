@@ -843,14 +843,18 @@ func TestPacerFleetSimulation(t *testing.T) {
 		maxAmp, minGood float64
 	}{
 		{"under capacity", 8, 4000, 250, 0, 60 * time.Millisecond, 1.05, 0.95},
-		{"2x overload", 8, 1000, 250, 0, 60 * time.Millisecond, 1.5, 0.85},
-		{"6x overload", 8, 300, 225, 0, 60 * time.Millisecond, 2, 0.85},
+		{"2x overload", 8, 1000, 250, 0, 60 * time.Millisecond, 1.2, 0.85},
+		{"6x overload", 8, 300, 225, 0, 60 * time.Millisecond, 1.3, 0.85},
 		{"2x overload, awake 20%", 8, 1000, 250, 0, 20 * time.Millisecond, 1.5, 0.85},
 		{"one environment, 10x", 1, 100, 1000, 0, 60 * time.Millisecond, 1.5, 0.85},
-		// A share refused whatever the rate (one hot shard of several) is the per-stream
-		// estimate's weak case: the pacer settles low and the data waits (README, Backpressure).
-		// 1/0.9 = 1.11 is the least amplification possible.
-		{"10% refused, capacity ample", 8, 10000, 250, 0.1, 60 * time.Millisecond, 1.15, 0.5},
+		// A share refused at random whatever the rate is the pacer's weak case (docs/flushing.md,
+		// Backpressure): it is cut for, the rate settles low and the data waits, counted. (A hot
+		// shard, the usual cause, is paced by its own pacer in the extension; this model has no
+		// shards.) With the additive step of 5 entries/s per second that keeps a fleet's
+		// amplification low, it delivers 0.16 of what it could here (0.65 with a step of 20, at
+		// 6× overload amplification 1.48 instead of 1.15). 1/0.9 = 1.11 is the least
+		// amplification possible.
+		{"10% refused, capacity ample", 8, 10000, 250, 0.1, 60 * time.Millisecond, 1.15, 0.1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			good, amp := fleetSim(tt.envs, tt.capacity, tt.offered, tt.randomFail, tt.awake, 100*time.Millisecond, 60*time.Second, 7)

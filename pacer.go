@@ -56,8 +56,8 @@ const (
 	paceIncrease   = 0.1 // of the rate, per second
 	paceProbe      = 1.0 // of the rate, per second, paceProbeAfter the last pushback
 	paceProbeAfter = 2 * time.Second
-	paceMinStep    = 20  // entries/s per second
-	paceMinRate    = 10  // entries per second
+	paceMinStep    = 5   // entries/s per second: small, since a fleet of N adds N of it
+	paceMinRate    = 5   // entries per second
 	paceMaxRate    = 1e6 // above this the stream is not the limit: pacing stops
 	paceEpoch      = 500 * time.Millisecond
 	paceWindow     = time.Second
