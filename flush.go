@@ -129,7 +129,7 @@ type round struct {
 	allowance time.Duration
 	// urgent takes the most valuable events first (takeNewest); escalate turns it on at the
 	// first pushback (a shutdown that finds the stream pushing back). countsFirst puts the
-	// newest counts record at the head of the round's first call.
+	// newest counts record at the head of every call of the round while it waits.
 	urgent, escalate, countsFirst bool
 
 	softAt atomic.Int64 // unix nanoseconds when soft was first seen closed

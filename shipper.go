@@ -271,7 +271,8 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 	var evs []event
 	room := maxCallBytes
 	if r.countsFirst {
-		r.countsFirst = false
+		// Every call of the round, until it is stored: refused once, it must not wait behind its
+		// shard's pacer while the round runs out.
 		if e, ok := s.buf.takeCounts(); ok {
 			evs = append(evs, e)
 			events--
