@@ -233,15 +233,7 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 		if ctx.Err() != nil {
 			abandon(conn.Load())
 		}
-		if cv := (*tls.CertificateVerificationError)(nil); errors.As(err, &cv) {
-			if k.refused != nil {
-				k.refused.Add(1)
-			}
-			// Nothing was sent: the handshake failed. The events wait (a certificate may be
-			// fixed, or a CA bundle rolled out), and the log says what to check.
-			err = fmt.Errorf("%s refused: its TLS certificate is not valid for this host or not trusted (%w); check KINESIS_TELEMETRY_ENDPOINT, and for a private CA set SSL_CERT_FILE to its PEM file", k.url, cv)
-		}
-		return nil, &networkError{err: err, written: written.Load()}
+		return nil, &networkError{err: k.explain(err), written: written.Load()}
 	}
 	defer resp.Body.Close()
 	answer, err := readAnswer(resp, n)
@@ -274,6 +266,20 @@ func readAnswer(resp *http.Response, n int) ([]byte, error) {
 	buf := bytes.NewBuffer(make([]byte, 0, size))
 	_, err := buf.ReadFrom(io.LimitReader(resp.Body, limit))
 	return buf.Bytes(), err
+}
+
+// explain names the endpoint and the fix when a call failed on a TLS certificate the client
+// refused, and counts it. Nothing was sent then: the handshake failed. The events wait (a
+// certificate may be fixed, or a CA bundle rolled out), and the log says what to check.
+func (k *kinesisClient) explain(err error) error {
+	cv := (*tls.CertificateVerificationError)(nil)
+	if !errors.As(err, &cv) {
+		return err
+	}
+	if k.refused != nil {
+		k.refused.Add(1)
+	}
+	return fmt.Errorf("%s refused: its TLS certificate is not valid for this host or not trusted (%w); check KINESIS_TELEMETRY_ENDPOINT, and for a private CA set SSL_CERT_FILE to its PEM file", k.url, cv)
 }
 
 // abandon closes the connection of a call given up (cut or timed out) before putRecords returns.

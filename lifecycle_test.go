@@ -323,43 +323,6 @@ func deliveredOnly(posted []postedEvent, got []shipped) []postedEvent {
 	return out
 }
 
-func TestChooseFlush(t *testing.T) {
-	now := time.Unix(1000, 0)
-	const maxDelay = 10 * time.Second
-	adaptive := flushStrategy{Mode: flushAdaptive}
-	dense := flushFacts{now: now, gap: time.Second, buffered: 5, oldest: now.Add(-time.Second), telemetry: true}
-	with := func(f flushFacts, change func(*flushFacts)) flushFacts { change(&f); return f }
-	for _, tt := range []struct {
-		name     string
-		strategy flushStrategy
-		facts    flushFacts
-		want     flushChoice
-	}{
-		{"end is end", flushStrategy{Mode: flushEnd}, dense, shipBeforeNext},
-		{"background is background", flushStrategy{Mode: flushBackground}, dense, shipInBackground},
-		{"periodic, due", flushStrategy{Mode: flushPeriodic, Period: time.Second}, with(dense, func(f *flushFacts) { f.lastShip = now.Add(-2 * time.Second) }), shipInBackground},
-		{"periodic, not due", flushStrategy{Mode: flushPeriodic, Period: time.Second}, with(dense, func(f *flushFacts) { f.lastShip = now.Add(-time.Millisecond) }), shipNothing},
-		{"periodic, nothing buffered", flushStrategy{Mode: flushPeriodic, Period: time.Second}, with(dense, func(f *flushFacts) { f.buffered = 0 }), shipNothing},
-		{"adaptive, dense", adaptive, dense, shipInBackground},
-		{"adaptive, first invocation", adaptive, with(dense, func(f *flushFacts) { f.gap = 0 }), shipBeforeNextYielding},
-		{"adaptive, sparse", adaptive, with(dense, func(f *flushFacts) { f.gap = 11 * time.Second }), shipBeforeNextYielding},
-		{"adaptive, old data", adaptive, with(dense, func(f *flushFacts) { f.oldest = now.Add(-11 * time.Second) }), shipBeforeNextYielding},
-		{"adaptive, old data while the stream pushes back", adaptive, with(dense, func(f *flushFacts) {
-			f.oldest, f.pressured = now.Add(-11*time.Second), true
-		}), shipInBackground},
-		{"adaptive, sparse while the stream pushes back", adaptive, with(dense, func(f *flushFacts) {
-			f.gap, f.pressured = 11*time.Second, true
-		}), shipBeforeNextYielding},
-		{"adaptive, no telemetry subscription", adaptive, with(dense, func(f *flushFacts) { f.telemetry, f.gap = false, 0 }), shipInBackground},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := chooseFlush(tt.strategy, maxDelay, tt.facts); got != tt.want {
-				t.Errorf("got %s, want %s", got, tt.want)
-			}
-		})
-	}
-}
-
 func TestShutdownDeadline(t *testing.T) {
 	now := time.Now()
 	for _, tt := range []struct {
@@ -377,24 +340,5 @@ func TestShutdownDeadline(t *testing.T) {
 				t.Errorf("got %v, want %v", got, tt.want)
 			}
 		})
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	for _, tt := range []struct {
-		attempt int
-		limit   time.Duration
-	}{{0, 50 * time.Millisecond}, {1, 100 * time.Millisecond}, {3, 400 * time.Millisecond}, {5, 1600 * time.Millisecond}, {6, 2 * time.Second}, {60, 2 * time.Second}} {
-		var most time.Duration
-		for range 2000 {
-			d := backoff(tt.attempt, rand.Int64N)
-			if d < 0 || d > tt.limit {
-				t.Fatalf("backoff(%d) = %v, outside [0, %v]", tt.attempt, d, tt.limit)
-			}
-			most = max(most, d)
-		}
-		if most < tt.limit/2 {
-			t.Errorf("backoff(%d): the largest of 2000 waits is %v; full jitter should reach near %v", tt.attempt, most, tt.limit)
-		}
 	}
 }

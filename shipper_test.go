@@ -1,0 +1,486 @@
+package main
+
+// Unit tests of shipper.go against fakeKinesis: per-entry retries, whole-call errors, rounds that
+// give way after runtimeDone, answer times, urgent rounds, unknown outcomes, backoff.
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+)
+
+func testShipper(t testing.TB, cfg config, endpoint string) (*shipper, *buffer, *stats) {
+	t.Helper()
+	if cfg.Stream.Name == "" {
+		cfg.Stream = streamRef{Name: "s"}
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = time.Second
+	}
+	if cfg.RecordFormat == "" {
+		cfg.RecordFormat = "event"
+	}
+	st := newStats()
+	buf := newBuffer(1<<30, "p", st)
+	s := newShipper(cfg, buf, st, newLogger(io.Discard), testMeta(cfg))
+	creds := aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "token"))
+	s.newClient = func(context.Context) (recordPutter, error) {
+		return newKinesisClient(endpoint, "eu-west-1", creds, cfg.RequestTimeout), nil
+	}
+	return s, buf, st
+}
+
+func addLogs(buf *buffer, n int) {
+	evs := make([]event, n)
+	for i := range evs {
+		evs[i] = logEvent(fmt.Sprintf("line %d", i))
+		evs[i].requestID = fmt.Sprintf("r%d", i%3)
+	}
+	buf.add(evs, &filter{sample: 1})
+}
+
+func TestShipRetriesOnlyFailedEntries(t *testing.T) {
+	fk := newFakeKinesis(t, func(call int, req putRecordsRequest) (int, string) {
+		if call > 0 {
+			return allOK(call, req)
+		}
+		// First call: entries 1 and 3 throttled, entry 4 failed internally.
+		var rs []string
+		for i := range req.Records {
+			switch i {
+			case 1, 3:
+				rs = append(rs, `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded"}`)
+			case 4:
+				rs = append(rs, `{"ErrorCode":"InternalFailure","ErrorMessage":"oops"}`)
+			default:
+				rs = append(rs, `{"SequenceNumber":"1","ShardId":"shardId-000000000000"}`)
+			}
+		}
+		return 200, `{"FailedRecordCount":3,"Records":[` + strings.Join(rs, ",") + `]}`
+	})
+	s, buf, st := testShipper(t, config{}, fk.URL)
+	addLogs(buf, 6)
+	if err := s.ship(context.Background(), everything); err != nil {
+		t.Fatal(err)
+	}
+	// The failed entries go back to the buffer and are sent again, paced (the pacer may split them
+	// over several calls): exactly entries 1, 3 and 4 of the first call, in order.
+	calls := fk.received()
+	var again []string
+	for _, c := range calls[1:] {
+		for _, r := range c.Records {
+			again = append(again, r.Data)
+		}
+	}
+	first := calls[0].Records
+	if want := []string{first[1].Data, first[3].Data, first[4].Data}; fmt.Sprint(again) != fmt.Sprint(want) {
+		t.Errorf("later calls carry %d entries; want exactly entries 1, 3, 4 of the first, in order", len(again))
+	}
+	if st.delivered.Load() != 6 || st.throttles.Load() != 2 || st.retries.Load() != uint64(len(calls)-1) || st.entries.Load() != 9 {
+		t.Errorf("delivered %d throttles %d retries %d entries %d, want 6 2 %d 9", st.delivered.Load(), st.throttles.Load(), st.retries.Load(), st.entries.Load(), len(calls)-1)
+	}
+	if buf.inFlight != 0 || buf.buffered() != 0 {
+		t.Errorf("inFlight %d, buffered %d after delivery, want 0", buf.inFlight, buf.buffered())
+	}
+}
+
+func TestShipClassifiesWholeCallErrors(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		status        int
+		body          string
+		wantCalls     int
+		wantDelivered uint64
+		wantRejected  uint64
+	}{
+		// Retried: at least one more call (the pacer may split the retry).
+		{"throttled then fine", 400, `{"__type":"ProvisionedThroughputExceededException","message":"slow down"}`, 2, 4, 0},
+		{"5xx then fine", 503, `{"__type":"ServiceUnavailable"}`, 2, 4, 0},
+		{"KMS throttling then fine", 400, `{"__type":"KMSThrottlingException"}`, 2, 4, 0},
+		{"expired token then fine", 400, `{"__type":"ExpiredTokenException"}`, 2, 4, 0},
+		{"access denied is permanent", 400, `{"__type":"AccessDeniedException","message":"no"}`, 1, 0, 4},
+		{"not found is permanent", 400, `{"__type":"com.amazonaws.kinesis.v20131202#ResourceNotFoundException","message":"Stream s not found"}`, 1, 0, 4},
+		{"KMS disabled is permanent", 400, `{"__type":"KMSDisabledException"}`, 1, 0, 4},
+		{"validation is permanent", 400, `{"__type":"ValidationException"}`, 1, 0, 4},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fk := newFakeKinesis(t, func(call int, req putRecordsRequest) (int, string) {
+				if call == 0 {
+					return tt.status, tt.body
+				}
+				return allOK(call, req)
+			})
+			s, buf, st := testShipper(t, config{}, fk.URL)
+			addLogs(buf, 4)
+			if err := s.ship(context.Background(), everything); err != nil {
+				t.Fatal(err)
+			}
+			st.mu.Lock()
+			var rejected uint64
+			for _, n := range st.rejected {
+				rejected += n
+			}
+			st.mu.Unlock()
+			n := len(fk.received())
+			if (tt.wantCalls == 1 && n != 1) || n < tt.wantCalls || st.delivered.Load() != tt.wantDelivered || rejected != tt.wantRejected {
+				t.Errorf("calls %d delivered %d rejected %d, want %d%s %d %d", n, st.delivered.Load(), rejected, tt.wantCalls, map[bool]string{true: "+"}[tt.wantCalls > 1], tt.wantDelivered, tt.wantRejected)
+			}
+			if st.unknown.Load() != 0 || st.unconfirmed.Load() != 0 {
+				t.Errorf("an answered error left %d unknown, %d unconfirmed: its outcome is known", st.unknown.Load(), st.unconfirmed.Load())
+			}
+			if n, _ := buf.state(); n != 0 || buf.inFlight != 0 {
+				t.Errorf("buffer holds %d, in flight %d: every event must be delivered or counted", n, buf.inFlight)
+			}
+		})
+	}
+}
+
+func TestShipPutsBackWhatIsNotConfirmedWhenTimeRunsOut(t *testing.T) {
+	fk := newFakeKinesis(t, func(call int, req putRecordsRequest) (int, string) {
+		return 500, `{"__type":"InternalFailure"}`
+	})
+	s, buf, st := testShipper(t, config{}, fk.URL)
+	addLogs(buf, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := s.ship(ctx, everything); err == nil {
+		t.Fatal("ship reported success against a failing Kinesis")
+	}
+	if n, _ := buf.state(); n != 10 || buf.inFlight != 0 {
+		t.Errorf("buffer holds %d (in flight %d) after the deadline, want all 10 back", n, buf.inFlight)
+	}
+	if n := len(fk.received()); n < 2 || st.delivered.Load() != 0 {
+		t.Errorf("calls %d delivered %d: want retries with backoff and nothing delivered", n, st.delivered.Load())
+	}
+	all := buf.take(everything, 100, 1<<30, func(*event) int { return 1 })
+	for i := 1; i < len(all); i++ {
+		if all[i].seq != all[i-1].seq+1 {
+			t.Fatal("events put back out of order")
+		}
+	}
+}
+
+func TestShipSplitsIntoCallsWithinLimits(t *testing.T) {
+	fk := newFakeKinesis(t, allOK)
+	s, buf, st := testShipper(t, config{}, fk.URL)
+	big := strings.Repeat("x", 300<<10)
+	var evs []event
+	for i := range 1200 {
+		msg := "small"
+		if i%100 == 0 {
+			msg = big
+		}
+		evs = append(evs, logEvent(msg))
+	}
+	buf.add(evs, &filter{sample: 1})
+	if err := s.ship(context.Background(), everything); err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	calls := fk.received()
+	for i, c := range calls {
+		bytes := 0
+		for _, r := range c.Records {
+			d, _ := base64.StdEncoding.DecodeString(r.Data)
+			bytes += len(d) + len(r.PartitionKey)
+		}
+		if len(c.Records) > maxRecordsPerCall || bytes > maxCallBytes {
+			t.Errorf("call %d: %d records, %d bytes: over the limits", i, len(c.Records), bytes)
+		}
+		total += len(c.Records)
+	}
+	if total != 1200 || st.delivered.Load() != 1200 {
+		t.Errorf("sent %d records, delivered %d, want 1200", total, st.delivered.Load())
+	}
+	if len(calls) != 3 {
+		t.Errorf("%d calls for 1200 events, want 3", len(calls))
+	}
+}
+
+// TestUnknownOutcomeIsCountedApart: a call whose request was written and whose answer never came
+// may have stored its records: they are sent again and counted as unconfirmed, and if never
+// confirmed they count as unknown, not dropped. A failure before the request was written (no
+// connection, no credentials) stored nothing: those events are dropped (counted) at shutdown.
+func TestUnknownOutcomeIsCountedApart(t *testing.T) {
+	hold := make(chan struct{})
+	held := newFakeKinesis(t, func(int, putRecordsRequest) (int, string) { <-hold; return 500, "" })
+	t.Cleanup(func() { close(hold) }) // before the server's Close, which waits for its handlers
+	reset := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close()
+	}))
+	t.Cleanup(reset.Close)
+	refused := httptest.NewServer(http.NotFoundHandler())
+	refused.Close() // nothing listens there any more
+	for _, tt := range []struct {
+		name        string
+		endpoint    string
+		noCreds     bool
+		wantUnknown bool
+	}{
+		{"answer never came (request timeout)", held.URL, false, true},
+		{"connection reset after the request", reset.URL, false, true},
+		{"connection refused", refused.URL, false, false},
+		{"no credentials", held.URL, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, buf, st := testShipper(t, config{RequestTimeout: 100 * time.Millisecond}, tt.endpoint)
+			if tt.noCreds {
+				s.newClient = func(context.Context) (recordPutter, error) {
+					creds := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+						return aws.Credentials{}, fmt.Errorf("no credentials here")
+					})
+					return newKinesisClient(tt.endpoint, "eu-west-1", creds, 100*time.Millisecond), nil
+				}
+			}
+			addLogs(buf, 5)
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			s.ship(ctx, everything)
+			if buf.buffered() != 5 {
+				t.Fatalf("buffered %d after the failed round, want all 5 kept", buf.buffered())
+			}
+			s.dropRemaining()
+			wantUnknown, wantDropped := uint64(0), uint64(5)
+			if tt.wantUnknown {
+				wantUnknown, wantDropped = 5, 0
+			}
+			if st.unknown.Load() != wantUnknown || st.droppedShutdown.Load() != wantDropped || (st.unconfirmed.Load() > 0) != tt.wantUnknown {
+				t.Errorf("unknown %d, dropped %d, unconfirmed %d; want unknown %d, dropped %d", st.unknown.Load(), st.droppedShutdown.Load(), st.unconfirmed.Load(), wantUnknown, wantDropped)
+			}
+		})
+	}
+}
+
+// TestRoundGivesWayAfterRuntimeDone: once the invocation's runtime is done, a round that meets
+// pushback ends at once, and a call on the wire of a stream that left the last call unanswered is
+// cut after wireGrace; the events stay buffered. A healthy stream gets everything sent. While
+// calls fail whole, later calls are small probes.
+func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
+	throttleAll := func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		for i := range rs {
+			rs[i] = `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard"}`
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, len(rs), strings.Join(rs, ","))
+	}
+	t.Run("throttled", func(t *testing.T) {
+		fk := newFakeKinesis(t, throttleAll)
+		s, buf, _ := testShipper(t, config{}, fk.URL)
+		addLogs(buf, 50)
+		start := time.Now()
+		s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second})
+		if took := time.Since(start); took > 100*time.Millisecond || len(fk.received()) != 1 || buf.buffered() != 50 {
+			t.Errorf("round took %v with %d calls, %d buffered; want one call, at once, all 50 kept", took, len(fk.received()), buf.buffered())
+		}
+	})
+	t.Run("no answer after one went unanswered", func(t *testing.T) {
+		fk := newFakeKinesis(t, slowKinesis(500*time.Millisecond))
+		s, buf, st := testShipper(t, config{}, fk.URL)
+		s.unanswered.Store(true)
+		addLogs(buf, 50)
+		soft := make(chan struct{})
+		time.AfterFunc(20*time.Millisecond, func() { close(soft) })
+		start := time.Now()
+		s.shipRound(context.Background(), &round{before: everything, soft: soft, budget: time.Second})
+		if took := time.Since(start); took > 20*time.Millisecond+wireGrace+50*time.Millisecond || buf.buffered() != 50 || st.unconfirmed.Load() != 50 {
+			t.Errorf("round took %v, %d buffered, %d unconfirmed; want cut wireGrace after runtimeDone, all kept as maybe stored", took, buf.buffered(), st.unconfirmed.Load())
+		}
+	})
+	// One failed call is a blip; outageAfter in a row are an outage: from then on, probes.
+	t.Run("outage: probes, not the backlog", func(t *testing.T) {
+		fk := newFakeKinesis(t, func(int, putRecordsRequest) (int, string) { return 503, `{"__type":"ServiceUnavailable"}` })
+		s, buf, st := testShipper(t, config{}, fk.URL)
+		addLogs(buf, 1000)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		s.ship(ctx, everything)
+		calls := fk.received()
+		if len(calls) <= outageAfter || buf.buffered() != 1000 {
+			t.Fatalf("%d calls, %d buffered", len(calls), buf.buffered())
+		}
+		for i, c := range calls {
+			if full := i < outageAfter; full != (len(c.Records) == 500) || !full && len(c.Records) > probeEntries {
+				t.Errorf("call %d of an outage carried %d entries; want 500 for the first %d, then at most %d", i, len(c.Records), outageAfter, probeEntries)
+			}
+		}
+		// The fake may not have read a call cut at the deadline: count the extension's own calls.
+		if st.entries.Load() > outageAfter*500+probeEntries*(st.calls.Load()-outageAfter) {
+			t.Errorf("%d entries sent in %d calls, %d calls counted", st.entries.Load(), len(calls), st.calls.Load())
+		}
+	})
+	t.Run("healthy", func(t *testing.T) {
+		for _, allowance := range []time.Duration{0, wireGrace} {
+			fk := newFakeKinesis(t, allOK)
+			s, buf, st := testShipper(t, config{}, fk.URL)
+			addLogs(buf, 1200)
+			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: allowance})
+			if st.delivered.Load() != 1200 {
+				t.Errorf("allowance %v: delivered %d of 1200 after runtimeDone against a healthy stream", allowance, st.delivered.Load())
+			}
+		}
+	})
+	// A slow answer is not pushback: the stream stores what it is sent. The pacer does not pace,
+	// the stream does not count as pushing back, and a yielding round (the budget) sends on;
+	// a background round (allowance wireGrace) starts no call whose usual answer time would
+	// take it past wireGrace after runtimeDone, and leaves the rest for the next round.
+	t.Run("slow answers", func(t *testing.T) {
+		for _, tt := range []struct {
+			allowance time.Duration
+			calls     int
+		}{{0, 3}, {wireGrace, 1}} {
+			fk := newFakeKinesis(t, slowKinesis(120*time.Millisecond))
+			s, buf, st := testShipper(t, config{}, fk.URL)
+			addLogs(buf, 1200)
+			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: tt.allowance})
+			if len(fk.received()) != tt.calls || st.delivered.Load() != uint64(min(1200, 500*tt.calls)) || st.unconfirmed.Load() != 0 || s.pressured(time.Now()) {
+				t.Errorf("allowance %v: %d calls, %d delivered, %d buffered, %d unconfirmed, pressured %v; want %d full calls answered, not pressured",
+					tt.allowance, len(fk.received()), st.delivered.Load(), buf.buffered(), st.unconfirmed.Load(), s.pressured(time.Now()), tt.calls)
+			}
+			if paced, _ := s.pace.pacing(); paced {
+				t.Errorf("allowance %v: the pacer paces after slow answers", tt.allowance)
+			}
+		}
+	})
+	// After runtimeDone a call starts only if the stream's usual answer time fits in the
+	// round's reach: a background round (wireGrace) does not start a 40 ms call; a yielding one
+	// (the budget) does.
+	t.Run("answer time past the reach", func(t *testing.T) {
+		for _, tt := range []struct {
+			allowance time.Duration
+			wantCalls bool
+		}{{wireGrace, false}, {0, true}} {
+			fk := newFakeKinesis(t, allOK)
+			s, buf, _ := testShipper(t, config{}, fk.URL)
+			for range 5 {
+				s.answers.add(40 * time.Millisecond)
+			}
+			addLogs(buf, 100)
+			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: tt.allowance})
+			if got := len(fk.received()) > 0; got != tt.wantCalls {
+				t.Errorf("allowance %v: calls made %v, want %v (%d buffered)", tt.allowance, got, tt.wantCalls, buf.buffered())
+			}
+		}
+	})
+}
+
+// TestAnswerTimes: the usual answer time is the median of the last calls, which a spike does not
+// move; the slowest is their maximum; and the calls expected within a time fit one slowest
+// answer and the rest at the usual one.
+func TestAnswerTimes(t *testing.T) {
+	var a answerTimes
+	if a.typical() != 0 || a.slowest() != 0 {
+		t.Fatalf("no answers: typical %v, slowest %v", a.typical(), a.slowest())
+	}
+	for i := range 20 {
+		d := 20 * time.Millisecond
+		if i%10 == 3 {
+			d = 600 * time.Millisecond // 10% spikes
+		}
+		a.add(d)
+	}
+	if a.typical() != 20*time.Millisecond || a.slowest() != 600*time.Millisecond {
+		t.Errorf("10%% spikes by 600 ms: typical %v, slowest %v; want 20ms, 600ms", a.typical(), a.slowest())
+	}
+	for i := range answerWindow {
+		a.add(time.Duration(i+1) * time.Millisecond)
+	}
+	if a.slowest() != answerWindow*time.Millisecond {
+		t.Errorf("slowest %v after the spikes left the window", a.slowest())
+	}
+	for _, tt := range []struct {
+		name    string
+		answers []time.Duration
+		left    time.Duration
+		want    int
+	}{
+		{"unmeasured", nil, time.Second, 1 + int((time.Second-unmeasuredAnswer)/unmeasuredAnswer)},
+		{"unmeasured, too little time", nil, unmeasuredAnswer - time.Millisecond, 0},
+		{"20 ms with a 600 ms spike", []time.Duration{20 * time.Millisecond, 600 * time.Millisecond, 20 * time.Millisecond}, time.Second, 1 + 400/20},
+		{"time for one slow answer only", []time.Duration{20 * time.Millisecond, 600 * time.Millisecond, 20 * time.Millisecond}, 500 * time.Millisecond, 1},
+		{"very fast answers count minCallTime", []time.Duration{time.Microsecond}, 100 * time.Millisecond, 1 + int((100*time.Millisecond-time.Microsecond)/minCallTime)},
+	} {
+		s := &shipper{}
+		for _, d := range tt.answers {
+			s.answers.add(d)
+		}
+		if got := s.callsWithin(tt.left); got != tt.want {
+			t.Errorf("%s: callsWithin(%v) = %d, want %d", tt.name, tt.left, got, tt.want)
+		}
+	}
+}
+
+// TestUrgentRoundSendsTheNewestInvocationFirst: at a shutdown short of time (here the stream
+// takes 3 entries per call), the first entries sent are the newest invocation's platform events,
+// then its last lines, before anything older.
+func TestUrgentRoundSendsTheNewestInvocationFirst(t *testing.T) {
+	fk := newFakeKinesis(t, func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		for i := range rs {
+			rs[i] = `{"SequenceNumber":"1","ShardId":"shardId-000000000000"}`
+			if i >= 3 {
+				rs[i] = `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard"}`
+			}
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, max(0, len(rs)-3), strings.Join(rs, ","))
+	})
+	s, buf, _ := testShipper(t, config{}, fk.URL)
+	f := &filter{sample: 1}
+	for _, req := range []string{"old", "new"} {
+		evs := []event{platformEvent("platform.start", req)}
+		for i := range 20 {
+			e := logEvent(fmt.Sprintf("%s line %d", req, i))
+			e.requestID = req
+			evs = append(evs, e)
+		}
+		buf.add(append(evs, platformEvent("platform.runtimeDone", req)), f)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	s.shipRound(ctx, &round{before: everything, urgent: true})
+	first := fk.received()[0].Records
+	var got []string
+	for _, r := range first[:4] {
+		d, _ := base64.StdEncoding.DecodeString(r.Data)
+		var env envelopeOf
+		json.Unmarshal(d, &env)
+		var ev struct{ Type, Record any }
+		json.Unmarshal(env.Event, &ev)
+		got = append(got, fmt.Sprint(env.RequestID, " ", ev.Type, " ", ev.Record))
+	}
+	if !strings.HasPrefix(got[0], "new platform.runtimeDone") || !strings.HasPrefix(got[1], "new platform.start") ||
+		!strings.HasPrefix(got[2], "new function new line 19") || !strings.HasPrefix(got[3], "new function new line 18") {
+		t.Errorf("first entries of the urgent round:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	for _, tt := range []struct {
+		attempt int
+		limit   time.Duration
+	}{{0, 50 * time.Millisecond}, {1, 100 * time.Millisecond}, {3, 400 * time.Millisecond}, {5, 1600 * time.Millisecond}, {6, 2 * time.Second}, {60, 2 * time.Second}} {
+		var most time.Duration
+		for range 2000 {
+			d := backoff(tt.attempt, rand.Int64N)
+			if d < 0 || d > tt.limit {
+				t.Fatalf("backoff(%d) = %v, outside [0, %v]", tt.attempt, d, tt.limit)
+			}
+			most = max(most, d)
+		}
+		if most < tt.limit/2 {
+			t.Errorf("backoff(%d): the largest of 2000 waits is %v; full jitter should reach near %v", tt.attempt, most, tt.limit)
+		}
+	}
+}
