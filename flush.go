@@ -131,6 +131,7 @@ type round struct {
 	// first pushback (a shutdown that finds the stream pushing back). countsFirst puts the
 	// newest counts record at the head of every call of the round while it waits.
 	urgent, escalate, countsFirst bool
+	countsSent                    bool // the round's first call has carried the counts record
 
 	softAt atomic.Int64 // unix nanoseconds when soft was first seen closed
 	pushed atomic.Bool  // this round saw pushback

@@ -462,7 +462,7 @@ func (e *extension) onShutdown(ev lifecycleEvent) {
 	if e.ship.dropRemaining() > 0 {
 		e.ship.emitCounts(time.Now())
 		ctx, cancel = context.WithDeadline(context.Background(), final)
-		_ = e.ship.shipRound(ctx, &round{before: everything, urgent: true, countsFirst: true})
+		e.ship.shipCounts(ctx)
 		cancel()
 	}
 	e.logs.printf("shutdown (%s): %s", ev.ShutdownReason, e.stats.summary(e.buf.buffered()))

@@ -40,6 +40,7 @@ type pacer struct {
 	now func() time.Time
 
 	paced  bool
+	clean  bool // the last call with entries had none refused
 	rate   float64 // entries per second, when paced
 	tokens float64
 	at     time.Time // when tokens were last refilled
@@ -134,6 +135,9 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	now := p.now()
 	if pushback {
 		throttled = max(sent, 1)
+	}
+	if sent > 0 {
+		p.clean = throttled == 0
 	}
 	p.decay(now)
 	p.recentSent += float64(sent)

@@ -55,6 +55,9 @@ type shipper struct {
 	// answers holds the answer times of the last calls: what a call is expected to take (the
 	// median, which one spike does not move) and how long it may take (the slowest).
 	answers answerTimes
+	// stored is the share of entries the stream stored, over about the last ten answered calls:
+	// what a shutdown can expect of each call.
+	stored float64
 
 	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
@@ -260,6 +263,10 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 			switch {
 			case p == nil || !p.paced:
 				return false
+			case r.countsFirst && p.clean:
+				// At shutdown a shard whose last call stored everything is not held back:
+				// what its pacer has not grown back to yet would otherwise be dropped.
+				return false
 			case s.allowed[shard] > 0:
 				s.allowed[shard]--
 				return false
@@ -271,9 +278,10 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 	var evs []event
 	room := maxCallBytes
 	if r.countsFirst {
-		// Every call of the round, until it is stored: refused once, it must not wait behind its
-		// shard's pacer while the round runs out.
-		if e, ok := s.buf.takeCounts(); ok {
+		// The round's first call carries it whatever the pacers say; later calls carry it first
+		// while it waits, as its shard's pacer allows (a refused counts record must not be
+		// re-sent in a loop).
+		if e, ok := s.buf.takeCounts(); ok && s.countsMayGo(r, &e) {
 			evs = append(evs, e)
 			events--
 			room -= s.recordSize(&e)
@@ -317,7 +325,8 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 		if d <= 0 {
 			// The deadline is a nanosecond away: no time for another attempt. (Without this the
 			// round waits ever shorter halves; on a virtual clock, which stands still while the
-			// round runs, it would never reach the deadline.)
+			// round runs, it would never reach the deadline.) The round ends with ctx.
+			<-ctx.Done()
 			return false
 		}
 	}
@@ -331,6 +340,21 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 	case <-r.soft: // nil when there is none: never ready
 		return false
 	}
+}
+
+// countsMayGo reports whether a counts record may head the round's next call: in its first call
+// always, later as its shard's pacer allows. One that may not is put back.
+func (s *shipper) countsMayGo(r *round, e *event) bool {
+	first := !r.countsSent
+	r.countsSent = true
+	if first {
+		return true
+	}
+	if _, p := s.shardPace.pacerFor(s.meta.partitionKey(e)); p == nil || p.grant(1) > 0 {
+		return true
+	}
+	s.buf.putBack([]event{*e})
+	return false
 }
 
 // shardWait is how long until the first of the shards the last take left out grants again; 0
@@ -428,6 +452,14 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 // settleAnswered settles the records of an answered call, entry by entry, and returns how many
 // were refused for throughput (or another passing fault): those go back to the buffer.
 func (s *shipper) settleAnswered(recs []pendingRecord, results []putResult) (throttled int) {
+	defer func() {
+		share := 1 - float64(throttled)/float64(max(len(recs), 1))
+		if s.answers.n <= 1 {
+			s.stored = share
+		} else {
+			s.stored += 0.1 * (share - s.stored)
+		}
+	}()
 	var again []pendingRecord
 	for i, res := range results {
 		switch {

@@ -1,6 +1,9 @@
 package main
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // What a SHUTDOWN ships: the time left holds so many calls at the stream's answer times, and what
 // does not fit is dropped (and counted) before anything is sent, so that the counts record, which
@@ -22,8 +25,8 @@ func (s *shipper) dropRemaining() (telemetry uint64) {
 // keepWhatFits drops, as lost to the shutdown, what the time left cannot ship (and returns how
 // many telemetry events that was), and keeps the
 // most valuable events (takeNewest's order) in the buffer: as many full calls as the stream's
-// usual answer time fits in left after one of its slowest answers, and no more entries than the
-// pacer would grant in that time.
+// usual answer time fits in left after one of its slowest answers, each storing the share the
+// stream has lately stored, and no more entries than the pacer would grant in that time.
 func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -31,6 +34,10 @@ func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
 	entries := calls * maxRecordsPerCall
 	if s.failStreak >= outageAfter {
 		entries = calls * probeEntries
+	}
+	if s.answers.n > 0 {
+		// Refused entries go again: a call stores its share of what it carries.
+		entries = int(float64(entries) * max(s.stored, 0.05))
 	}
 	entries = min(entries, s.pace.room(left))
 	if s.cfg.RecordFormat.aggregated() {
@@ -71,3 +78,30 @@ const (
 	unmeasuredAnswer = 200 * time.Millisecond
 	minCallTime      = 5 * time.Millisecond
 )
+
+// shipCounts sends the waiting counts record by itself until it is stored or ctx ends: the
+// shutdown's last word, one entry, whatever the pacers say (they have cut for the data; this is
+// one record). A refused one goes again after countsRetry.
+func (s *shipper) shipCounts(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ready(ctx) {
+		return
+	}
+	for ctx.Err() == nil {
+		e, ok := s.buf.takeCounts()
+		if !ok {
+			return // stored
+		}
+		s.send(ctx, &round{}, s.packRecords([]event{e}))
+		t := time.NewTimer(countsRetry)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+}
+
+// countsRetry is the pause between two tries of the last counts record.
+const countsRetry = 10 * time.Millisecond
