@@ -40,7 +40,7 @@ type pacer struct {
 	now func() time.Time
 
 	paced  bool
-	clean  bool // the last call with entries had none refused
+	clean  bool    // the last call with entries had none refused
 	rate   float64 // entries per second, when paced
 	tokens float64
 	at     time.Time // when tokens were last refilled
