@@ -39,13 +39,14 @@ import (
 type pacer struct {
 	now func() time.Time
 
-	paced  bool
-	clean  bool    // the last call with entries had none refused
-	rate   float64 // entries per second, when paced
-	tokens float64
-	at     time.Time // when tokens were last refilled
-	upAt   time.Time // the last increase
-	calmAt time.Time // the last pushback
+	paced   bool
+	hurried bool    // shutdown: probe without waiting for calm (hurry)
+	clean   bool    // the last call with entries had none refused
+	rate    float64 // entries per second, when paced
+	tokens  float64
+	at      time.Time // when tokens were last refilled
+	upAt    time.Time // the last increase
+	calmAt  time.Time // the last pushback
 
 	epochAt                    time.Time // start of the current epoch
 	epochSent, epochThrottled  float64
@@ -58,7 +59,7 @@ const (
 	paceProbe      = 1.0 // of the rate, per second, paceProbeAfter the last pushback
 	paceProbeAfter = 2 * time.Second
 	paceMinStep    = 5   // entries/s per second: small, since a fleet of N adds N of it
-	paceMinRate    = 5   // entries per second
+	paceMinRate    = 10  // entries per second
 	paceMaxRate    = 1e6 // above this the stream is not the limit: pacing stops
 	paceEpoch      = 500 * time.Millisecond
 	paceWindow     = time.Second
@@ -136,9 +137,6 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	if pushback {
 		throttled = max(sent, 1)
 	}
-	if sent > 0 {
-		p.clean = throttled == 0
-	}
 	p.decay(now)
 	p.recentSent += float64(sent)
 	p.recentAccepted += float64(accepted)
@@ -169,7 +167,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	if starved {
 		dt := min(now.Sub(p.upAt), time.Second).Seconds()
 		growth := paceIncrease
-		if now.Sub(p.calmAt) >= paceProbeAfter {
+		if p.hurried || now.Sub(p.calmAt) >= paceProbeAfter {
 			growth = paceProbe
 		}
 		p.rate += dt * max(paceMinStep, p.rate*growth)
@@ -180,14 +178,10 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.upAt = now
 }
 
-// room is how many entries the pacer would grant over the next d: all of them when unpaced.
-func (p *pacer) room(d time.Duration) int {
-	if !p.paced {
-		return math.MaxInt
-	}
-	p.refill(p.now())
-	return int(max(0, p.tokens) + p.rate*d.Seconds())
-}
+// hurry makes the pacer probe, doubling its rate per second while the backlog wants more, without
+// waiting for paceProbeAfter of calm: at shutdown there are not two seconds to wait, and a stream
+// that refused everything a moment ago may take everything now. Refusals still cut it.
+func (p *pacer) hurry() { p.hurried = true }
 
 // pacing reports whether the pacer limits the rate, and to what.
 func (p *pacer) pacing() (bool, float64) { return p.paced, p.rate }

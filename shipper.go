@@ -55,9 +55,6 @@ type shipper struct {
 	// answers holds the answer times of the last calls: what a call is expected to take (the
 	// median, which one spike does not move) and how long it may take (the slowest).
 	answers answerTimes
-	// stored is the share of entries the stream stored, over about the last ten answered calls:
-	// what a shutdown can expect of each call.
-	stored float64
 
 	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
@@ -263,10 +260,6 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 			switch {
 			case p == nil || !p.paced:
 				return false
-			case r.countsFirst && p.clean:
-				// At shutdown a shard whose last call stored everything is not held back:
-				// what its pacer has not grown back to yet would otherwise be dropped.
-				return false
 			case s.allowed[shard] > 0:
 				s.allowed[shard]--
 				return false
@@ -452,14 +445,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 // settleAnswered settles the records of an answered call, entry by entry, and returns how many
 // were refused for throughput (or another passing fault): those go back to the buffer.
 func (s *shipper) settleAnswered(recs []pendingRecord, results []putResult) (throttled int) {
-	defer func() {
-		share := 1 - float64(throttled)/float64(max(len(recs), 1))
-		if s.answers.n <= 1 {
-			s.stored = share
-		} else {
-			s.stored += 0.1 * (share - s.stored)
-		}
-	}()
+
 	var again []pendingRecord
 	for i, res := range results {
 		switch {

@@ -25,21 +25,22 @@ func (s *shipper) dropRemaining() (telemetry uint64) {
 // keepWhatFits drops, as lost to the shutdown, what the time left cannot ship (and returns how
 // many telemetry events that was), and keeps the
 // most valuable events (takeNewest's order) in the buffer: as many full calls as the stream's
-// usual answer time fits in left after one of its slowest answers, each storing the share the
-// stream has lately stored, and no more entries than the pacer would grant in that time.
+// usual answer time fits in left after one of its slowest answers. It plans for calls that store
+// what they carry, whatever the pacers granted until now (they are told to hurry): a stream that
+// refused everything a moment ago may take everything now. What the round then cannot send is
+// dropped at its end, and the last counts record goes by itself (shipCounts).
 func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.pace.hurry()
+	for _, p := range s.shardPace.pacers {
+		p.hurry()
+	}
 	calls := s.callsWithin(left)
 	entries := calls * maxRecordsPerCall
 	if s.failStreak >= outageAfter {
 		entries = calls * probeEntries
 	}
-	if s.answers.n > 0 {
-		// Refused entries go again: a call stores its share of what it carries.
-		entries = int(float64(entries) * max(s.stored, 0.05))
-	}
-	entries = min(entries, s.pace.room(left))
 	if s.cfg.RecordFormat.aggregated() {
 		// Aggregated records hold many events each: the call's byte limit is what binds.
 		entries = calls * s.eventsPerCall()
