@@ -126,13 +126,29 @@ const testSecret = "SECRET-never-logged-0123456789"
 
 // freePort returns a port that was free on 127.0.0.1 a moment ago.
 func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
+	// Below Linux's ephemeral range (32768-60999), so that no outgoing connection of the tests
+	// (hundreds, in the fleet) takes the port between this check and the server's own listen; and
+	// never the same port twice in one test process.
+	for range freePortSpan {
+		p := freePortBase + int(nextFreePort.Add(1))%freePortSpan
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return p
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	panic("no free port in 20000-31999")
 }
+
+// freePort hands out ports from freePortBase on, starting at a random offset per test process.
+const freePortBase, freePortSpan = 20000, 12000
+
+var nextFreePort = func() *atomic.Int64 {
+	var n atomic.Int64
+	n.Store(int64(os.Getpid() * 7 % freePortSpan))
+	return &n
+}()
 
 // shipped is one record read back from the stream, decoded.
 type shipped struct {
