@@ -228,7 +228,7 @@ func TestBufferDropsOfMaybeStoredEventsAreUnknown(t *testing.T) {
 	f := &filter{sample: 1}
 	b.add([]event{logEvent("0123456789"), logEvent("0123456789")}, f)
 	taken := b.take(everything, 2, 1<<30, func(*event) int { return 1 })
-	taken[0].maybeStored = true
+	taken[0].inDoubt = true
 	b.putBack(taken)
 	b.add([]event{logEvent("0123456789"), logEvent("0123456789"), logEvent("0123456789"), logEvent("0123456789")}, f)
 	if st.unknown.Load() != 1 || st.droppedFull.Load() != 1 || b.buffered() != 4 {

@@ -10,6 +10,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,30 @@ type stats struct {
 
 func newStats() *stats { return &stats{start: time.Now(), rejected: map[string]uint64{}} }
 
+// codeCounts counts failures by error code; the zero value is ready to use.
+type codeCounts struct {
+	mu sync.Mutex
+	m  map[string]uint64
+}
+
+func (c *codeCounts) add(code string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]uint64{}
+	}
+	c.m[code]++
+}
+
+// snapshot returns the counts so far (never nil, so that the counts record shows {}).
+func (c *codeCounts) snapshot() map[string]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]uint64, len(c.m))
+	maps.Copy(out, c.m)
+	return out
+}
+
 // outcomeKind is how an event's time in the buffer ended.
 type outcomeKind int
 
@@ -60,7 +85,7 @@ func (s *stats) settle(e *event, o outcome) {
 	switch {
 	case o.kind == wasDelivered:
 		s.delivered.Add(1)
-	case e.maybeStored:
+	case e.inDoubt:
 		s.unknown.Add(1)
 	case o.kind == droppedFull:
 		s.droppedFull.Add(1)

@@ -16,7 +16,7 @@ import (
 func TestCountsRecordFields(t *testing.T) {
 	st := newStats()
 	st.received.Add(9)
-	plain, maybe := &event{}, &event{maybeStored: true}
+	plain, maybe := &event{}, &event{inDoubt: true}
 	st.settle(plain, outcome{kind: wasDelivered})
 	st.settle(maybe, outcome{kind: wasDelivered}) // confirmed after all: delivered
 	st.settle(plain, outcome{kind: droppedFull})
@@ -70,7 +70,7 @@ func TestLossMarks(t *testing.T) {
 		func() { st.settle(&event{}, outcome{kind: droppedFull}) },
 		func() { st.settle(&event{}, outcome{kind: droppedRejected, code: "X"}) },
 		func() { st.settle(&event{}, outcome{kind: droppedShutdown}) },
-		func() { st.settle(&event{maybeStored: true}, outcome{kind: droppedFull}) },
+		func() { st.settle(&event{inDoubt: true}, outcome{kind: droppedFull}) },
 		func() { st.lambdaDropped([]byte(`{"record":{"droppedRecords":1}}`)) },
 		func() { st.badBatches.Add(1) },
 	} {

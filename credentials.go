@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -153,30 +152,6 @@ func (e *credentialsError) Error() string {
 }
 
 func (e *credentialsError) Unwrap() error { return e.Err }
-
-// codeCounts counts failures by error code; the zero value is ready to use.
-type codeCounts struct {
-	mu sync.Mutex
-	m  map[string]uint64
-}
-
-func (c *codeCounts) add(code string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = map[string]uint64{}
-	}
-	c.m[code]++
-}
-
-// snapshot returns the counts so far (never nil, so that the counts record shows {}).
-func (c *codeCounts) snapshot() map[string]uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make(map[string]uint64, len(c.m))
-	maps.Copy(out, c.m)
-	return out
-}
 
 // roleConfig is the role the extension writes through (KINESIS_TELEMETRY_ROLE_ARN); empty ARN:
 // the function's own credentials.

@@ -25,9 +25,9 @@ type event struct {
 	tenantID  string // the invocation's tenant (functions with tenant isolation)
 
 	// What the sender learnt about the event: tried, it was in a call that did not store it
-	// (a re-send is a retry); maybeStored, it was in a call of unknown outcome (a re-send may
+	// (a re-send is a retry); inDoubt, it was in a call of unknown outcome (a re-send may
 	// be a duplicate, and if it is never confirmed its fate is unknown, not dropped).
-	tried, maybeStored bool
+	tried, inDoubt bool
 }
 
 // eventType is a Telemetry API event's type. Lambda adds types over time: any name is valid and

@@ -54,7 +54,7 @@ func scanBatch(body []byte, fn func(eventFields)) error {
 		var f eventFields
 		var err error
 		if s.peek() == '{' {
-			f, err = s.event()
+			f, err = s.eventObject()
 		} else {
 			err = s.value()
 		}
@@ -120,8 +120,8 @@ func (s *scanner) ws() {
 	}
 }
 
-// event scans an object, noting its "type" and "record" members.
-func (s *scanner) event() (eventFields, error) {
+// eventObject scans an object, noting its "type" and "record" members.
+func (s *scanner) eventObject() (eventFields, error) {
 	var f eventFields
 	f.object = true
 	err := s.members(func(key []byte) error {

@@ -151,17 +151,26 @@ func loadKinesisClient(ctx context.Context, c clientSettings, function string, s
 	return k, awsCfg.Region, nil
 }
 
+// Transport settings. A connection or handshake that takes longer than connectTimeout is a bad
+// path, and a new one is better than waiting within a flush budget of a second; keep-alive probes
+// notice a dead peer between invocations; idleConns covers the calls of one round (one at a
+// time, plus the counts record's) with room to spare.
+const (
+	connectTimeout = 2 * time.Second
+	keepAlive      = 15 * time.Second
+	idleConns      = 4
+)
+
 func newKinesisClient(endpoint, region string, creds aws.CredentialsProvider, timeout time.Duration) *kinesisClient {
 	t := &http.Transport{
 		Proxy:       http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		DialContext: (&net.Dialer{Timeout: connectTimeout, KeepAlive: keepAlive}).DialContext,
 		// HTTP/1.1 even where the endpoint offers HTTP/2: one call at a time has no use for
 		// streams, and HTTP/2 cost more CPU per invocation (BENCHMARKS.md, "The wire").
-		ForceAttemptHTTP2:     false,
-		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       staleAfter,
-		TLSHandshakeTimeout:   2 * time.Second,
-		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:   false,
+		MaxIdleConnsPerHost: idleConns,
+		IdleConnTimeout:     staleAfter,
+		TLSHandshakeTimeout: connectTimeout,
 	}
 	return &kinesisClient{
 		url: endpoint + "/", region: region, creds: creds, signer: v4.NewSigner(),
@@ -305,6 +314,10 @@ func (k *kinesisClient) invalidateCredentials() {
 	}
 }
 
+// maxErrorMessage bounds an error message kept from an answer: it goes into log lines, and an
+// endpoint that answers with a page of HTML should not fill the log.
+const maxErrorMessage = 300
+
 func decodeAPIError(resp *http.Response, body []byte) *apiError {
 	var e struct {
 		Type     string `json:"__type"`
@@ -323,8 +336,8 @@ func decodeAPIError(resp *http.Response, body []byte) *apiError {
 		code = "HTTP" + strconv.Itoa(resp.StatusCode)
 	}
 	msg := e.Message + e.Message2
-	if len(msg) > 300 {
-		msg = msg[:300] + "…"
+	if len(msg) > maxErrorMessage {
+		msg = msg[:maxErrorMessage] + "…"
 	}
 	return &apiError{Status: resp.StatusCode, Code: code, Message: msg}
 }

@@ -156,9 +156,9 @@ func (c *extensionsClient) call(ctx context.Context, method, url string, body []
 	return resp.StatusCode, answer, resp.Header.Get("Lambda-Extension-Identifier"), nil
 }
 
-// extension is the running extension: it owns the listener, the buffer and the shipper, and
+// agent is the running extension: it owns the listener, the buffer and the shipper, and
 // drives them from the event loop.
-type extension struct {
+type agent struct {
 	cfg  config
 	api  *extensionsClient
 	logs *logger
@@ -178,7 +178,7 @@ type extension struct {
 
 // start opens the listener and subscribes. The listener must be up first: Lambda starts posting
 // as soon as the subscription is accepted.
-func (e *extension) start(ctx context.Context, host string) error {
+func (e *agent) start(ctx context.Context, host string) error {
 	e.stats = newStats()
 	e.buf = newBuffer(e.cfg.MaxBufferBytes, newIDPrefix(), e.stats)
 	addr := net.JoinHostPort(host, strconv.Itoa(e.cfg.Port))
@@ -206,7 +206,7 @@ func (e *extension) start(ctx context.Context, host string) error {
 
 // subscribe subscribes to the configured telemetry; the listener's subscription code takes only
 // a way to PUT and what to ask for.
-func (e *extension) subscribe(ctx context.Context) (subscription, error) {
+func (e *agent) subscribe(ctx context.Context) (subscription, error) {
 	put := func(ctx context.Context, body []byte) (int, []byte, error) {
 		return e.api.do(ctx, http.MethodPut, e.api.telemetryURL, body, nil)
 	}
@@ -216,8 +216,9 @@ func (e *extension) subscribe(ctx context.Context) (subscription, error) {
 	})
 }
 
-// run is the event loop. It returns the process exit code.
-func (e *extension) run(ctx context.Context) int {
+// eventLoop asks /event/next for the next event and handles it, until SHUTDOWN, a signal or a
+// failed Extensions API ends it. It returns the process exit code.
+func (e *agent) eventLoop(ctx context.Context) int {
 	defer e.stopListener()
 	var stopPeriodic func(deadline time.Time)
 	if e.cfg.Managed {
@@ -229,7 +230,7 @@ func (e *extension) run(ctx context.Context) int {
 		if err != nil {
 			if ctx.Err() != nil {
 				// SIGTERM without a SHUTDOWN event: flush what we can in the time Lambda allows.
-				ev = lifecycleEvent{EventType: eventShutdown, ShutdownReason: "signal", DeadlineMs: time.Now().Add(1500 * time.Millisecond).UnixMilli()}
+				ev = lifecycleEvent{EventType: eventShutdown, ShutdownReason: "signal", DeadlineMs: time.Now().Add(signalShutdown).UnixMilli()}
 			} else {
 				e.logs.printf("%v: the Extensions API failed, exiting", err)
 				_ = e.api.exitError(context.Background(), "Extension.NextFailed", err)
@@ -253,7 +254,7 @@ func (e *extension) run(ctx context.Context) int {
 // KINESIS_TELEMETRY_FAIL_ON_ERROR it is reported to Lambda as an init error, which fails the
 // function's init; otherwise it is logged once and the extension stays registered, idle. It
 // returns the process exit code.
-func (e *extension) cannotShip(ctx context.Context, stage, errorType string, err error, until string) int {
+func (e *agent) cannotShip(ctx context.Context, stage, errorType string, err error, until string) int {
 	if e.cfg.FailOnError {
 		e.logs.printf("%s: %v", stage, err)
 		if rerr := e.api.initError(ctx, errorType, err); rerr != nil {
@@ -268,7 +269,7 @@ func (e *extension) cannotShip(ctx context.Context, stage, errorType string, err
 // runIdle keeps the extension registered and harmless when it cannot work: Lambda fails the
 // function's init if a registered extension exits, so it answers every event and exits 0 on
 // SHUTDOWN.
-func (e *extension) runIdle(ctx context.Context) int {
+func (e *agent) runIdle(ctx context.Context) int {
 	for {
 		ev, err := e.api.next(ctx)
 		if err != nil {
@@ -285,7 +286,7 @@ func (e *extension) runIdle(ctx context.Context) int {
 }
 
 // onInvoke ships according to the flush strategy and returns when /event/next may be called.
-func (e *extension) onInvoke(ev lifecycleEvent) {
+func (e *agent) onInvoke(ev lifecycleEvent) {
 	now := time.Now()
 	e.stats.invocations.Add(1)
 	if !e.lastInvoke.IsZero() {
@@ -327,7 +328,7 @@ const deadlineSafety = 50 * time.Millisecond
 // lines are in the buffer), then ships everything within the flush budget. yielding gives way to
 // pushback at once (shipBeforeNextYielding); otherwise throttled data is paced and retried until the
 // budget ends, the bound of KINESIS_TELEMETRY_FLUSH=end.
-func (e *extension) flushBeforeNext(requestID string, deadline time.Time, yielding bool) {
+func (e *agent) flushBeforeNext(requestID string, deadline time.Time, yielding bool) {
 	if e.platformTelemetry() {
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		e.buf.waitRuntimeDone(ctx, requestID)
@@ -348,7 +349,7 @@ func (e *extension) flushBeforeNext(requestID string, deadline time.Time, yieldi
 // stream's usual answer time ends it within wireGrace, a call on the wire cut after wireGrace when
 // the stream pushes back, and nothing past the flush budget. Calls are full: a call on the wire
 // at runtimeDone that the stream answers, however late, is not cut.
-func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
+func (e *agent) shipWhileInvoked(requestID string, deadline time.Time) {
 	r := &round{before: e.buf.mark(), budget: e.cfg.FlushBudget, soft: closed, allowance: wireGrace}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
@@ -367,7 +368,7 @@ func (e *extension) shipWhileInvoked(requestID string, deadline time.Time) {
 
 // shipPeriodically ships every period in the background (managed instances). The returned stop
 // ends the goroutine: a call in flight may finish until deadline, a backoff ends at once.
-func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline time.Time)) {
+func (e *agent) shipPeriodically(period time.Duration) (stop func(deadline time.Time)) {
 	quit := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -390,7 +391,7 @@ func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline t
 		// waiting in a backoff, which can last seconds, is stopped at once so that the shutdown
 		// flush starts afresh with short backoffs.
 		for e.ship.sending.Load() && time.Now().Before(deadline) {
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(sendingPoll)
 		}
 		cancel()
 		<-done
@@ -399,7 +400,7 @@ func (e *extension) shipPeriodically(period time.Duration) (stop func(deadline t
 
 // shipNow runs one ship round. Its only error is ctx's: what was not sent waits in the buffer,
 // and the shipper has said once why.
-func (e *extension) shipNow(ctx context.Context, r *round) {
+func (e *agent) shipNow(ctx context.Context, r *round) {
 	e.lastShip = time.Now()
 	e.ship.emitCountsIfDue(e.lastShip)
 	_ = e.ship.shipRound(ctx, r)
@@ -407,22 +408,29 @@ func (e *extension) shipNow(ctx context.Context, r *round) {
 
 // platformTelemetry reports whether platform events (runtimeDone, report) will arrive: without
 // them there is nothing to wait for.
-func (e *extension) platformTelemetry() bool {
+func (e *agent) platformTelemetry() bool {
 	return e.sub.Active && slices.Contains(e.cfg.Types, "platform")
 }
 
-// Shutdown timing: Lambda allows 2,000 ms in all; the extension keeps a margin before the
-// deadline, and keeps countsReserve of its time for a second counts record, should the data
-// round leave events it then has to drop.
+// Shutdown timing: Lambda allows 2,000 ms in all (shutdownTime, when SHUTDOWN carries no usable
+// deadline); a SIGTERM without a SHUTDOWN event gets less (signalShutdown), as the process may be
+// killed sooner. The extension keeps a margin before the deadline, and keeps countsReserve of its
+// time for a second counts record, should the data round leave events it then has to drop.
+// Telemetry still on its way is waited for at least quietPause, and sendingPoll is how often the
+// end of a call on the wire is checked for while the periodic shipper stops.
 const (
+	shutdownTime   = 2 * time.Second
+	signalShutdown = 1500 * time.Millisecond
 	shutdownMargin = 150 * time.Millisecond
 	countsReserve  = 150 * time.Millisecond
+	quietPause     = 50 * time.Millisecond
+	sendingPoll    = 2 * time.Millisecond
 )
 
 func shutdownDeadline(ev lifecycleEvent) time.Time {
 	d := time.UnixMilli(ev.DeadlineMs)
 	if ev.DeadlineMs == 0 || time.Until(d) > time.Minute {
-		d = time.Now().Add(2 * time.Second)
+		d = time.Now().Add(shutdownTime)
 	}
 	return d.Add(-shutdownMargin)
 }
@@ -434,7 +442,7 @@ func shutdownDeadline(ev lifecycleEvent) time.Time {
 // anything is sent, so that the first record of the shutdown's first call already says what the
 // shutdown loses. Only if the round then falls short (the stream answered slower than it did
 // until now) is a second counts record sent, in the time kept for it.
-func (e *extension) onShutdown(ev lifecycleEvent) {
+func (e *agent) onShutdown(ev lifecycleEvent) {
 	final := shutdownDeadline(ev)
 	if e.platformTelemetry() || (e.sub.Active && e.cfg.Managed) {
 		half := time.Now().Add(time.Until(final) / 2)
@@ -444,7 +452,7 @@ func (e *extension) onShutdown(ev lifecycleEvent) {
 		}
 		// Telemetry still on its way (the Telemetry API buffers up to its timeout) arrives in
 		// this pause; the pause ends early once the stream goes quiet.
-		e.buf.waitQuiet(ctx, max(50*time.Millisecond, 2*time.Duration(e.cfg.BufferTimeoutMS)*time.Millisecond))
+		e.buf.waitQuiet(ctx, max(quietPause, 2*time.Duration(e.cfg.BufferTimeoutMS)*time.Millisecond))
 		cancel()
 	}
 	dataEnd := final.Add(-countsReserve)
@@ -482,7 +490,7 @@ func environmentID(logStream string) string {
 }
 
 // flushFor chooses how this invocation ships; see chooseFlush.
-func (e *extension) flushFor(now time.Time) flushChoice {
+func (e *agent) flushFor(now time.Time) flushChoice {
 	n, oldest := e.buf.state()
 	return chooseFlush(e.cfg.Flush, e.cfg.MaxDelay, flushFacts{
 		now: now, gap: e.gap, buffered: n, oldest: oldest, lastShip: e.lastShip,

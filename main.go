@@ -3,11 +3,9 @@
 // Kinesis data stream.
 //
 // This file holds main and run: the wiring (register, start, the event loop) and what happens
-// when the configuration or the start fails. The parts it wires: the configuration (config.go),
-// the Extensions API and the event loop (lifecycle.go), the Telemetry API listener (listener.go),
-// the buffer (buffer.go), the filter (filter.go), the Kinesis sender (kinesis.go), the record
-// formats (records.go), JSON (json.go), the accounting (counts.go), writing through a role
-// (credentials.go) and the extension's own log (log.go).
+// when the configuration or the start fails. The README's layout section gives every file of
+// the package one line; the parts wired here are the configuration (config.go), the Extensions
+// API and the event loop (lifecycle.go), which starts the rest.
 package main
 
 import (
@@ -40,7 +38,6 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 	cfg, cfgErr := parseConfig(getenv)
 	limitMemory(getenv, cfg.MaxBufferBytes)
 	limitProcs(getenv)
-	limitProcs(getenv)
 
 	// Resolving sandbox.localdomain may wait on DNS; do it while the register call is in flight.
 	listenHost := make(chan string, 1)
@@ -59,7 +56,7 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 		return 1
 	}
 
-	ext := &extension{cfg: cfg, api: api, logs: logs, reg: reg}
+	ext := &agent{cfg: cfg, api: api, logs: logs, reg: reg}
 	defer func() {
 		if p := recover(); p != nil {
 			logs.printf("internal error: %v", p)
@@ -74,5 +71,5 @@ func run(getenv func(string) string, stderr io.Writer) (code int) {
 	if err := ext.start(ctx, <-listenHost); err != nil {
 		return ext.cannotShip(ctx, "start", "Extension.StartFailed", err, "")
 	}
-	return ext.run(ctx)
+	return ext.eventLoop(ctx)
 }

@@ -543,7 +543,7 @@ func (s *shipper) retryLater(recs []pendingRecord, unknown bool) {
 	evs := eventsOf(recs)
 	for i := range evs {
 		evs[i].tried = true
-		evs[i].maybeStored = evs[i].maybeStored || unknown
+		evs[i].inDoubt = evs[i].inDoubt || unknown
 	}
 	s.buf.putBack(evs)
 }

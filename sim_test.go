@@ -4,7 +4,7 @@ package main
 // one modelled stream (simkinesis_test.go), run in process on the virtual clock of a
 // testing/synctest bubble, so that a minute of a 10,000-environment fleet takes seconds.
 //
-// Each environment is a real extension value wired as main.go and extension.start wire it — its
+// Each environment is a real extension value wired as main.go and agent.start wire it — its
 // buffer, stats, shipper and listener (newBatchListener, as start makes it), with the shipper's newClient returning the model — and
 // driven as Lambda drives it, without processes or HTTP: telemetry reaches the buffer through the
 // listener's accept (the batch decoding, the filter, buffer.add), in batches that Lambda's
@@ -128,7 +128,7 @@ type simFleet struct {
 type simEnv struct {
 	f      *simFleet
 	idx    int
-	ext    *extension
+	ext    *agent
 	lis    *listener
 	rng    *rand.Rand
 	next   chan lifecycleEvent // the extension's /event/next
@@ -224,7 +224,7 @@ func (f *simFleet) newEnv(slot, gen int, rng *rand.Rand) *simEnv {
 	ship.jitter = rand.New(rand.NewPCG(uint64(idx), 9)).Int64N
 	v := &simEnv{
 		f: f, idx: idx, rng: rand.New(rand.NewPCG(rng.Uint64(), 4)),
-		ext: &extension{cfg: cfg, logs: logs, reg: testReg, stats: st, buf: buf, ship: ship,
+		ext: &agent{cfg: cfg, logs: logs, reg: testReg, stats: st, buf: buf, ship: ship,
 			sub: subscription{Active: true}},
 		lis:    newBatchListener(buf, st, cfg.BufferBytes, cfg.filter()),
 		next:   make(chan lifecycleEvent),
@@ -235,7 +235,7 @@ func (f *simFleet) newEnv(slot, gen int, rng *rand.Rand) *simEnv {
 	return v
 }
 
-// loop is the extension's event loop (extension.run without the Extensions API client).
+// loop is the extension's event loop (agent.eventLoop without the Extensions API client).
 func (v *simEnv) loop() {
 	defer close(v.exited)
 	for ev := range v.next {
