@@ -71,7 +71,7 @@ func benchmarkIngest(b *testing.B, format recordFormat) {
 				stored += r.size + len(r.key)
 			}
 			s.body = s.encodeBody(s.body[:0], recs)
-			buf.release(evs, outcome{kind: wasDelivered})
+			buf.release(evs, outcome{kind: outcomeDelivered})
 		}
 	}
 	b.StopTimer()

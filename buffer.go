@@ -113,7 +113,7 @@ func (b *buffer) makeRoom() {
 			return
 		}
 		b.bytes -= e.size()
-		b.forget(&e, outcome{kind: droppedFull})
+		b.forget(&e, outcome{kind: outcomeFull})
 	}
 }
 

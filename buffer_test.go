@@ -101,7 +101,7 @@ func TestBufferPutBackKeepsOrder(t *testing.T) {
 	if b.inFlight != sizeOf(all) {
 		t.Errorf("inFlight %d, want %d", b.inFlight, sizeOf(all))
 	}
-	b.release(all, outcome{kind: wasDelivered})
+	b.release(all, outcome{kind: outcomeDelivered})
 	if b.inFlight != 0 || b.bytes != 0 {
 		t.Errorf("after release: inFlight %d bytes %d, want 0 0", b.inFlight, b.bytes)
 	}

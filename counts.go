@@ -67,10 +67,10 @@ func (c *codeCounts) snapshot() map[string]uint64 {
 type outcomeKind int
 
 const (
-	wasDelivered    outcomeKind = iota // Kinesis confirmed it
-	droppedFull                        // dropped to make room
-	droppedRejected                    // Kinesis refused it for good
-	droppedShutdown                    // not sent before the shutdown deadline
+	outcomeDelivered outcomeKind = iota // Kinesis confirmed it
+	outcomeFull                         // dropped to make room
+	outcomeRejected                     // Kinesis refused it for good
+	outcomeShutdown                     // not sent before the shutdown deadline
 )
 
 // outcome is an event's end, with the error code of a rejection.
@@ -83,13 +83,13 @@ type outcome struct {
 // (it was in a call of unknown outcome) is not a certain loss: it counts as unknown.
 func (s *stats) settle(e *event, o outcome) {
 	switch {
-	case o.kind == wasDelivered:
+	case o.kind == outcomeDelivered:
 		s.delivered.Add(1)
 	case e.inDoubt:
 		s.unknown.Add(1)
-	case o.kind == droppedFull:
+	case o.kind == outcomeFull:
 		s.droppedFull.Add(1)
-	case o.kind == droppedShutdown:
+	case o.kind == outcomeShutdown:
 		s.droppedShutdown.Add(1)
 	default:
 		s.mu.Lock()

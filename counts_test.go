@@ -17,14 +17,14 @@ func TestCountsRecordFields(t *testing.T) {
 	st := newStats()
 	st.received.Add(9)
 	plain, maybe := &event{}, &event{inDoubt: true}
-	st.settle(plain, outcome{kind: wasDelivered})
-	st.settle(maybe, outcome{kind: wasDelivered}) // confirmed after all: delivered
-	st.settle(plain, outcome{kind: droppedFull})
-	st.settle(plain, outcome{kind: droppedShutdown})
-	st.settle(plain, outcome{kind: droppedRejected, code: "AccessDeniedException"})
-	st.settle(plain, outcome{kind: droppedRejected, code: "AccessDeniedException"})
-	st.settle(maybe, outcome{kind: droppedFull})
-	st.settle(maybe, outcome{kind: droppedRejected, code: "ResourceNotFoundException"})
+	st.settle(plain, outcome{kind: outcomeDelivered})
+	st.settle(maybe, outcome{kind: outcomeDelivered}) // confirmed after all: delivered
+	st.settle(plain, outcome{kind: outcomeFull})
+	st.settle(plain, outcome{kind: outcomeShutdown})
+	st.settle(plain, outcome{kind: outcomeRejected, code: "AccessDeniedException"})
+	st.settle(plain, outcome{kind: outcomeRejected, code: "AccessDeniedException"})
+	st.settle(maybe, outcome{kind: outcomeFull})
+	st.settle(maybe, outcome{kind: outcomeRejected, code: "ResourceNotFoundException"})
 	st.lambdaDropped([]byte(`{"time":"t","type":"platform.logsDropped","record":{"reason":"r","droppedRecords":12,"droppedBytes":3456}}`))
 	st.lambdaDropped([]byte(`not json`)) // ignored, not a panic
 	st.addPostRuntime(10 * time.Millisecond)
@@ -62,15 +62,15 @@ func TestCountsRecordFields(t *testing.T) {
 func TestLossMarks(t *testing.T) {
 	st := newStats()
 	before := st.marks()
-	st.settle(&event{}, outcome{kind: wasDelivered})
+	st.settle(&event{}, outcome{kind: outcomeDelivered})
 	if st.marks() != before {
 		t.Errorf("a delivery moved the loss marks: %+v -> %+v", before, st.marks())
 	}
 	for _, lose := range []func(){
-		func() { st.settle(&event{}, outcome{kind: droppedFull}) },
-		func() { st.settle(&event{}, outcome{kind: droppedRejected, code: "X"}) },
-		func() { st.settle(&event{}, outcome{kind: droppedShutdown}) },
-		func() { st.settle(&event{inDoubt: true}, outcome{kind: droppedFull}) },
+		func() { st.settle(&event{}, outcome{kind: outcomeFull}) },
+		func() { st.settle(&event{}, outcome{kind: outcomeRejected, code: "X"}) },
+		func() { st.settle(&event{}, outcome{kind: outcomeShutdown}) },
+		func() { st.settle(&event{inDoubt: true}, outcome{kind: outcomeFull}) },
 		func() { st.lambdaDropped([]byte(`{"record":{"droppedRecords":1}}`)) },
 		func() { st.badBatches.Add(1) },
 	} {

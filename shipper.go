@@ -561,7 +561,7 @@ func backoff(attempt int, jitter func(n int64) int64) time.Duration {
 
 func (s *shipper) delivered(r pendingRecord) {
 	s.stats.records.Add(1)
-	s.buf.release(r.events, outcome{kind: wasDelivered})
+	s.buf.release(r.events, outcome{kind: outcomeDelivered})
 }
 
 // drop forgets records Kinesis will never accept, counts them under the error's code (as unknown
@@ -571,7 +571,7 @@ func (s *shipper) drop(recs []pendingRecord, err error) {
 	var n uint64
 	for _, r := range recs {
 		n += telemetryEvents(r.events)
-		s.buf.release(r.events, outcome{kind: droppedRejected, code: code})
+		s.buf.release(r.events, outcome{kind: outcomeRejected, code: code})
 	}
 	s.logs.once("drop:"+code, "kinesis: PutRecords rejected %d events, which are dropped and counted: %v%s", n, err, hint(code, s.cfg, s.meta.region))
 }

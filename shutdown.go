@@ -18,7 +18,7 @@ func (s *shipper) dropRemaining() (telemetry uint64) {
 			return telemetry
 		}
 		telemetry += telemetryEvents(evs)
-		s.buf.release(evs, outcome{kind: droppedShutdown})
+		s.buf.release(evs, outcome{kind: outcomeShutdown})
 	}
 }
 
