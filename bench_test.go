@@ -62,11 +62,11 @@ func benchmarkIngest(b *testing.B, format recordFormat) {
 			b.Fatalf("HTTP %d", w.Code)
 		}
 		for {
-			evs := buf.take(everything, s.eventsPerCall(), maxCallBytes, s.recordSize)
+			evs := buf.take(everything, s.meta.format.eventsPerCall(), maxCallBytes, s.meta.callSize)
 			if len(evs) == 0 {
 				break
 			}
-			recs := s.packRecords(evs)
+			recs := s.meta.pack(evs, s.cfg.RecordBytes, &s.gz)
 			for _, r := range recs {
 				stored += r.size + len(r.key)
 			}

@@ -284,3 +284,15 @@ func (s *stats) summary(buffered int) string {
 	}
 	return line
 }
+
+// telemetryEvents counts the events that came from Lambda, leaving out the extension's own
+// counts records.
+func telemetryEvents(evs []event) uint64 {
+	var n uint64
+	for i := range evs {
+		if evs[i].typ != countsType {
+			n++
+		}
+	}
+	return n
+}

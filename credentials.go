@@ -34,9 +34,10 @@ const (
 )
 
 // newRoleCredentials returns the role's credentials provider: AssumeRole through the AWS SDK's
-// stscreds, behind a failure gate, in a credentials cache. STS is reached at the endpoint the
-// SDK resolves for the function's region (regional STS), or at AWS_ENDPOINT_URL_STS.
-func newRoleCredentials(awsCfg aws.Config, role roleConfig, function string, counts *codeCounts, logs *logger) *aws.CredentialsCache {
+// stscreds, behind a gate that caches the credentials and remembers failures. STS is reached at
+// the endpoint the SDK resolves for the function's region (regional STS), or at
+// AWS_ENDPOINT_URL_STS.
+func newRoleCredentials(awsCfg aws.Config, role roleConfig, function string, counts *codeCounts, logs *logger) *assumeGate {
 	client := sts.NewFromConfig(awsCfg, func(o *sts.Options) {
 		if role.STSEndpoint != "" {
 			o.BaseEndpoint = aws.String(role.STSEndpoint)
@@ -50,8 +51,7 @@ func newRoleCredentials(awsCfg aws.Config, role roleConfig, function string, cou
 			o.ExternalID = aws.String(role.ExternalID)
 		}
 	})
-	gate := &assumeGate{assume: assume, role: role, session: session, counts: counts, logs: logs, now: time.Now}
-	return aws.NewCredentialsCache(gate, func(o *aws.CredentialsCacheOptions) { o.ExpiryWindow = roleRefreshWindow })
+	return &assumeGate{assume: assume, role: role, session: session, counts: counts, logs: logs, now: time.Now}
 }
 
 // roleSessionName derives the session name, which CloudTrail records in the stream's account,
@@ -70,8 +70,10 @@ func roleSessionName(function string) string {
 	return s
 }
 
-// assumeGate calls AssumeRole, remembers a failure and answers with it, without calling STS,
-// until the wait after it has passed.
+// assumeGate calls AssumeRole and keeps the credentials until roleRefreshWindow before they
+// expire; it remembers a failure and answers with it, without calling STS, until the wait after
+// it has passed. It is the credentials cache, rather than the SDK's aws.CredentialsCache, so that
+// expiry follows its clock (now), which tests set.
 type assumeGate struct {
 	assume  aws.CredentialsProvider
 	role    roleConfig
@@ -80,7 +82,8 @@ type assumeGate struct {
 	logs    *logger
 	now     func() time.Time
 
-	mu       sync.Mutex
+	mu       sync.Mutex // held through the STS call: one AssumeRole at a time
+	creds    aws.Credentials
 	failures int       // in a row
 	retryAt  time.Time // no STS call before this
 	last     *credentialsError
@@ -89,12 +92,15 @@ type assumeGate struct {
 func (g *assumeGate) Retrieve(ctx context.Context) (aws.Credentials, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.creds.HasKeys() && (!g.creds.CanExpire || g.now().Before(g.creds.Expires.Add(-roleRefreshWindow))) {
+		return g.creds, nil
+	}
 	if g.last != nil && g.now().Before(g.retryAt) {
 		return aws.Credentials{}, g.last
 	}
 	creds, err := g.assume.Retrieve(ctx)
 	if err == nil {
-		g.failures, g.last = 0, nil
+		g.creds, g.failures, g.last = creds, 0, nil
 		return creds, nil
 	}
 	if ctx.Err() != nil {
@@ -117,6 +123,14 @@ func (g *assumeGate) Retrieve(ctx context.Context) (aws.Credentials, error) {
 	g.logs.once("assume-role:"+code, "kinesis: %v; telemetry stays buffered (when the buffer is full the oldest is dropped and counted) and STS is asked again in %s, then after longer waits%s",
 		g.last, wait, assumeRoleFix(code, g.role, g.session))
 	return aws.Credentials{}, g.last
+}
+
+// Invalidate forgets the credentials, which Kinesis refused (kinesis.go): the next call assumes
+// the role again.
+func (g *assumeGate) Invalidate() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.creds = aws.Credentials{}
 }
 
 // assumeRoleFix tells the reader of the log line what to change.

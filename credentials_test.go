@@ -20,7 +20,8 @@ import (
 )
 
 // TestAssumeGateWaits: after each failure in a row STS is not called again for a wait that
-// doubles from firstAssumeWait up to maxAssumeWait; a success ends the series.
+// doubles from firstAssumeWait up to maxAssumeWait; a success ends the series, and its
+// credentials are kept until they are invalidated (or expire: TestRoleCredentialsSignKinesisAndRefresh).
 func TestAssumeGateWaits(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	provider := &scriptedProvider{}
@@ -58,6 +59,10 @@ func TestAssumeGateWaits(t *testing.T) {
 	}
 	provider.err = &fakeAPIError{"AccessDenied"}
 	calls := provider.calls
+	if err := try(); err != nil || provider.calls != calls {
+		t.Fatalf("credentials still valid: %v after %d STS calls, want them again from the cache", err, provider.calls-calls)
+	}
+	g.Invalidate() // as when Kinesis refuses them
 	try()
 	now = now.Add(firstAssumeWait)
 	try()

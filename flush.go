@@ -6,6 +6,7 @@ package main
 // shipper (shipper.go) obeys it call by call.
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 )
@@ -87,8 +88,12 @@ func chooseFlush(s flushStrategy, maxDelay time.Duration, f flushFacts) flushCho
 	return shipInBackground
 }
 
-// closed is a channel that is always closed: a soft end that has already come.
-var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+// softNow is a soft end that has already come.
+var softNow = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 // Pushback timing.
 const (
@@ -119,9 +124,10 @@ const (
 // would only send it again.
 type round struct {
 	before uint64 // send only events buffered before this mark
-	// soft is closed at the soft end; nil when no invocation waits (at shutdown, in managed
-	// mode, for KINESIS_TELEMETRY_FLUSH=end).
-	soft   <-chan struct{}
+	// soft is done at the soft end; nil when no invocation waits (at shutdown, in managed
+	// mode, for KINESIS_TELEMETRY_FLUSH=end). A context rather than a channel, so that a call's
+	// guard can wait for it without a goroutine (context.AfterFunc).
+	soft   context.Context
 	budget time.Duration
 	// allowance (when not zero, and below budget) is how long after soft a call may be expected
 	// to end: after soft a new call starts only if the stream's usual answer time fits in what
@@ -133,11 +139,11 @@ type round struct {
 	urgent, escalate, countsFirst bool
 	countsSent                    bool // the round's first call has carried the counts record
 
-	softAt atomic.Int64 // unix nanoseconds when soft was first seen closed
+	softAt atomic.Int64 // unix nanoseconds when soft was first seen done
 	pushed atomic.Bool  // this round saw pushback
 }
 
-// afterSoft reports whether soft is closed, and since when.
+// afterSoft reports whether the soft end has come, and since when.
 func (r *round) afterSoft() (time.Time, bool) {
 	if r.soft == nil {
 		return time.Time{}, false
@@ -145,13 +151,19 @@ func (r *round) afterSoft() (time.Time, bool) {
 	if at := r.softAt.Load(); at != 0 {
 		return time.Unix(0, at), true
 	}
-	select {
-	case <-r.soft:
-		r.softAt.CompareAndSwap(0, time.Now().UnixNano())
-		return time.Unix(0, r.softAt.Load()), true
-	default:
+	if r.soft.Err() == nil {
 		return time.Time{}, false
 	}
+	r.softAt.CompareAndSwap(0, time.Now().UnixNano())
+	return time.Unix(0, r.softAt.Load()), true
+}
+
+// softDone is closed at the soft end; nil (never ready) when the round has none.
+func (r *round) softDone() <-chan struct{} {
+	if r.soft == nil {
+		return nil
+	}
+	return r.soft.Done()
 }
 
 // reach is how long after soft the round may be expected to ship: its allowance, within budget.

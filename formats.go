@@ -1,9 +1,10 @@
 package main
 
-// Record formats other tools read natively: KPL aggregated records (kpl) and CloudWatch Logs
-// subscription records (cloudwatch), built from the envelope (records.go). Pure functions from
-// buffered events to record data, fuzzed by FuzzRecordBuilding; decoded in formats_test.go by
-// protowire, aws-lambda-go and npm aws-kinesis-agg.
+// Events packed into records in the chosen format (pack), and the formats other tools read
+// natively: KPL aggregated records (kpl) and CloudWatch Logs subscription records (cloudwatch),
+// built from the envelope (records.go). Pure functions from buffered events to record data,
+// fuzzed by FuzzRecordBuilding; decoded in formats_test.go by protowire, aws-lambda-go and npm
+// aws-kinesis-agg.
 
 import (
 	"bytes"
@@ -18,6 +19,39 @@ import (
 	"strconv"
 	"time"
 )
+
+// pack turns events into records: one per event, or with KINESIS_TELEMETRY_RECORD_FORMAT
+// ndjson, consecutive events of one partition key up to the aggregate size. The kpl and cloudwatch
+// formats are built whole here, so that their exact size is known for the call.
+func (m *recordMeta) pack(evs []event, limit int, zw **gzip.Writer) []pendingRecord {
+	switch m.format {
+	case formatKPL:
+		return m.packKPL(evs, limit)
+	case formatCloudWatch:
+		return m.packCloudWatch(evs, limit, zw)
+	}
+	recs := make([]pendingRecord, 0, min(len(evs), maxRecordsPerCall))
+	for i := 0; i < len(evs); {
+		e := &evs[i]
+		key := m.partitionKey(e)
+		size := m.dataSize(e, len(key))
+		j := i + 1
+		if m.format == formatNDJSON {
+			size++ // newline
+			for j < len(evs) && j-i < maxNDJSONLines && m.sameRecord(e, &evs[j]) {
+				next := m.dataSize(&evs[j], len(key)) + 1
+				if size+next > limit {
+					break
+				}
+				size += next
+				j++
+			}
+		}
+		recs = append(recs, pendingRecord{events: evs[i:j:j], key: key, size: size})
+		i = j
+	}
+	return recs
+}
 
 // --- KPL aggregated records ---
 //

@@ -524,7 +524,7 @@ func TestNDJSONAtMost500Lines(t *testing.T) {
 		evs[i] = logEvent(fmt.Sprintf("l%d", i))
 		evs[i].requestID, evs[i].idPrefix, evs[i].seq = "r", "p", uint64(i)
 	}
-	recs := s.packRecords(evs)
+	recs := s.meta.pack(evs, s.cfg.RecordBytes, &s.gz)
 	n := 0
 	for _, r := range recs {
 		if len(r.events) > 500 {

@@ -309,9 +309,26 @@ func abandon(c *net.Conn) {
 }
 
 func (k *kinesisClient) invalidateCredentials() {
-	if c, ok := k.creds.(*aws.CredentialsCache); ok {
+	// The function's own credentials come in the SDK's aws.CredentialsCache, a role's in an
+	// assumeGate (credentials.go).
+	if c, ok := k.creds.(interface{ Invalidate() }); ok {
 		c.Invalidate()
 	}
+}
+
+// hint tells the reader of a log line what to do about a permanent error.
+func hint(code string, stream streamRef, region string) string {
+	switch {
+	case code == "AccessDeniedException":
+		return fmt.Sprintf(" (the function's role needs kinesis:PutRecords on stream %s: attach the managed policy from template.json)", stream)
+	case code == "ResourceNotFoundException":
+		return fmt.Sprintf(" (check KINESIS_TELEMETRY_STREAM=%s: the stream must exist in region %s)", stream, region)
+	case strings.HasPrefix(code, "KMS"):
+		return " (the stream's KMS key refused the request: the role needs kms:GenerateDataKey on a customer managed key, and the key must be enabled)"
+	case code == "UnrecognizedClientException" || code == "InvalidSignatureException":
+		return " (the AWS credentials were rejected)"
+	}
+	return ""
 }
 
 // maxErrorMessage bounds an error message kept from an answer: it goes into log lines, and an

@@ -37,7 +37,7 @@ func TestEncodeBody(t *testing.T) {
 				{raw: []byte(`{"type":"platform.start","record":{"requestId":"r1"}}`), typ: "platform.start", requestID: "r1", idPrefix: "p", seq: 0},
 				{raw: []byte(`{"type":"platform.initStart","record":{}}`), typ: "platform.initStart", idPrefix: "p", seq: 1},
 			}
-			body := s.encodeBody(nil, s.packRecords(evs))
+			body := s.encodeBody(nil, s.meta.pack(evs, s.cfg.RecordBytes, &s.gz))
 			var req map[string]json.RawMessage
 			if err := json.Unmarshal(body, &req); err != nil {
 				t.Fatalf("body is not JSON: %v", err)

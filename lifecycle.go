@@ -338,7 +338,7 @@ func (e *agent) flushBeforeNext(requestID string, deadline time.Time, yielding b
 	defer cancel()
 	r := &round{before: everything}
 	if yielding {
-		r.soft, r.budget = closed, e.cfg.FlushBudget
+		r.soft, r.budget = softNow, e.cfg.FlushBudget
 	}
 	e.shipNow(ctx, r)
 }
@@ -350,16 +350,17 @@ func (e *agent) flushBeforeNext(requestID string, deadline time.Time, yielding b
 // the stream pushes back, and nothing past the flush budget. Calls are full: a call on the wire
 // at runtimeDone that the stream answers, however late, is not cut.
 func (e *agent) shipWhileInvoked(requestID string, deadline time.Time) {
-	r := &round{before: e.buf.mark(), budget: e.cfg.FlushBudget, soft: closed, allowance: wireGrace}
+	r := &round{before: e.buf.mark(), budget: e.cfg.FlushBudget, soft: softNow, allowance: wireGrace}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if e.platformTelemetry() {
-		soft := make(chan struct{})
+		soft, softEnd := context.WithCancel(context.Background())
+		defer softEnd()
 		r.soft = soft
 		go func() {
 			// Ends with ctx, when this function returns at the latest.
 			if _, ok := e.buf.waitRuntimeDone(ctx, requestID); ok {
-				close(soft)
+				softEnd()
 			}
 		}()
 	}

@@ -2,10 +2,13 @@ package main
 
 // The pacer: how fast this environment may send PutRecords entries, learnt from the stream's
 // answers (AIMD on a token bucket). It knows nothing of rounds or invocations; the shipper asks
-// it for a grant before each call and tells it each call's outcome.
+// it for a grant before each call and tells it each call's outcome. Beside it, answerTimes: how
+// long the stream takes to answer, the other thing the shipper measures of it (a slow answer is
+// not pushback: it sizes what fits before a deadline, never the rate).
 
 import (
 	"math"
+	"slices"
 	"time"
 )
 
@@ -185,3 +188,32 @@ func (p *pacer) hurry() { p.hurried = true }
 
 // pacing reports whether the pacer limits the rate, and to what.
 func (p *pacer) pacing() (bool, float64) { return p.paced, p.rate }
+
+// answerTimes are the answer times of the last answerWindow calls.
+type answerTimes struct {
+	last [answerWindow]time.Duration
+	n    int // calls seen
+}
+
+const answerWindow = 15
+
+func (a *answerTimes) add(d time.Duration) {
+	a.last[a.n%answerWindow] = d
+	a.n++
+}
+
+// typical is the median of the recent answer times (0 before the first answer).
+func (a *answerTimes) typical() time.Duration {
+	k := min(a.n, answerWindow)
+	if k == 0 {
+		return 0
+	}
+	sorted := a.last
+	slices.Sort(sorted[:k])
+	return sorted[k/2]
+}
+
+// slowest is the longest of the recent answer times.
+func (a *answerTimes) slowest() time.Duration {
+	return slices.Max(a.last[:])
+}

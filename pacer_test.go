@@ -212,3 +212,28 @@ func TestPacer(t *testing.T) {
 		})
 	}
 }
+
+// TestAnswerTimes: the usual answer time is the median of the last calls, which a spike does not
+// move; the slowest is their maximum.
+func TestAnswerTimes(t *testing.T) {
+	var a answerTimes
+	if a.typical() != 0 || a.slowest() != 0 {
+		t.Fatalf("no answers: typical %v, slowest %v", a.typical(), a.slowest())
+	}
+	for i := range 20 {
+		d := 20 * time.Millisecond
+		if i%10 == 3 {
+			d = 600 * time.Millisecond // 10% spikes
+		}
+		a.add(d)
+	}
+	if a.typical() != 20*time.Millisecond || a.slowest() != 600*time.Millisecond {
+		t.Errorf("10%% spikes by 600 ms: typical %v, slowest %v; want 20ms, 600ms", a.typical(), a.slowest())
+	}
+	for i := range answerWindow {
+		a.add(time.Duration(i+1) * time.Millisecond)
+	}
+	if a.slowest() != answerWindow*time.Millisecond {
+		t.Errorf("slowest %v after the spikes left the window", a.slowest())
+	}
+}

@@ -35,6 +35,14 @@ var recordFormatNames = []string{string(formatEvent), string(formatNDJSON), stri
 // aggregated reports whether a record holds many events.
 func (f recordFormat) aggregated() bool { return f != formatEvent }
 
+// eventsPerCall is the most events one call can carry in format f.
+func (f recordFormat) eventsPerCall() int {
+	if f.aggregated() {
+		return 50 * maxRecordsPerCall
+	}
+	return maxRecordsPerCall
+}
+
 // partitionMode is KINESIS_TELEMETRY_PARTITION_KEY.
 type partitionMode string
 
@@ -398,4 +406,10 @@ func recordSpan(raw []byte) (start, end int) {
 		return err
 	})
 	return start, end
+}
+
+// callSize is an event's share of a call, for taking events from the buffer.
+func (m *recordMeta) callSize(e *event) int {
+	key := m.partitionKey(e)
+	return m.dataSize(e, len(key)) + len(key) + 1
 }

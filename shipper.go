@@ -9,10 +9,8 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -207,42 +205,13 @@ func (s *shipper) learn(r *round, sent int, starved bool, throttled int, pushbac
 	return true
 }
 
-// answerTimes are the answer times of the last answerWindow calls.
-type answerTimes struct {
-	last [answerWindow]time.Duration
-	n    int // calls seen
-}
-
-const answerWindow = 15
-
-func (a *answerTimes) add(d time.Duration) {
-	a.last[a.n%answerWindow] = d
-	a.n++
-}
-
-// typical is the median of the recent answer times (0 before the first answer).
-func (a *answerTimes) typical() time.Duration {
-	k := min(a.n, answerWindow)
-	if k == 0 {
-		return 0
-	}
-	sorted := a.last
-	slices.Sort(sorted[:k])
-	return sorted[k/2]
-}
-
-// slowest is the longest of the recent answer times.
-func (a *answerTimes) slowest() time.Duration {
-	return slices.Max(a.last[:])
-}
-
 // takeRecords takes the next call's records from the buffer: at most n records within the call
 // limits, oldest first before the mark, or most valuable first when the round is urgent.
 func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 	// n counts records; an aggregated record holds many events.
-	events := min(n, s.eventsPerCall())
-	if s.cfg.RecordFormat.aggregated() {
-		events = s.eventsPerCall()
+	events := min(n, s.meta.format.eventsPerCall())
+	if s.meta.format.aggregated() {
+		events = s.meta.format.eventsPerCall()
 	}
 	// A paced shard's entries get what its pacer grants the call; the rest stay in the buffer,
 	// and the call carries the shards that accept.
@@ -277,30 +246,22 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 		if e, ok := s.buf.takeCounts(); ok && s.countsMayGo(r, &e) {
 			evs = append(evs, e)
 			events--
-			room -= s.recordSize(&e)
+			room -= s.meta.callSize(&e)
 		}
 	}
-	evs = append(evs, s.buf.takeSkipping(r.before, r.urgent, events, room, s.recordSize, skip)...)
+	evs = append(evs, s.buf.takeSkipping(r.before, r.urgent, events, room, s.meta.callSize, skip)...)
 	for shard, left := range s.allowed {
 		s.shardPace.pacers[shard].refund(left)
 	}
 	if len(evs) == 0 {
 		return nil
 	}
-	recs := s.packRecords(evs)
+	recs := s.meta.pack(evs, s.cfg.RecordBytes, &s.gz)
 	if k := min(fitCall(recs), n); k < len(recs) {
 		s.buf.putBack(eventsOf(recs[k:]))
 		recs = recs[:k]
 	}
 	return recs
-}
-
-// eventsPerCall is the most events one call can carry.
-func (s *shipper) eventsPerCall() int {
-	if s.cfg.RecordFormat.aggregated() {
-		return 50 * maxRecordsPerCall
-	}
-	return maxRecordsPerCall
 }
 
 // pause waits d, as the round allows: never once the invocation's runtime is done, and never
@@ -330,7 +291,7 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 		return true
 	case <-ctx.Done():
 		return false
-	case <-r.soft: // nil when there is none: never ready
+	case <-r.softDone():
 		return false
 	}
 }
@@ -500,29 +461,41 @@ func (s *shipper) guard(ctx context.Context, r *round) (context.Context, func())
 		return callCtx, cancel
 	}
 	start := time.Now()
-	finished := make(chan struct{})
-	go func() {
-		select {
-		case <-r.soft:
-		case <-finished:
-			return
-		}
+	var (
+		mu    sync.Mutex
+		ended bool        // the call has ended: arm no timer
+		cut   *time.Timer // cancels the call at its cut
+	)
+	arm := func() {
 		at, _ := r.afterSoft()
-		cut := at.Add(r.budget)
+		end := at.Add(r.budget)
 		if r.pushed.Load() || s.unanswered.Load() {
 			// The stream pushes back in this round, or left the last call unanswered: a call
 			// that does not answer soon is not worth the function's time.
-			cut = earliest(cut, later(at, start).Add(wireGrace))
+			end = earliest(end, later(at, start).Add(wireGrace))
 		}
-		t := time.NewTimer(time.Until(cut))
-		defer t.Stop()
-		select {
-		case <-t.C:
-			cancel()
-		case <-finished:
+		mu.Lock()
+		defer mu.Unlock()
+		if !ended {
+			cut = time.AfterFunc(time.Until(end), cancel)
 		}
-	}()
-	return callCtx, func() { close(finished); cancel() }
+	}
+	stopWaiting := func() bool { return false }
+	if _, after := r.afterSoft(); after {
+		arm()
+	} else {
+		stopWaiting = context.AfterFunc(r.soft, arm)
+	}
+	return callCtx, func() {
+		stopWaiting()
+		mu.Lock()
+		ended = true
+		if cut != nil {
+			cut.Stop()
+		}
+		mu.Unlock()
+		cancel()
+	}
 }
 
 // shrinkBody lets a request body grown by a spike (up to 5 MiB) go, rather than hold it for
@@ -573,74 +546,7 @@ func (s *shipper) drop(recs []pendingRecord, err error) {
 		n += telemetryEvents(r.events)
 		s.buf.release(r.events, outcome{kind: outcomeRejected, code: code})
 	}
-	s.logs.once("drop:"+code, "kinesis: PutRecords rejected %d events, which are dropped and counted: %v%s", n, err, hint(code, s.cfg, s.meta.region))
-}
-
-// telemetryEvents counts the events that came from Lambda, leaving out the extension's own
-// counts records.
-func telemetryEvents(evs []event) uint64 {
-	var n uint64
-	for i := range evs {
-		if evs[i].typ != countsType {
-			n++
-		}
-	}
-	return n
-}
-
-// hint tells the reader of a log line what to do about a permanent error.
-func hint(code string, cfg config, region string) string {
-	stream := cfg.Stream
-	switch {
-	case code == "AccessDeniedException":
-		return fmt.Sprintf(" (the function's role needs kinesis:PutRecords on stream %s: attach the managed policy from template.json)", stream)
-	case code == "ResourceNotFoundException":
-		return fmt.Sprintf(" (check KINESIS_TELEMETRY_STREAM=%s: the stream must exist in region %s)", stream, region)
-	case strings.HasPrefix(code, "KMS"):
-		return " (the stream's KMS key refused the request: the role needs kms:GenerateDataKey on a customer managed key, and the key must be enabled)"
-	case code == "UnrecognizedClientException" || code == "InvalidSignatureException":
-		return " (the AWS credentials were rejected)"
-	}
-	return ""
-}
-
-// packRecords turns events into records: one per event, or with KINESIS_TELEMETRY_RECORD_FORMAT
-// ndjson, consecutive events of one partition key up to the aggregate size. The kpl and cloudwatch
-// formats are built here, whole (records.go), so that their exact size is known for the call.
-func (s *shipper) packRecords(evs []event) []pendingRecord {
-	switch s.cfg.RecordFormat {
-	case formatKPL:
-		return s.meta.packKPL(evs, s.cfg.RecordBytes)
-	case formatCloudWatch:
-		return s.meta.packCloudWatch(evs, s.cfg.RecordBytes, &s.gz)
-	}
-	recs := make([]pendingRecord, 0, min(len(evs), maxRecordsPerCall))
-	for i := 0; i < len(evs); {
-		e := &evs[i]
-		key := s.meta.partitionKey(e)
-		size := s.meta.dataSize(e, len(key))
-		j := i + 1
-		if s.cfg.RecordFormat == formatNDJSON {
-			size++ // newline
-			for j < len(evs) && j-i < maxNDJSONLines && s.meta.sameRecord(e, &evs[j]) {
-				next := s.meta.dataSize(&evs[j], len(key)) + 1
-				if size+next > s.cfg.RecordBytes {
-					break
-				}
-				size += next
-				j++
-			}
-		}
-		recs = append(recs, pendingRecord{events: evs[i:j:j], key: key, size: size})
-		i = j
-	}
-	return recs
-}
-
-// recordSize is an event's share of a call, for taking events from the buffer.
-func (s *shipper) recordSize(e *event) int {
-	key := s.meta.partitionKey(e)
-	return s.meta.dataSize(e, len(key)) + len(key) + 1
+	s.logs.once("drop:"+code, "kinesis: PutRecords rejected %d events, which are dropped and counted: %v%s", n, err, hint(code, s.cfg.Stream, s.meta.region))
 }
 
 // countsEvery is how often a counts record is shipped while telemetry flows; any loss makes one
@@ -674,9 +580,9 @@ func (s *shipper) emitCounts(now time.Time) {
 func (s *shipper) encodeBody(dst []byte, recs []pendingRecord) []byte {
 	return appendPutRecordsBody(dst, s.cfg.Stream, recs, func(r *pendingRecord) []byte {
 		if r.data != nil {
-			return r.data // kpl and cloudwatch records are built whole by packRecords
+			return r.data // kpl and cloudwatch records are built whole by pack
 		}
-		s.scratch = s.meta.appendRecordData(s.scratch[:0], r, s.cfg.RecordFormat == formatNDJSON)
+		s.scratch = s.meta.appendRecordData(s.scratch[:0], r, s.meta.format == formatNDJSON)
 		return s.scratch
 	})
 }

@@ -281,7 +281,7 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 		s, buf, _ := testShipper(t, config{}, fk.URL)
 		addLogs(buf, 50)
 		start := time.Now()
-		s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second})
+		s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second})
 		if took := time.Since(start); took > 100*time.Millisecond || len(fk.received()) != 1 || buf.buffered() != 50 {
 			t.Errorf("round took %v with %d calls, %d buffered; want one call, at once, all 50 kept", took, len(fk.received()), buf.buffered())
 		}
@@ -291,8 +291,9 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 		s, buf, st := testShipper(t, config{}, fk.URL)
 		s.unanswered.Store(true)
 		addLogs(buf, 50)
-		soft := make(chan struct{})
-		time.AfterFunc(20*time.Millisecond, func() { close(soft) })
+		soft, softEnd := context.WithCancel(context.Background())
+		defer softEnd()
+		time.AfterFunc(20*time.Millisecond, softEnd)
 		start := time.Now()
 		s.shipRound(context.Background(), &round{before: everything, soft: soft, budget: time.Second})
 		if took := time.Since(start); took > 20*time.Millisecond+wireGrace+50*time.Millisecond || buf.buffered() != 50 || st.unconfirmed.Load() != 50 {
@@ -326,7 +327,7 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 			fk := newFakeKinesis(t, allOK)
 			s, buf, st := testShipper(t, config{}, fk.URL)
 			addLogs(buf, 1200)
-			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: allowance})
+			s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second, allowance: allowance})
 			if st.delivered.Load() != 1200 {
 				t.Errorf("allowance %v: delivered %d of 1200 after runtimeDone against a healthy stream", allowance, st.delivered.Load())
 			}
@@ -344,7 +345,7 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 			fk := newFakeKinesis(t, slowKinesis(120*time.Millisecond))
 			s, buf, st := testShipper(t, config{}, fk.URL)
 			addLogs(buf, 1200)
-			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: tt.allowance})
+			s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second, allowance: tt.allowance})
 			if len(fk.received()) != tt.calls || st.delivered.Load() != uint64(min(1200, 500*tt.calls)) || st.unconfirmed.Load() != 0 || s.pressured(time.Now()) {
 				t.Errorf("allowance %v: %d calls, %d delivered, %d buffered, %d unconfirmed, pressured %v; want %d full calls answered, not pressured",
 					tt.allowance, len(fk.received()), st.delivered.Load(), buf.buffered(), st.unconfirmed.Load(), s.pressured(time.Now()), tt.calls)
@@ -368,58 +369,12 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 				s.answers.add(40 * time.Millisecond)
 			}
 			addLogs(buf, 100)
-			s.shipRound(context.Background(), &round{before: everything, soft: closed, budget: time.Second, allowance: tt.allowance})
+			s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second, allowance: tt.allowance})
 			if got := len(fk.received()) > 0; got != tt.wantCalls {
 				t.Errorf("allowance %v: calls made %v, want %v (%d buffered)", tt.allowance, got, tt.wantCalls, buf.buffered())
 			}
 		}
 	})
-}
-
-// TestAnswerTimes: the usual answer time is the median of the last calls, which a spike does not
-// move; the slowest is their maximum; and the calls expected within a time fit one slowest
-// answer and the rest at the usual one.
-func TestAnswerTimes(t *testing.T) {
-	var a answerTimes
-	if a.typical() != 0 || a.slowest() != 0 {
-		t.Fatalf("no answers: typical %v, slowest %v", a.typical(), a.slowest())
-	}
-	for i := range 20 {
-		d := 20 * time.Millisecond
-		if i%10 == 3 {
-			d = 600 * time.Millisecond // 10% spikes
-		}
-		a.add(d)
-	}
-	if a.typical() != 20*time.Millisecond || a.slowest() != 600*time.Millisecond {
-		t.Errorf("10%% spikes by 600 ms: typical %v, slowest %v; want 20ms, 600ms", a.typical(), a.slowest())
-	}
-	for i := range answerWindow {
-		a.add(time.Duration(i+1) * time.Millisecond)
-	}
-	if a.slowest() != answerWindow*time.Millisecond {
-		t.Errorf("slowest %v after the spikes left the window", a.slowest())
-	}
-	for _, tt := range []struct {
-		name    string
-		answers []time.Duration
-		left    time.Duration
-		want    int
-	}{
-		{"unmeasured", nil, time.Second, 1 + int((time.Second-unmeasuredAnswer)/unmeasuredAnswer)},
-		{"unmeasured, too little time", nil, unmeasuredAnswer - time.Millisecond, 0},
-		{"20 ms with a 600 ms spike", []time.Duration{20 * time.Millisecond, 600 * time.Millisecond, 20 * time.Millisecond}, time.Second, 1 + 400/20},
-		{"time for one slow answer only", []time.Duration{20 * time.Millisecond, 600 * time.Millisecond, 20 * time.Millisecond}, 500 * time.Millisecond, 1},
-		{"very fast answers count minCallTime", []time.Duration{time.Microsecond}, 100 * time.Millisecond, 1 + int((100*time.Millisecond-time.Microsecond)/minCallTime)},
-	} {
-		s := &shipper{}
-		for _, d := range tt.answers {
-			s.answers.add(d)
-		}
-		if got := s.callsWithin(tt.left); got != tt.want {
-			t.Errorf("%s: callsWithin(%v) = %d, want %d", tt.name, tt.left, got, tt.want)
-		}
-	}
 }
 
 // TestUrgentRoundSendsTheNewestInvocationFirst: at a shutdown short of time (here the stream

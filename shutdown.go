@@ -41,14 +41,14 @@ func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
 	if s.failStreak >= outageAfter {
 		entries = calls * probeEntries
 	}
-	if s.cfg.RecordFormat.aggregated() {
+	if s.meta.format.aggregated() {
 		// Aggregated records hold many events each: the call's byte limit is what binds.
-		entries = calls * s.eventsPerCall()
+		entries = calls * s.meta.format.eventsPerCall()
 	}
 	if n, _ := s.buf.state(); n <= entries {
 		return 0
 	}
-	keep := s.buf.takeNewest(entries, calls*maxCallBytes, s.recordSize)
+	keep := s.buf.takeNewest(entries, calls*maxCallBytes, s.meta.callSize)
 	dropped = s.dropRemaining()
 	s.buf.putBack(keep)
 	return dropped
@@ -94,7 +94,7 @@ func (s *shipper) shipCounts(ctx context.Context) {
 		if !ok {
 			return // stored
 		}
-		s.send(ctx, &round{}, s.packRecords([]event{e}))
+		s.send(ctx, &round{}, s.meta.pack([]event{e}, s.cfg.RecordBytes, &s.gz))
 		t := time.NewTimer(countsRetry)
 		select {
 		case <-t.C:
