@@ -159,7 +159,7 @@ func (m *recordMeta) packCloudWatch(evs []event, limit int, zw **gzip.Writer) []
 	var scratch bytes.Buffer // compacted JSON log lines
 	for i := 0; i < len(evs); {
 		key := m.partitionKey(&evs[i]) // the log stream, the same for every event
-		js = m.logs.appendHead(js[:0])
+		js = m.cloudWatch.appendHead(js[:0])
 		room := maxRecordBytes - len(key) - gzipSlop - len(js)
 		j, batch := i, 0
 		for ; j < len(evs) && j-i < cwMaxEvents; j++ {
@@ -223,7 +223,7 @@ func (m *recordMeta) appendLogEvent(dst []byte, e *event, room int, scratch *byt
 	dst = append(dst, `","timestamp":`...)
 	dst = strconv.AppendInt(dst, ms, 10)
 	dst = append(dst, `,"message":`...)
-	msg := m.logs.message(e, record, scratch)
+	msg := m.cloudWatch.message(e, record, scratch)
 	if len(msg) > cwMaxMessage {
 		msg = msg[:utf8Prefix(msg, cwMaxMessage)]
 	}

@@ -168,12 +168,12 @@ func TestCloudWatchRecords(t *testing.T) {
 			m := cloudWatchMeta(tt.format)
 			var zw *gzip.Writer
 			recs := m.packCloudWatch(evs, 262144, &zw)
-			if len(recs) != 1 || recs[0].key != m.logs.stream || recs[0].size != len(recs[0].data) {
+			if len(recs) != 1 || recs[0].key != m.cloudWatch.stream || recs[0].size != len(recs[0].data) {
 				t.Fatalf("%d records, key %q", len(recs), recs[0].key)
 			}
 			d := decodeCloudWatch(t, recs[0].data)
 			if d.MessageType != "DATA_MESSAGE" || d.Owner != "123456789012" || d.LogGroup != "/aws/lambda/fn" ||
-				d.LogStream != m.logs.stream || !slices.Equal(d.SubscriptionFilters, []string{"kinesis-telemetry-extension"}) {
+				d.LogStream != m.cloudWatch.stream || !slices.Equal(d.SubscriptionFilters, []string{"kinesis-telemetry-extension"}) {
 				t.Errorf("header %+v", d)
 			}
 			if len(d.LogEvents) != len(tt.want) {

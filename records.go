@@ -118,21 +118,21 @@ type recordMeta struct {
 
 	format     recordFormat
 	textObject bool // KINESIS_TELEMETRY_TEXT_RECORD=object: text lines' record becomes {"message":…}
-	logs       cloudWatchNames
+	cloudWatch cloudWatchNames
 }
 
 func newRecordMeta(fn functionID, rs recordSettings, region, envID string) recordMeta {
 	m := recordMeta{
 		fn: fn, envID: envID, function: fn.Name, partition: rs.Partition,
 		format: rs.Format, textObject: rs.Text == textAsObject,
-		logs: cloudWatchNames{
+		cloudWatch: cloudWatchNames{
 			owner: fn.Account, group: rs.LogGroup, stream: rs.LogStream,
 			filter: rs.SubscriptionFilter, format: rs.LogFormat,
 		},
 	}
-	if m.logs.owner == "" {
+	if m.cloudWatch.owner == "" {
 		// Without the accountId feature of register, the stream's account is the best owner.
-		m.logs.owner = rs.StreamAccount
+		m.cloudWatch.owner = rs.StreamAccount
 	}
 	m.setRegion(region)
 	return m
@@ -168,9 +168,9 @@ func (m *recordMeta) setRegion(region string) {
 // function's ("function"), or spreads them evenly ("random", derived from the event id so that a
 // retry goes to the same shard).
 func (m *recordMeta) partitionKey(e *event) string {
-	if m.format == formatCloudWatch && m.logs.stream != "" {
+	if m.format == formatCloudWatch && m.cloudWatch.stream != "" {
 		// CloudWatch's ByLogStream distribution: one environment's events stay in order.
-		return truncate(m.logs.stream, maxKeyBytes)
+		return truncate(m.cloudWatch.stream, maxKeyBytes)
 	}
 	switch m.partition {
 	case partitionFunction:
