@@ -1,7 +1,8 @@
 package main
 
-// Unit tests of shipper.go against fakeKinesis: per-entry retries, whole-call errors, rounds that
-// give way after runtimeDone, answer times, urgent rounds, unknown outcomes, backoff.
+// Unit tests of shipper.go against fakeKinesis: per-entry retries, whole-call errors, urgent
+// rounds, unknown outcomes, backoff; and, in process on a synctest clock (scriptedPutter), the
+// rounds that give way after runtimeDone.
 
 import (
 	"context"
@@ -13,7 +14,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -264,73 +267,131 @@ func TestUnknownOutcomeIsCountedApart(t *testing.T) {
 	}
 }
 
+// scriptedPutter is a recordPutter in process, for round-policy tests on a synctest virtual
+// clock: no HTTP, no signing. Each call waits its answer time on the clock, then answers from the
+// script; a call cut before its answer is of unknown outcome, as a written request is. It models
+// what a round sees of Kinesis (answers, errors, their timing), not the wire: kinesis_test.go and
+// the end-to-end tests cover that.
+type scriptedPutter struct {
+	answer func(call, n int) ([]putResult, error)
+	after  time.Duration // answer time of every call
+
+	mu    sync.Mutex
+	sizes []int // entries of each call, in order
+}
+
+func (p *scriptedPutter) putRecords(ctx context.Context, _ []byte, n int) ([]putResult, error) {
+	p.mu.Lock()
+	call := len(p.sizes)
+	p.sizes = append(p.sizes, n)
+	p.mu.Unlock()
+	t := time.NewTimer(p.after)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return p.answer(call, n)
+	case <-ctx.Done():
+		return nil, &networkError{err: fmt.Errorf("scripted call: %w", ctx.Err()), written: true}
+	}
+}
+
+func (p *scriptedPutter) invalidateCredentials() {}
+
+// calls returns the entries of each call made so far.
+func (p *scriptedPutter) calls() []int { return snapshot(&p.mu, &p.sizes) }
+
+// scriptedShipper is testShipper with a scriptedPutter for its client.
+func scriptedShipper(t testing.TB, p *scriptedPutter) (*shipper, *buffer, *stats) {
+	s, buf, st := testShipper(t, config{}, "")
+	s.newClient = func(context.Context) (recordPutter, error) { return p, nil }
+	return s, buf, st
+}
+
+// storedAll and throttledAll answer every entry of a call of n.
+func storedAll(_, n int) ([]putResult, error) {
+	rs := make([]putResult, n)
+	for i := range rs {
+		rs[i] = putResult{ShardID: []byte("shardId-000000000000")}
+	}
+	return rs, nil
+}
+
+func throttledAll(_, n int) ([]putResult, error) {
+	rs := make([]putResult, n)
+	for i := range rs {
+		rs[i] = putResult{ErrorCode: "ProvisionedThroughputExceededException", ErrorMessage: "Rate exceeded for shard"}
+	}
+	return rs, nil
+}
+
 // TestRoundGivesWayAfterRuntimeDone: once the invocation's runtime is done, a round that meets
 // pushback ends at once, and a call on the wire of a stream that left the last call unanswered is
 // cut after wireGrace; the events stay buffered. A healthy stream gets everything sent. While
-// calls fail whole, later calls are small probes.
+// calls fail whole, later calls are small probes. On a synctest clock: the times are exact, and a
+// loaded machine cannot stretch them.
 func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
-	throttleAll := func(_ int, req putRecordsRequest) (int, string) {
-		rs := make([]string, len(req.Records))
-		for i := range rs {
-			rs[i] = `{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard"}`
-		}
-		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, len(rs), strings.Join(rs, ","))
-	}
 	t.Run("throttled", func(t *testing.T) {
-		fk := newFakeKinesis(t, throttleAll)
-		s, buf, _ := testShipper(t, config{}, fk.URL)
-		addLogs(buf, 50)
-		start := time.Now()
-		s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second})
-		if took := time.Since(start); took > 100*time.Millisecond || len(fk.received()) != 1 || buf.buffered() != 50 {
-			t.Errorf("round took %v with %d calls, %d buffered; want one call, at once, all 50 kept", took, len(fk.received()), buf.buffered())
-		}
+		synctest.Test(t, func(t *testing.T) {
+			p := &scriptedPutter{answer: throttledAll, after: 20 * time.Millisecond}
+			s, buf, _ := scriptedShipper(t, p)
+			addLogs(buf, 50)
+			start := time.Now()
+			s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second})
+			if took := time.Since(start); took != p.after || len(p.calls()) != 1 || buf.buffered() != 50 {
+				t.Errorf("round took %v with %d calls, %d buffered; want one call, its answer time, all 50 kept", took, len(p.calls()), buf.buffered())
+			}
+		})
 	})
 	t.Run("no answer after one went unanswered", func(t *testing.T) {
-		fk := newFakeKinesis(t, slowKinesis(500*time.Millisecond))
-		s, buf, st := testShipper(t, config{}, fk.URL)
-		s.unanswered.Store(true)
-		addLogs(buf, 50)
-		soft, softEnd := context.WithCancel(context.Background())
-		defer softEnd()
-		time.AfterFunc(20*time.Millisecond, softEnd)
-		start := time.Now()
-		s.shipRound(context.Background(), &round{before: everything, soft: soft, budget: time.Second})
-		if took := time.Since(start); took > 20*time.Millisecond+wireGrace+50*time.Millisecond || buf.buffered() != 50 || st.unconfirmed.Load() != 50 {
-			t.Errorf("round took %v, %d buffered, %d unconfirmed; want cut wireGrace after runtimeDone, all kept as maybe stored", took, buf.buffered(), st.unconfirmed.Load())
-		}
+		synctest.Test(t, func(t *testing.T) {
+			p := &scriptedPutter{answer: storedAll, after: 500 * time.Millisecond}
+			s, buf, st := scriptedShipper(t, p)
+			s.unanswered.Store(true)
+			addLogs(buf, 50)
+			soft, softEnd := context.WithCancel(context.Background())
+			defer softEnd()
+			time.AfterFunc(20*time.Millisecond, softEnd)
+			start := time.Now()
+			s.shipRound(context.Background(), &round{before: everything, soft: soft, budget: time.Second})
+			if took := time.Since(start); took != 20*time.Millisecond+wireGrace || buf.buffered() != 50 || st.unconfirmed.Load() != 50 {
+				t.Errorf("round took %v, %d buffered, %d unconfirmed; want cut wireGrace after runtimeDone (%v), all kept as maybe stored",
+					took, buf.buffered(), st.unconfirmed.Load(), 20*time.Millisecond+wireGrace)
+			}
+		})
 	})
 	// One failed call is a blip; outageAfter in a row are an outage: from then on, probes.
 	t.Run("outage: probes, not the backlog", func(t *testing.T) {
-		fk := newFakeKinesis(t, func(int, putRecordsRequest) (int, string) { return 503, `{"__type":"ServiceUnavailable"}` })
-		s, buf, st := testShipper(t, config{}, fk.URL)
-		addLogs(buf, 1000)
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		defer cancel()
-		s.ship(ctx, everything)
-		calls := fk.received()
-		if len(calls) <= outageAfter || buf.buffered() != 1000 {
-			t.Fatalf("%d calls, %d buffered", len(calls), buf.buffered())
-		}
-		for i, c := range calls {
-			if full := i < outageAfter; full != (len(c.Records) == 500) || !full && len(c.Records) > probeEntries {
-				t.Errorf("call %d of an outage carried %d entries; want 500 for the first %d, then at most %d", i, len(c.Records), outageAfter, probeEntries)
+		synctest.Test(t, func(t *testing.T) {
+			p := &scriptedPutter{answer: func(int, int) ([]putResult, error) {
+				return nil, &apiError{Status: http.StatusServiceUnavailable, Code: "ServiceUnavailable"}
+			}}
+			s, buf, _ := scriptedShipper(t, p)
+			addLogs(buf, 1000)
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			s.ship(ctx, everything)
+			calls := p.calls()
+			if len(calls) <= outageAfter || buf.buffered() != 1000 {
+				t.Fatalf("%d calls, %d buffered", len(calls), buf.buffered())
 			}
-		}
-		// The fake may not have read a call cut at the deadline: count the extension's own calls.
-		if st.entries.Load() > outageAfter*500+probeEntries*(st.calls.Load()-outageAfter) {
-			t.Errorf("%d entries sent in %d calls, %d calls counted", st.entries.Load(), len(calls), st.calls.Load())
-		}
+			for i, n := range calls {
+				if full := i < outageAfter; full != (n == 500) || !full && n > probeEntries {
+					t.Errorf("call %d of an outage carried %d entries; want 500 for the first %d, then at most %d", i, n, outageAfter, probeEntries)
+				}
+			}
+		})
 	})
 	t.Run("healthy", func(t *testing.T) {
 		for _, allowance := range []time.Duration{0, wireGrace} {
-			fk := newFakeKinesis(t, allOK)
-			s, buf, st := testShipper(t, config{}, fk.URL)
-			addLogs(buf, 1200)
-			s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second, allowance: allowance})
-			if st.delivered.Load() != 1200 {
-				t.Errorf("allowance %v: delivered %d of 1200 after runtimeDone against a healthy stream", allowance, st.delivered.Load())
-			}
+			synctest.Test(t, func(t *testing.T) {
+				p := &scriptedPutter{answer: storedAll, after: time.Millisecond}
+				s, buf, st := scriptedShipper(t, p)
+				addLogs(buf, 1200)
+				s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second, allowance: allowance})
+				if st.delivered.Load() != 1200 {
+					t.Errorf("allowance %v: delivered %d of 1200 after runtimeDone against a healthy stream", allowance, st.delivered.Load())
+				}
+			})
 		}
 	})
 	// A slow answer is not pushback: the stream stores what it is sent. The pacer does not pace,
@@ -342,17 +403,19 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 			allowance time.Duration
 			calls     int
 		}{{0, 3}, {wireGrace, 1}} {
-			fk := newFakeKinesis(t, slowKinesis(120*time.Millisecond))
-			s, buf, st := testShipper(t, config{}, fk.URL)
-			addLogs(buf, 1200)
-			s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second, allowance: tt.allowance})
-			if len(fk.received()) != tt.calls || st.delivered.Load() != uint64(min(1200, 500*tt.calls)) || st.unconfirmed.Load() != 0 || s.pressured(time.Now()) {
-				t.Errorf("allowance %v: %d calls, %d delivered, %d buffered, %d unconfirmed, pressured %v; want %d full calls answered, not pressured",
-					tt.allowance, len(fk.received()), st.delivered.Load(), buf.buffered(), st.unconfirmed.Load(), s.pressured(time.Now()), tt.calls)
-			}
-			if paced, _ := s.pace.pacing(); paced {
-				t.Errorf("allowance %v: the pacer paces after slow answers", tt.allowance)
-			}
+			synctest.Test(t, func(t *testing.T) {
+				p := &scriptedPutter{answer: storedAll, after: 120 * time.Millisecond}
+				s, buf, st := scriptedShipper(t, p)
+				addLogs(buf, 1200)
+				s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second, allowance: tt.allowance})
+				if len(p.calls()) != tt.calls || st.delivered.Load() != uint64(min(1200, 500*tt.calls)) || st.unconfirmed.Load() != 0 || s.pressured(time.Now()) {
+					t.Errorf("allowance %v: %d calls, %d delivered, %d buffered, %d unconfirmed, pressured %v; want %d full calls answered, not pressured",
+						tt.allowance, len(p.calls()), st.delivered.Load(), buf.buffered(), st.unconfirmed.Load(), s.pressured(time.Now()), tt.calls)
+				}
+				if paced, _ := s.pace.pacing(); paced {
+					t.Errorf("allowance %v: the pacer paces after slow answers", tt.allowance)
+				}
+			})
 		}
 	})
 	// After runtimeDone a call starts only if the stream's usual answer time fits in the
@@ -363,16 +426,18 @@ func TestRoundGivesWayAfterRuntimeDone(t *testing.T) {
 			allowance time.Duration
 			wantCalls bool
 		}{{wireGrace, false}, {0, true}} {
-			fk := newFakeKinesis(t, allOK)
-			s, buf, _ := testShipper(t, config{}, fk.URL)
-			for range 5 {
-				s.answers.add(40 * time.Millisecond)
-			}
-			addLogs(buf, 100)
-			s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second, allowance: tt.allowance})
-			if got := len(fk.received()) > 0; got != tt.wantCalls {
-				t.Errorf("allowance %v: calls made %v, want %v (%d buffered)", tt.allowance, got, tt.wantCalls, buf.buffered())
-			}
+			synctest.Test(t, func(t *testing.T) {
+				p := &scriptedPutter{answer: storedAll, after: 40 * time.Millisecond}
+				s, buf, _ := scriptedShipper(t, p)
+				for range 5 {
+					s.answers.add(40 * time.Millisecond)
+				}
+				addLogs(buf, 100)
+				s.shipRound(context.Background(), &round{before: everything, soft: softNow, budget: time.Second, allowance: tt.allowance})
+				if got := len(p.calls()) > 0; got != tt.wantCalls {
+					t.Errorf("allowance %v: calls made %v, want %v (%d buffered)", tt.allowance, got, tt.wantCalls, buf.buffered())
+				}
+			})
 		}
 	})
 }
