@@ -31,13 +31,13 @@ type stats struct {
 	filteredOwn                                      atomic.Uint64
 	invocations, postRuntimeCount, postRuntimeMicros atomic.Uint64
 	postRuntimeMaxMicros, postRuntimeLastMicros      atomic.Uint64
-	mu                                               sync.Mutex
-	rejected                                         map[string]uint64 // dropped by error code
-	assumeRole                                       codeCounts        // failed AssumeRole calls by error code (credentials.go)
-	lastFlush                                        flushCounters     // what the last ship round did
+	rejected                                         codeCounts    // dropped by error code
+	assumeRole                                       codeCounts    // failed AssumeRole calls by error code (credentials.go)
+	mu                                               sync.Mutex    // guards lastFlush
+	lastFlush                                        flushCounters // what the last ship round did
 }
 
-func newStats() *stats { return &stats{start: time.Now(), rejected: map[string]uint64{}} }
+func newStats() *stats { return &stats{start: time.Now()} }
 
 // codeCounts counts failures by error code; the zero value is ready to use.
 type codeCounts struct {
@@ -52,6 +52,17 @@ func (c *codeCounts) add(code string) {
 		c.m = map[string]uint64{}
 	}
 	c.m[code]++
+}
+
+// total is the sum of the counts.
+func (c *codeCounts) total() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n uint64
+	for _, v := range c.m {
+		n += v
+	}
+	return n
 }
 
 // snapshot returns the counts so far (never nil, so that the counts record shows {}).
@@ -92,9 +103,7 @@ func (s *stats) settle(e *event, o outcome) {
 	case o.kind == outcomeShutdown:
 		s.droppedShutdown.Add(1)
 	default:
-		s.mu.Lock()
-		s.rejected[o.code]++
-		s.mu.Unlock()
+		s.rejected.add(o.code)
 	}
 }
 
@@ -157,13 +166,7 @@ func (s *stats) lambdaDropped(raw []byte) {
 type lossMarks struct{ full, rejected, shutdown, unknown, lambda, bad uint64 }
 
 func (s *stats) marks() lossMarks {
-	s.mu.Lock()
-	var rejected uint64
-	for _, n := range s.rejected {
-		rejected += n
-	}
-	s.mu.Unlock()
-	return lossMarks{s.droppedFull.Load(), rejected, s.droppedShutdown.Load(), s.unknown.Load(),
+	return lossMarks{s.droppedFull.Load(), s.rejected.total(), s.droppedShutdown.Load(), s.unknown.Load(),
 		s.lambdaDroppedRecords.Load(), s.badBatches.Load() + s.badEvents.Load()}
 }
 
@@ -242,13 +245,12 @@ func (s *stats) json(buffered int) []byte {
 	c.Received, c.Delivered, c.Buffered, c.Unknown = s.received.Load(), s.delivered.Load(), buffered, s.unknown.Load()
 	s.mu.Lock()
 	lf := s.lastFlush
-	c.Dropped.Rejected = make(map[string]uint64, len(s.rejected))
+	s.mu.Unlock()
+	c.Dropped.Rejected = s.rejected.snapshot()
 	var rejected uint64
-	for k, v := range s.rejected {
-		c.Dropped.Rejected[k] = v
+	for _, v := range c.Dropped.Rejected {
 		rejected += v
 	}
-	s.mu.Unlock()
 	c.Dropped.BufferFull, c.Dropped.Shutdown = s.droppedFull.Load(), s.droppedShutdown.Load()
 	c.Dropped.Total = c.Dropped.BufferFull + rejected + c.Dropped.Shutdown
 	c.Filtered.Excluded, c.Filtered.BelowLevel = s.filteredExcluded.Load(), s.filteredLevel.Load()

@@ -91,7 +91,7 @@ func TestEMFLineDeltas(t *testing.T) {
 
 	st.delivered.Add(10)
 	st.droppedFull.Add(2)
-	st.rejected["InvalidArgumentException"] = 1
+	st.rejected.add("InvalidArgumentException")
 	st.throttles.Add(4)
 	st.assumeRole.add("AccessDenied")
 	st.lambdaDroppedRecords.Add(7)

@@ -129,12 +129,7 @@ func TestShipClassifiesWholeCallErrors(t *testing.T) {
 			if err := s.ship(context.Background(), everything); err != nil {
 				t.Fatal(err)
 			}
-			st.mu.Lock()
-			var rejected uint64
-			for _, n := range st.rejected {
-				rejected += n
-			}
-			st.mu.Unlock()
+			rejected := st.rejected.total()
 			n := len(fk.received())
 			if (tt.wantCalls == 1 && n != 1) || n < tt.wantCalls || st.delivered.Load() != tt.wantDelivered || rejected != tt.wantRejected {
 				t.Errorf("calls %d delivered %d rejected %d, want %d%s %d %d", n, st.delivered.Load(), rejected, tt.wantCalls, map[bool]string{true: "+"}[tt.wantCalls > 1], tt.wantDelivered, tt.wantRejected)

@@ -39,7 +39,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -403,7 +402,7 @@ func (f *simFleet) settle(v *simEnv) {
 		buffered: v.ext.buf.buffered(), countsLogged: m.full + m.shutdown + m.rejected,
 	}
 	st.mu.Lock()
-	r.rejectedBy = maps.Clone(st.rejected)
+	r.rejectedBy = st.rejected.snapshot()
 	st.mu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
