@@ -242,7 +242,7 @@ func (e *agent) eventLoop(ctx context.Context) int {
 			e.onInvoke(ev)
 		case eventShutdown:
 			if stopPeriodic != nil {
-				stopPeriodic(shutdownDeadline(ev).Add(-countsReserve))
+				stopPeriodic(shutdownDeadline(ev, time.Now()).Add(-countsReserve))
 			}
 			e.onShutdown(ev)
 			return 0
@@ -428,10 +428,12 @@ const (
 	sendingPoll    = 2 * time.Millisecond
 )
 
-func shutdownDeadline(ev lifecycleEvent) time.Time {
+// shutdownDeadline is when a shutdown that begins at now must be done: Lambda's deadline, or
+// shutdownTime from now when the event carries none that makes sense, less shutdownMargin.
+func shutdownDeadline(ev lifecycleEvent, now time.Time) time.Time {
 	d := time.UnixMilli(ev.DeadlineMs)
-	if ev.DeadlineMs == 0 || time.Until(d) > time.Minute {
-		d = time.Now().Add(shutdownTime)
+	if ev.DeadlineMs == 0 || d.Sub(now) > time.Minute {
+		d = now.Add(shutdownTime)
 	}
 	return d.Add(-shutdownMargin)
 }
@@ -444,7 +446,7 @@ func shutdownDeadline(ev lifecycleEvent) time.Time {
 // shutdown loses. Only if the round then falls short (the stream answered slower than it did
 // until now) is a second counts record sent, in the time kept for it.
 func (e *agent) onShutdown(ev lifecycleEvent) {
-	final := shutdownDeadline(ev)
+	final := shutdownDeadline(ev, time.Now())
 	if e.platformTelemetry() || (e.sub.Active && e.cfg.Managed) {
 		half := time.Now().Add(time.Until(final) / 2)
 		ctx, cancel := context.WithDeadline(context.Background(), half)
