@@ -22,7 +22,7 @@ import (
 // second, cut by half the share throttled; at the end of each paceEpoch with pushback it is cut
 // by half the epoch's throttled share (all of it throttled: halved); and while the backlog wants
 // more than the bucket gives, it rises by paceIncrease of itself per second (at least
-// paceMinStep), or doubles per second once paceProbeAfter has passed without pushback, like
+// its minStep), or doubles per second once paceProbeAfter has passed without pushback, like
 // TCP's slow start, so that a passing throttle does not hold the environment back for long.
 // Slow answers are not pushback: a stream that answers late still stores what it is sent.
 //
@@ -40,7 +40,8 @@ import (
 // one environment's rate hardly moves the share: tried, it raised the fleet's amplification
 // (BENCHMARKS.md, "Backpressure").
 type pacer struct {
-	now func() time.Time
+	now              func() time.Time
+	minRate, minStep float64 // the floor, and the least additive step (entries/s per second)
 
 	paced   bool
 	hurried bool    // shutdown: probe without waiting for calm (hurry)
@@ -61,16 +62,32 @@ const (
 	paceIncrease   = 0.1 // of the rate, per second
 	paceProbe      = 1.0 // of the rate, per second, paceProbeAfter the last pushback
 	paceProbeAfter = 2 * time.Second
-	paceMinStep    = 5   // entries/s per second: small, since a fleet of N adds N of it
-	paceMinRate    = 10  // entries per second
-	paceMaxRate    = 1e6 // above this the stream is not the limit: pacing stops
-	paceEpoch      = 500 * time.Millisecond
-	paceWindow     = time.Second
-	paceBurst      = time.Second
-	paceBatch      = 50 * time.Millisecond // a call waits for at least this much traffic (or the backlog)
+	paceMinStep    = 5  // entries/s per second: small, since a fleet of N adds N of it
+	paceMinRate    = 10 // entries per second
+	// A shard's pacer has a floor and a least step a fiftieth of the stream pacer's. A shard
+	// takes 1,000 records/s from the whole fleet: with a thousand environments on four shards an
+	// environment's share is about 1 entry/s per shard, and a floor of 10 held that fleet at
+	// several times what the shards take (BENCHMARKS.md, "The shard pacer's floor"). The stream's
+	// pacer, which answers refusals that name no shard (KMS throttling, calls refused whole),
+	// keeps the higher floor: there a share refused whatever the rate drove a floor of 0.2 so low
+	// that `end` delivered 0.31 of the events instead of 0.86.
+	shardMinStep = paceMinStep / 50.0
+	shardMinRate = paceMinRate / 50.0
+	paceMaxRate  = 1e6 // above this the stream is not the limit: pacing stops
+	paceEpoch    = 500 * time.Millisecond
+	paceWindow   = time.Second
+	paceBurst    = time.Second
+	paceBatch    = 50 * time.Millisecond // a call waits for at least this much traffic (or the backlog)
 )
 
-func newPacer(now func() time.Time) *pacer { return &pacer{now: now} }
+func newPacer(now func() time.Time) *pacer {
+	return &pacer{now: now, minRate: paceMinRate, minStep: paceMinStep}
+}
+
+// newShardPacer is a shard's pacer (shards.go), with the shard's floor and step.
+func newShardPacer(now func() time.Time) *pacer {
+	return &pacer{now: now, minRate: shardMinRate, minStep: shardMinStep}
+}
 
 // refill adds the tokens earned since the last call.
 func (p *pacer) refill(now time.Time) {
@@ -78,7 +95,8 @@ func (p *pacer) refill(now time.Time) {
 		p.at = now
 	}
 	if dt := now.Sub(p.at).Seconds(); dt > 0 {
-		p.tokens = min(p.tokens+dt*p.rate, p.rate*paceBurst.Seconds())
+		// At least one entry: a rate under 1/s must still grant one now and then.
+		p.tokens = min(p.tokens+dt*p.rate, max(1, p.rate*paceBurst.Seconds()))
 	}
 	p.at = now
 }
@@ -148,7 +166,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 		if !p.paced {
 			share := float64(throttled) / float64(max(sent, 1))
 			p.paced, p.at, p.upAt, p.tokens = true, now, now, 0
-			p.rate = max(paceMinRate, p.recentSent/paceWindow.Seconds()*(1-share/2))
+			p.rate = max(p.minRate, p.recentSent/paceWindow.Seconds()*(1-share/2))
 			p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
 			return
 		}
@@ -162,7 +180,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	if now.Sub(p.epochAt) >= paceEpoch {
 		if p.epochThrottled > 0 {
 			share := min(1, p.epochThrottled/max(p.epochSent, 1))
-			p.rate = max(paceMinRate, p.rate*(1-share/2))
+			p.rate = max(p.minRate, p.rate*(1-share/2))
 			p.tokens = min(p.tokens, 0)
 		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
@@ -173,7 +191,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 		if p.hurried || now.Sub(p.calmAt) >= paceProbeAfter {
 			growth = paceProbe
 		}
-		p.rate += dt * max(paceMinStep, p.rate*growth)
+		p.rate += dt * max(p.minStep, p.rate*growth)
 		if p.rate > paceMaxRate {
 			p.paced = false
 		}

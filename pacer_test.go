@@ -8,11 +8,11 @@ import (
 	"time"
 )
 
-// fleetSim runs envs pacers on a simulated clock against one shard of capacity entries/s (a
-// token bucket with 1 s of burst, as Kinesis shards behave), each environment producing offered
-// entries/s and awake (not frozen) awake of every cycle. It returns goodput (stored/s over the
-// capacity) and amplification (entries sent / stored).
-func fleetSim(envs int, capacity, offered, randomFail float64, awake, cycle time.Duration, d time.Duration, seed uint64) (goodput, amplification float64) {
+// fleetSim runs envs pacers (made by newP) on a simulated clock against one shard of capacity
+// entries/s (a token bucket with 1 s of burst, as Kinesis shards behave), each environment
+// producing offered entries/s and awake (not frozen) awake of every cycle. It returns goodput
+// (stored/s over the capacity) and amplification (entries sent / stored).
+func fleetSim(newP func(now func() time.Time) *pacer, envs int, capacity, offered, randomFail float64, awake, cycle time.Duration, d time.Duration, seed uint64) (goodput, amplification float64) {
 	const step = 5 * time.Millisecond // one PutRecords round trip
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var clock time.Time = time.Unix(0, 0)
@@ -24,7 +24,7 @@ func fleetSim(envs int, capacity, offered, randomFail float64, awake, cycle time
 	}
 	fleet := make([]*env, envs)
 	for i := range fleet {
-		fleet[i] = &env{p: newPacer(now), offset: time.Duration(rng.Int64N(int64(cycle)))}
+		fleet[i] = &env{p: newP(now), offset: time.Duration(rng.Int64N(int64(cycle)))}
 	}
 	shard := capacity
 	var sent, stored float64
@@ -98,12 +98,32 @@ func TestPacerFleetSimulation(t *testing.T) {
 		{"10% refused, capacity ample", 8, 10000, 250, 0.1, 60 * time.Millisecond, 1.15, 0.1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			good, amp := fleetSim(tt.envs, tt.capacity, tt.offered, tt.randomFail, tt.awake, 100*time.Millisecond, 60*time.Second, 7)
+			good, amp := fleetSim(newPacer, tt.envs, tt.capacity, tt.offered, tt.randomFail, tt.awake, 100*time.Millisecond, 60*time.Second, 7)
 			t.Logf("%-26s goodput %.2f of capacity, amplification %.3f", tt.name, good, amp)
 			if amp > tt.maxAmp || good < tt.minGood {
 				t.Errorf("goodput %.2f (want >= %.2f), amplification %.3f (want <= %.2f)", good, tt.minGood, amp, tt.maxAmp)
 			}
 		})
+	}
+}
+
+// TestShardPacerLargeFleet: a thousand environments sharing one shard each get about 1 entry/s
+// of it, a tenth of the stream pacer's floor. A shard's pacer, with its lower floor and step,
+// keeps the fleet near what the shard takes; the stream's pacer, with the same fleet, holds it at
+// its floor, several times the shard's capacity. Same model as TestPacerFleetSimulation.
+func TestShardPacerLargeFleet(t *testing.T) {
+	const envs, capacity, offered = 1000, 1000.0, 2.0 // 2× overload
+	run := func(newP func(now func() time.Time) *pacer) (float64, float64) {
+		return fleetSim(newP, envs, capacity, offered, 0, 60*time.Millisecond, 300*time.Millisecond, 30*time.Second, 7)
+	}
+	good, amp := run(newShardPacer)
+	streamGood, streamAmp := run(newPacer)
+	t.Logf("shard pacers: goodput %.2f, amplification %.2f; stream pacers: goodput %.2f, amplification %.2f", good, amp, streamGood, streamAmp)
+	if good < 0.85 || amp > 1.5 {
+		t.Errorf("shard pacers: goodput %.2f (want >= 0.85), amplification %.2f (want <= 1.5)", good, amp)
+	}
+	if streamAmp < 2*amp {
+		t.Errorf("stream pacers: amplification %.2f, not well above the shard pacers' %.2f: the floor no longer binds, and this test no longer shows why shards have their own", streamAmp, amp)
 	}
 }
 
@@ -174,7 +194,16 @@ func TestPacer(t *testing.T) {
 			p.observe(1, 0, 1, true, false)
 			sent := sendFor(p, c, 10*time.Second, none)
 			if _, r := p.pacing(); r < paceMinRate || r > 2*paceMinRate+paceMinStep || sent > 10*(2*paceMinRate+paceMinStep) {
-				t.Errorf("rate %.1f, %d sent in 10 s; want near the floor %d", r, sent, paceMinRate)
+				t.Errorf("rate %.1f, %d sent in 10 s; want near the floor %v", r, sent, paceMinRate)
+			}
+		}},
+		{"a shard that refuses everything: its pacer stays near the shard floor, one entry at a time", func(t *testing.T, _ *pacer, c *fakeClock) {
+			p := newShardPacer(c.now)
+			p.observe(1, 0, 1, false, false)
+			sent := sendFor(p, c, 20*time.Second, none)
+			// Tokens accrue at the rate, up to at least one: a grant every 1/rate seconds.
+			if _, r := p.pacing(); r < shardMinRate || r > 2*shardMinRate+shardMinStep || sent < 1 || float64(sent) > 20*(2*shardMinRate+shardMinStep)+1 {
+				t.Errorf("rate %.2f, %d sent in 20 s; want near the floor %v, and some sent", r, sent, shardMinRate)
 			}
 		}},
 		{"calm: the rate grows, fast after paceProbeAfter", func(t *testing.T, p *pacer, c *fakeClock) {

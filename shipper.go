@@ -77,7 +77,7 @@ type recordPutter interface {
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
 	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now),
 		starved: map[string]bool{}, allowed: map[string]int{}, metrics: newEMFWriter(cfg.Metrics), jitter: rand.Int64N}
-	s.shardPace = newShardPacers(func() *pacer { return newPacer(s.pace.now) })
+	s.shardPace = newShardPacers(func() *pacer { return newShardPacer(s.pace.now) })
 	s.newClient = func(ctx context.Context) (recordPutter, error) {
 		c, region, err := loadKinesisClient(ctx, cfg.clientSettings(), s.meta.function, st, logs)
 		if err == nil && s.meta.region == "" {
