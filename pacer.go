@@ -201,8 +201,16 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 
 // hurry makes the pacer probe, doubling its rate per second while the backlog wants more, without
 // waiting for paceProbeAfter of calm: at shutdown there are not two seconds to wait, and a stream
-// that refused everything a moment ago may take everything now. Refusals still cut it.
-func (p *pacer) hurry() { p.hurried = true }
+// that refused everything a moment ago may take everything now. Refusals still cut it. A shard's
+// pacer starts the probe from the stream pacer's floor at least: doubling from its own (0.2/s)
+// would not reach one call in the shutdown's two seconds (TestFaultMatrix's "all entries
+// throttled 2 s" dropped 3 events at shutdown that way).
+func (p *pacer) hurry() {
+	p.hurried = true
+	if p.paced {
+		p.rate = max(p.rate, paceMinRate)
+	}
+}
 
 // pacing reports whether the pacer limits the rate, and to what.
 func (p *pacer) pacing() (bool, float64) { return p.paced, p.rate }
