@@ -22,8 +22,11 @@ import (
 // second, cut by half the share throttled; at the end of each paceEpoch with pushback it is cut
 // by half the epoch's throttled share (all of it throttled: halved); and while the backlog wants
 // more than the bucket gives, it rises by paceIncrease of itself per second (at least
-// its minStep), or doubles per second once paceProbeAfter has passed without pushback, like
-// TCP's slow start, so that a passing throttle does not hold the environment back for long.
+// its minStep), or doubles per second once paceProbeAfter has passed without pushback and the
+// stream has stored paceProbeEntries since (or what the rate sends in paceProbeAfter, if less),
+// like TCP's slow start, so that a passing throttle does not hold the environment back for long.
+// (Calm by time alone let a pacer at a fraction of an entry per second, which sees a refusal
+// seldom because it sends seldom, double every second in a fleet that overloads its shards.)
 // Slow answers are not pushback: a stream that answers late still stores what it is sent.
 //
 // There is one pacer per shard that has refused entries, and one for the stream (shards.go): a
@@ -43,14 +46,14 @@ type pacer struct {
 	now              func() time.Time
 	minRate, minStep float64 // the floor, and the least additive step (entries/s per second)
 
-	paced   bool
-	hurried bool    // shutdown: probe without waiting for calm (hurry)
-	clean   bool    // the last call with entries had none refused
-	rate    float64 // entries per second, when paced
-	tokens  float64
-	at      time.Time // when tokens were last refilled
-	upAt    time.Time // the last increase
-	calmAt  time.Time // the last pushback
+	paced        bool
+	hurried      bool    // shutdown: probe by what is stored (hurry)
+	calmAccepted float64 // entries accepted since the last pushback
+	rate         float64 // entries per second, when paced
+	tokens       float64
+	at           time.Time // when tokens were last refilled
+	upAt         time.Time // the last increase
+	calmAt       time.Time // the last pushback
 
 	epochAt                    time.Time // start of the current epoch
 	epochSent, epochThrottled  float64
@@ -59,11 +62,13 @@ type pacer struct {
 }
 
 const (
-	paceIncrease   = 0.1 // of the rate, per second
-	paceProbe      = 1.0 // of the rate, per second, paceProbeAfter the last pushback
-	paceProbeAfter = 2 * time.Second
-	paceMinStep    = 5  // entries/s per second: small, since a fleet of N adds N of it
-	paceMinRate    = 10 // entries per second
+	paceIncrease     = 0.1 // of the rate, per second
+	paceProbe        = 1.0 // of the rate, per second, paceProbeAfter the last pushback
+	paceProbeAfter   = 2 * time.Second
+	paceProbeEntries = 10 // stored since the last pushback, before the probe
+	hurryMinRate     = 2  // entries per second: a shutdown's probe starts from at least this
+	paceMinStep      = 5  // entries/s per second: small, since a fleet of N adds N of it
+	paceMinRate      = 10 // entries per second
 	// A shard's pacer has a floor and a least step a fiftieth of the stream pacer's. A shard
 	// takes 1,000 records/s from the whole fleet: with a thousand environments on four shards an
 	// environment's share is about 1 entry/s per shard, and a floor of 10 held that fleet at
@@ -161,8 +166,10 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.decay(now)
 	p.recentSent += float64(sent)
 	p.recentAccepted += float64(accepted)
+	p.calmAccepted += float64(accepted)
 	if throttled > 0 {
 		p.calmAt = now
+		p.calmAccepted = 0
 		if !p.paced {
 			share := float64(throttled) / float64(max(sent, 1))
 			p.paced, p.at, p.upAt, p.tokens = true, now, now, 0
@@ -185,10 +192,19 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
 	}
+	if p.hurried && sent > 0 {
+		// The shutdown's probe (hurry).
+		if throttled == 0 {
+			p.rate *= 2
+			p.tokens += float64(sent)
+		} else {
+			p.rate, p.tokens = p.minRate, min(p.tokens, 0)
+		}
+	}
 	if starved {
 		dt := min(now.Sub(p.upAt), time.Second).Seconds()
 		growth := paceIncrease
-		if p.hurried || now.Sub(p.calmAt) >= paceProbeAfter {
+		if now.Sub(p.calmAt) >= paceProbeAfter && p.calmAccepted >= min(paceProbeEntries, p.rate*paceProbeAfter.Seconds()) {
 			growth = paceProbe
 		}
 		p.rate += dt * max(p.minStep, p.rate*growth)
@@ -199,16 +215,20 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.upAt = now
 }
 
-// hurry makes the pacer probe, doubling its rate per second while the backlog wants more, without
-// waiting for paceProbeAfter of calm: at shutdown there are not two seconds to wait, and a stream
-// that refused everything a moment ago may take everything now. Refusals still cut it. A shard's
-// pacer starts the probe from the stream pacer's floor at least: doubling from its own (0.2/s)
-// would not reach one call in the shutdown's two seconds (TestFaultMatrix's "all entries
-// throttled 2 s" dropped 3 events at shutdown that way).
+// hurry makes the pacer probe by what the stream stores, for the shutdown: from hurryMinRate at
+// least, each call whose entries were all stored doubles the rate and grants as many entries
+// again at once, as TCP's slow start grows its window each round trip, and a call with refusals
+// sends the rate back to that floor. A stream that refused everything a moment ago may take
+// everything now, and there are not two seconds to wait for calm (TestFaultMatrix's "all entries
+// throttled 2 s", TestManagedShutdownDuringBackoff); but an environment shutting down in a fleet
+// that still overloads the stream must not take more than its share. Probing by time (doubling
+// per second from 10 entries/s) did: simulated, 1,000 environments at 10× overload sent a fifth
+// of their entries at their shutdowns, 73% of them refused (BENCHMARKS.md, "Unknown shards").
 func (p *pacer) hurry() {
 	p.hurried = true
+	p.minRate = max(p.minRate, hurryMinRate)
 	if p.paced {
-		p.rate = max(p.rate, paceMinRate)
+		p.rate = max(p.rate, p.minRate)
 	}
 }
 

@@ -52,6 +52,19 @@ func (m *shardMap) shardOf(h hashKey) (string, bool) {
 	return m.points[i].shard, true
 }
 
+// neighbours returns the shards of the learnt points on either side of h ("" where there is
+// none): when shardOf does not know h's shard, it is one of them or a shard not seen yet.
+func (m *shardMap) neighbours(h hashKey) (below, above string) {
+	i := m.find(h)
+	if i > 0 {
+		below = m.points[i-1].shard
+	}
+	if i < len(m.points) {
+		above = m.points[i].shard
+	}
+	return below, above
+}
+
 // learn records that shard took h. A point that disagrees with its neighbours wins over them
 // (a resharded stream): the neighbours that said otherwise are forgotten.
 func (m *shardMap) learn(h hashKey, shard string) {
@@ -124,17 +137,43 @@ func newShardPacers(newPace func() *pacer) *shardPacers {
 	return &shardPacers{pacers: map[string]*pacer{}, newPace: newPace, names: map[string]string{}}
 }
 
-// pacerFor returns the pacer of the shard key goes to, or nil when the shard is unknown or has
-// not refused entries.
-func (s *shardPacers) pacerFor(key string) (string, *pacer) {
-	if len(s.pacers) == 0 {
-		return "", nil
+// gates returns the paced shards whose pacers must grant an entry with key ("" for none): its
+// shard's, or, while its shard is unknown, those of the shards on either side of its hash, either
+// of which may own it. An entry of unknown shard is learnt from its answer; until then it goes as
+// the stricter of its neighbours allows. (Sent freely, such entries were most of what a fleet of
+// a thousand environments sent into its paced shards: each environment learns a point or so per
+// invocation, and at overload its backlog is of keys it has not sent yet.)
+func (s *shardPacers) gates(key string) (gates [2]string) {
+	if !s.paced() {
+		return gates
 	}
-	shard, ok := s.shards.shardOf(hashOf(key))
-	if !ok {
-		return "", nil
+	h := hashOf(key)
+	if shard, ok := s.shards.shardOf(h); ok {
+		gates[0] = shard
+	} else {
+		gates[0], gates[1] = s.shards.neighbours(h)
 	}
-	return shard, s.pacers[shard]
+	for i, shard := range gates {
+		if p := s.pacers[shard]; p == nil || !p.paced || i == 1 && shard == gates[0] {
+			gates[i] = ""
+		}
+	}
+	return gates
+}
+
+// grantOne asks the pacers that gate key (gates) for one entry, and reports whether they all
+// granted it.
+func (s *shardPacers) grantOne(key string) bool {
+	gates := s.gates(key)
+	for i, shard := range gates {
+		if shard != "" && s.pacers[shard].grant(1) == 0 {
+			if i == 1 && gates[0] != "" {
+				s.pacers[gates[0]].refund(1)
+			}
+			return false
+		}
+	}
+	return true
 }
 
 // paced reports whether any shard's pacer limits its rate.

@@ -225,16 +225,19 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 			}
 		}
 		skip = func(e *event) bool {
-			shard, p := s.shardPace.pacerFor(s.meta.partitionKey(e))
-			switch {
-			case p == nil || !p.paced:
-				return false
-			case s.allowed[shard] > 0:
-				s.allowed[shard]--
-				return false
+			gates := s.shardPace.gates(s.meta.partitionKey(e))
+			for _, shard := range gates {
+				if shard != "" && s.allowed[shard] == 0 {
+					s.starved[shard] = true
+					return true
+				}
 			}
-			s.starved[shard] = true
-			return true
+			for _, shard := range gates {
+				if shard != "" {
+					s.allowed[shard]--
+				}
+			}
+			return false
 		}
 	}
 	var evs []event
@@ -304,7 +307,7 @@ func (s *shipper) countsMayGo(r *round, e *event) bool {
 	if first {
 		return true
 	}
-	if _, p := s.shardPace.pacerFor(s.meta.partitionKey(e)); p == nil || p.grant(1) > 0 {
+	if s.shardPace.grantOne(s.meta.partitionKey(e)) {
 		return true
 	}
 	s.buf.putBack([]event{*e})
