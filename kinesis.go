@@ -389,6 +389,14 @@ var (
 // isThrottleCode tells throughput pushback from other transient faults (for the throttles count).
 func isThrottleCode(code string) bool { return slices.Contains(throttleCodes, code) }
 
+// refusedWhateverRate reports whether a refusal is one that the sender's rate does not cause, so
+// that sending slower would not end it: KMS throttling. Kinesis asks KMS for a data key about
+// every five minutes per credential, not per record (Kinesis Data Streams developer guide, "Costs,
+// Regions, and performance considerations"), so a KMSThrottlingException is the account's KMS
+// quota spent elsewhere. The pacers do not learn from it; the entries go again at once, and a
+// call refused whole waits out a backoff.
+func refusedWhateverRate(code string) bool { return code == "KMSThrottlingException" }
+
 func isRetryable(err error) bool {
 	var ae *apiError
 	if errors.As(err, &ae) {

@@ -36,12 +36,15 @@ import (
 // same way. Time is wall-clock time, frozen periods included: the stream's shards refill while
 // the environment is frozen, and so does the bucket, up to paceBurst of traffic.
 //
-// Its weak case is a share refused at random whatever the rate (on one shard): from one
-// environment it looks like that environment's part of a fleet's overload, which every
-// environment must answer by cutting for the fleet to converge, so it is cut for, and the data
-// waits. Telling the two apart needs a test of the rate against the share refused, and in a fleet
-// one environment's rate hardly moves the share: tried, it raised the fleet's amplification
-// (BENCHMARKS.md, "Backpressure").
+// Refusals the rate does not cause are not pushback either: KMS throttling (refusedWhateverRate,
+// kinesis.go) goes again at once and no pacer learns from it. Its weak case is a share of a
+// shard's throughput refused at random whatever the rate: from one environment it looks like
+// that environment's part of a fleet's overload, which every environment must answer by cutting
+// for the fleet to converge, so it is cut for, and the data waits. Telling the two apart needs a
+// test of the rate against the share refused, and in a fleet one environment's rate hardly moves
+// the share: tried twice (the median and the least share of recent epochs as a baseline not to
+// cut for), it took overload for fixed refusal and raised the amplification of one environment at
+// 2× overload from 1.2 to 3.4 (BENCHMARKS.md, "Backpressure", "Unknown shards").
 type pacer struct {
 	now              func() time.Time
 	minRate, minStep float64 // the floor, and the least additive step (entries/s per second)

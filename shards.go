@@ -196,6 +196,9 @@ type shardCall struct {
 func (s *shardPacers) learn(keys []string, results []putResult) (byShard map[string]*shardCall, unknown shardCall) {
 	byShard = map[string]*shardCall{}
 	for i, res := range results {
+		if refusedWhateverRate(res.ErrorCode) {
+			continue // not the stream's answer to this rate: no pacer learns from it
+		}
 		var shard string
 		ok := len(res.ShardID) > 0
 		if ok {

@@ -358,7 +358,7 @@ type callPushback int
 
 const (
 	noPushback    callPushback = iota
-	throughput                 // refused whole for throughput: throttling, KMS throttling
+	throughput                 // refused whole for throughput (not KMS throttling: refusedWhateverRate)
 	failure                    // no answer, a 5xx, credentials that cannot be had
 	noCredentials              // the role cannot be assumed now: nothing was sent
 )
@@ -449,7 +449,9 @@ func (s *shipper) settleFailed(err error, recs []pendingRecord, say bool) callPu
 	s.retryLater(recs, unknown)
 	if isThrottleCode(code) {
 		s.stats.throttles.Add(1)
-		return throughput
+		if !refusedWhateverRate(code) {
+			return throughput
+		}
 	}
 	return failure
 }

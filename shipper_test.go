@@ -98,6 +98,49 @@ func TestShipRetriesOnlyFailedEntries(t *testing.T) {
 	}
 }
 
+// TestKMSThrottlingIsNotPaced: a share of entries refused with KMSThrottlingException on every
+// call, whatever the rate, is re-sent at once and slows no pacer (refusedWhateverRate), while the
+// same share refused for a shard's throughput, naming no shard, paces the stream: the two kinds
+// of refusal are told apart by their code.
+func TestKMSThrottlingIsNotPaced(t *testing.T) {
+	for _, tt := range []struct {
+		code      string
+		wantPaced bool
+	}{
+		{"KMSThrottlingException", false},
+		{"ProvisionedThroughputExceededException", true},
+	} {
+		t.Run(tt.code, func(t *testing.T) {
+			fk := newFakeKinesis(t, func(call int, req putRecordsRequest) (int, string) {
+				// Every third entry of every call is refused (at least one while two or more go).
+				var rs []string
+				failed := 0
+				for i := range req.Records {
+					if i%3 == 1 {
+						rs = append(rs, fmt.Sprintf(`{"ErrorCode":%q,"ErrorMessage":"refused"}`, tt.code))
+						failed++
+						continue
+					}
+					rs = append(rs, `{"SequenceNumber":"1"}`)
+				}
+				return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, failed, strings.Join(rs, ","))
+			})
+			s, buf, st := testShipper(t, config{}, fk.URL)
+			addLogs(buf, 300)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := s.ship(ctx, everything)
+			paced, _ := s.pace.pacing()
+			if paced != tt.wantPaced {
+				t.Errorf("stream pacer paced %v after a third of each call was refused with %s, want %v", paced, tt.code, tt.wantPaced)
+			}
+			if !tt.wantPaced && (err != nil || st.delivered.Load() != 300 || st.throttles.Load() == 0) {
+				t.Errorf("ship: %v; delivered %d of 300, throttles %d: want all delivered, the refusals counted", err, st.delivered.Load(), st.throttles.Load())
+			}
+		})
+	}
+}
+
 func TestShipClassifiesWholeCallErrors(t *testing.T) {
 	for _, tt := range []struct {
 		name          string
