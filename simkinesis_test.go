@@ -19,14 +19,17 @@ package main
 //     it has throttled for scaleAfter without a quiet second (AWS scales in about 15 minutes;
 //     the simulation uses seconds).
 //   - A capacity step: every shard's limits change by a factor at a given time (a reshard).
-//   - KMS throttling: a share of entries refused with KMSThrottlingException whatever the rate.
+//   - KMS throttling: a share of calls refused whole with KMSThrottlingException whatever the
+//     rate. PutRecords answers an entry with ProvisionedThroughputExceededException or
+//     InternalFailure only (API reference, PutRecordsResultEntry); KMS throttling is an error of
+//     the whole call.
 //   - Answer times: a base time with spikes (shares of calls answered later), from
 //     shardproxy_test.go's shardFaults.delay, and a sub-millisecond jitter. A call whose context
 //     ends while it waits fails as a written request whose answer never came, as the real client
 //     does: what the model stored stays stored.
 //
 // What it leaves out: AWS's exact metering (per-second limits, not buckets) and the bytes limit of
-// on-demand streams, whole-call errors (5xx, a throttled call, a lost connection before the
+// on-demand streams, whole-call errors other than KMS throttling (5xx, a throttled call, a lost connection before the
 // request is written), the 5 MiB per-call and 1 MiB per-record checks, answer times that grow
 // with the call's size or the stream's load, connection set-up and credentials, resharding's
 // parent/child shards, per-account limits, and reads. Sequence numbers are a counter.
@@ -41,6 +44,7 @@ import (
 	"crypto/md5"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
 	"math/rand/v2"
@@ -66,7 +70,7 @@ type simStreamOptions struct {
 	// StepAt (when StepFactor > 0) multiplies every shard's limits by StepFactor.
 	StepAt     time.Duration
 	StepFactor float64
-	KMSShare   float64 // share of entries refused with KMSThrottlingException
+	KMSShare   float64 // share of calls refused whole with KMSThrottlingException
 	Answer     time.Duration
 	Spikes     []latencySpike
 	Timeout    time.Duration // the client's request timeout (KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS)
@@ -175,6 +179,7 @@ type simCall struct {
 
 type simAnswer struct {
 	results []putResult
+	err     error // the whole call refused
 	after   time.Duration
 }
 
@@ -221,7 +226,7 @@ func (c *simClient) putRecords(ctx context.Context, body []byte, n int) ([]putRe
 	defer t.Stop()
 	select {
 	case <-t.C:
-		return a.results, nil
+		return a.results, a.err
 	case <-ctx.Done():
 		// Written and decided: what was stored stays stored, and the client cannot know.
 		return nil, &networkError{err: fmt.Errorf("simulated call: %w", ctx.Err()), written: true}
@@ -257,6 +262,16 @@ func (m *simStream) decide() {
 	for _, c := range calls {
 		l := m.ledger(c.env)
 		l.calls++
+		after := m.faults.delay() + time.Duration(m.rng.Int64N(int64(time.Millisecond)))
+		if m.opts.KMSShare > 0 && m.rng.Float64() < m.opts.KMSShare {
+			l.entries += len(c.entries)
+			l.refused += len(c.entries)
+			sec.Entries += len(c.entries)
+			sec.Refused += len(c.entries)
+			c.done <- simAnswer{after: after, err: &apiError{Status: 400, Code: "KMSThrottlingException",
+				Message: "The request was denied due to request throttling. (Service: AWSKMS; Status Code: 400; Error Code: ThrottlingException)"}}
+			continue
+		}
 		results := make([]putResult, len(c.entries))
 		for i, e := range c.entries {
 			results[i] = m.decideEntry(now, e, l)
@@ -270,7 +285,6 @@ func (m *simStream) decide() {
 				sec.Stored++
 			}
 		}
-		after := m.faults.delay() + time.Duration(m.rng.Int64N(int64(time.Millisecond)))
 		c.done <- simAnswer{results: results, after: after}
 	}
 	sec.Capacity = m.capacity()
@@ -312,8 +326,6 @@ func (m *simStream) decideEntry(now time.Time, e shardEntry, l *simLedger) putRe
 	}
 	size := len(data) + len(e.PartitionKey)
 	switch {
-	case m.opts.KMSShare > 0 && m.rng.Float64() < m.opts.KMSShare:
-		return putResult{ErrorCode: "KMSThrottlingException", ErrorMessage: "The request was denied due to request throttling. (Service: AWSKMS; Status Code: 400; Error Code: ThrottlingException)"}
 	case m.opts.OnDemand.Peak > 0:
 		m.stream.refill(now)
 		if m.stream.tokens < 1 {
@@ -499,16 +511,18 @@ func TestSimStreamModel(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			m := newSimStream("s", simStreamOptions{Shards: 4, Limits: shardLimits{Records: 1e9, Bytes: 1e12, Burst: time.Second}, KMSShare: 0.3, Seed: 9})
 			refused := 0
-			for call := range 20 {
-				res, _ := m.client(0).putRecords(t.Context(), simBody("s", call*500, keys(500, "k")...), 500)
-				for _, r := range res {
-					if r.ErrorCode == "KMSThrottlingException" {
-						refused++
-					}
+			for call := range 400 {
+				res, err := m.client(0).putRecords(t.Context(), simBody("s", call*5, keys(5, "k")...), 5)
+				var ae *apiError
+				switch {
+				case errors.As(err, &ae) && ae.Code == "KMSThrottlingException" && res == nil:
+					refused++
+				case err != nil || len(res) != 5 || slices.ContainsFunc(res, func(r putResult) bool { return r.ErrorCode != "" }):
+					t.Fatalf("call %d: %v, %d results: want all stored or the whole call refused", call, err, len(res))
 				}
 			}
-			if share := float64(refused) / 10000; share < 0.27 || share > 0.33 {
-				t.Errorf("KMS refused %.3f of the entries, want 0.3", share)
+			if share := float64(refused) / 400; share < 0.25 || share > 0.35 {
+				t.Errorf("KMS refused %.3f of the calls, want 0.3", share)
 			}
 		})
 	})
