@@ -120,6 +120,7 @@ type shardFaults struct {
 	Spikes    []latencySpike // shares of calls answered later still
 	HotShard  *shardLimits   // the first shard's limits, when set: a hot shard among healthy ones
 	Refuse    float64        // share of entries refused at random, whatever the rate
+	KMSCalls  float64        // share of calls refused whole with KMSThrottlingException
 	RandSeed  uint64
 	randState *rand.Rand
 }
@@ -432,6 +433,20 @@ func (p *shardProxy) putRecords(w http.ResponseWriter, r *http.Request, release 
 		}
 		release()
 		p.answer(w, status, header, answer)
+		return
+	}
+	if p.faults.randState != nil && p.faults.randState.Float64() < p.faults.KMSCalls {
+		// KMS throttling refuses the whole call, whatever the rate (PutRecords answers an entry
+		// with a shard's throughput or an internal failure only).
+		p.counts.Throttled += len(entries)
+		delay := p.faults.delay()
+		p.mu.Unlock()
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+		}
+		release()
+		proxyWriteError(w, http.StatusBadRequest, "KMSThrottlingException", "The request was denied due to request throttling. (Service: AWSKMS; Status Code: 400; Error Code: ThrottlingException)")
 		return
 	}
 	now := p.now()
