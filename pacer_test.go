@@ -217,6 +217,29 @@ func TestPacer(t *testing.T) {
 				t.Errorf("rates %.0f → %.0f (1 s) → %.0f (3 s more): want slow growth, then doubling per second", r0, r1, r2)
 			}
 		}},
+		{"shutdown: a call wholly stored doubles the rate, a refusal sends it back to the floor", func(t *testing.T, _ *pacer, c *fakeClock) {
+			p := newShardPacer(c.now)
+			p.observe(10, 0, 10, false, false)
+			p.rate = shardMinRate // as after a while of refusals
+			p.hurry()
+			if _, r := p.pacing(); r != hurryMinRate {
+				t.Fatalf("rate %.2f after hurry, want %v", r, float64(hurryMinRate))
+			}
+			c.advance(time.Second)
+			for i := range 3 {
+				n := p.grant(500)
+				p.observe(n, n, 0, false, false)
+				want := hurryMinRate * float64(int(2)<<i)
+				if _, r := p.pacing(); n == 0 || r != want || p.tokens < float64(n) {
+					t.Fatalf("stored call %d of %d entries: rate %.0f, want %.0f, and %d granted again (%.1f)", i+1, n, r, want, n, p.tokens)
+				}
+			}
+			n := p.grant(500)
+			p.observe(n, n-1, 1, false, false)
+			if _, r := p.pacing(); r != hurryMinRate || p.grant(500) != 0 {
+				t.Errorf("after a refusal: rate %.0f, want %v, and nothing granted", r, float64(hurryMinRate))
+			}
+		}},
 		{"it settles near what the stream takes", func(t *testing.T, p *pacer, c *fakeClock) {
 			// The stream takes 300 entries/s: a token bucket on the stream side.
 			stream, at := 300.0, c.t

@@ -169,3 +169,60 @@ func TestHotShardHoldsBackOnlyItsOwnEntries(t *testing.T) {
 		t.Errorf("the hot shard has no pacer that paces")
 	}
 }
+
+// TestGatesOfUnknownShards: an entry whose shard the map knows waits for that shard's pacer
+// only; one whose hash lies between points of two shards waits for the paced ones of both (it
+// goes to one of them); and nothing waits while no shard is paced.
+func TestGatesOfUnknownShards(t *testing.T) {
+	route := evenShards(2)
+	const low, high = "shardId-000000000000", "shardId-000000000001"
+	s := newShardPacers(func() *pacer { return newShardPacer(time.Now) })
+	var lowKeys, highKeys []string
+	for i := 0; len(lowKeys) < 3 || len(highKeys) < 3; i++ {
+		key := fmt.Sprintf("k%d", i)
+		if route(key) == low {
+			lowKeys = append(lowKeys, key)
+		} else {
+			highKeys = append(highKeys, key)
+		}
+	}
+	// Learn three keys of each shard.
+	learnt := append(append([]string{}, lowKeys...), highKeys...)
+	for _, key := range learnt {
+		s.shards.learn(hashOf(key), route(key))
+	}
+	var known, unknown string // a key inside low's learnt run, and one between the two shards' runs
+	for i := 0; known == "" || unknown == ""; i++ {
+		key := fmt.Sprintf("q%d", i)
+		if _, ok := s.shards.shardOf(hashOf(key)); ok && route(key) == low && known == "" {
+			known = key
+		} else if below, above := s.shards.neighbours(hashOf(key)); !ok && below == low && above == high && unknown == "" {
+			unknown = key
+		}
+	}
+	if g := s.gates(unknown); g != [2]string{} {
+		t.Errorf("no shard paced: gates %q, want none", g)
+	}
+	pace := func(shard string) {
+		p := s.newPace()
+		p.observe(10, 0, 10, false, false)
+		s.pacers[shard] = p
+	}
+	pace(low)
+	if g := s.gates(known); g != [2]string{low, ""} {
+		t.Errorf("known key of the paced shard: gates %q, want [%s]", g, low)
+	}
+	if g := s.gates(unknown); g != [2]string{low, ""} {
+		t.Errorf("key between %s and the unpaced %s: gates %q, want [%s] only", low, high, g, low)
+	}
+	pace(high)
+	if g := s.gates(unknown); g != [2]string{low, high} {
+		t.Errorf("key between two paced shards: gates %q, want both", g)
+	}
+	// grantOne takes from both, and gives back the first when the second has nothing.
+	s.pacers[low].tokens, s.pacers[high].tokens = 1, 0
+	s.pacers[low].at, s.pacers[high].at = time.Now().Add(time.Hour), time.Now().Add(time.Hour) // no refill
+	if s.grantOne(unknown) || s.pacers[low].tokens != 1 {
+		t.Errorf("granted with the second gate empty, or kept the first's token (%v left)", s.pacers[low].tokens)
+	}
+}
