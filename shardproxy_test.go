@@ -435,7 +435,7 @@ func (p *shardProxy) putRecords(w http.ResponseWriter, r *http.Request, release 
 		p.answer(w, status, header, answer)
 		return
 	}
-	if p.faults.randState != nil && p.faults.randState.Float64() < p.faults.KMSCalls {
+	if p.faults.KMSCalls > 0 && p.faults.randState != nil && p.faults.randState.Float64() < p.faults.KMSCalls {
 		// KMS throttling refuses the whole call, whatever the rate (PutRecords answers an entry
 		// with a shard's throughput or an internal failure only).
 		p.counts.Throttled += len(entries)

@@ -29,10 +29,11 @@ package main
 //     does: what the model stored stays stored.
 //
 // What it leaves out: AWS's exact metering (per-second limits, not buckets) and the bytes limit of
-// on-demand streams, whole-call errors other than KMS throttling (5xx, a throttled call, a lost connection before the
-// request is written), the 5 MiB per-call and 1 MiB per-record checks, answer times that grow
-// with the call's size or the stream's load, connection set-up and credentials, resharding's
-// parent/child shards, per-account limits, and reads. Sequence numbers are a counter.
+// on-demand streams, whole-call errors other than KMS throttling (5xx, a throttled call, a lost
+// connection before the request is written), the 5 MiB per-call and 1 MiB per-record checks,
+// answer times that grow with the call's size or the stream's load, connection set-up and
+// credentials, resharding's parent/child shards, per-account limits, and reads. Sequence numbers
+// are a counter.
 //
 // Calls that arrive at the same virtual instant are decided together, one nanosecond later, in
 // the order of (environment, call), so that a run does not depend on how the Go scheduler orders
