@@ -144,17 +144,18 @@ func newShardPacers(newPace func() *pacer) *shardPacers {
 // a thousand environments sent into its paced shards: each environment learns a point or so per
 // invocation, and at overload its backlog is of keys it has not sent yet.)
 func (s *shardPacers) gates(key string) (gates [2]string) {
-	if !s.paced() {
-		return gates
+	if len(s.pacers) == 0 {
+		return gates // no MD5 while no shard has refused
 	}
 	h := hashOf(key)
 	if shard, ok := s.shards.shardOf(h); ok {
 		gates[0] = shard
 	} else {
+		// Two different shards (the same one on both sides would be known).
 		gates[0], gates[1] = s.shards.neighbours(h)
 	}
 	for i, shard := range gates {
-		if p := s.pacers[shard]; p == nil || !p.paced || i == 1 && shard == gates[0] {
+		if p := s.pacers[shard]; p == nil || !p.paced {
 			gates[i] = ""
 		}
 	}
