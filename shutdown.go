@@ -82,20 +82,23 @@ const (
 
 // shipCounts sends the waiting counts record by itself until it is stored or ctx ends: the
 // shutdown's last word, one entry, whatever the pacers say (they have cut for the data; this is
-// one record). A refused one goes again after countsRetry.
+// one record). A refused one goes again after countsRetry, then after twice the pause before: a
+// fleet that spins down together under pushback (a deployment, the end of a burst) sends each
+// environment's last counts record at once, and tries every countsRetry from all of them would
+// take more of the stream than it gives back.
 func (s *shipper) shipCounts(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.ready(ctx) {
 		return
 	}
-	for ctx.Err() == nil {
+	for pause := countsRetry; ctx.Err() == nil; pause *= 2 {
 		e, ok := s.buf.takeCounts()
 		if !ok {
 			return // stored
 		}
 		s.send(ctx, &round{}, s.meta.pack([]event{e}, s.cfg.RecordBytes, &s.gz))
-		t := time.NewTimer(countsRetry)
+		t := time.NewTimer(pause)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -104,5 +107,5 @@ func (s *shipper) shipCounts(ctx context.Context) {
 	}
 }
 
-// countsRetry is the pause between two tries of the last counts record.
+// countsRetry is the first pause between two tries of the last counts record.
 const countsRetry = 10 * time.Millisecond

@@ -3,7 +3,9 @@ package main
 // Unit tests of shutdown.go; the shutdown scenarios end to end are in main_test.go's catalogue.
 
 import (
+	"context"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -30,4 +32,35 @@ func TestCallsWithin(t *testing.T) {
 			t.Errorf("%s: callsWithin(%v) = %d, want %d", tt.name, tt.left, got, tt.want)
 		}
 	}
+}
+
+// TestLastCountsRecordBacksOff: the shutdown's last counts record goes by itself until it is
+// stored, each pause twice the one before, from countsRetry: a fleet that spins down together
+// must not fill the stream with tries. On a synctest clock, calls answered at once: five refusals,
+// then stored.
+func TestLastCountsRecordBacksOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var at []time.Duration
+		start := time.Now()
+		p := &scriptedPutter{answer: func(call, n int) ([]putResult, error) {
+			at = append(at, time.Since(start))
+			if call < 5 {
+				return throttledAll(call, n)
+			}
+			return storedAll(call, n)
+		}}
+		s, buf, _ := scriptedShipper(t, p)
+		s.emitCounts(time.Now())
+		ctx, cancel := context.WithTimeout(context.Background(), pressedCountsReserve)
+		defer cancel()
+		s.shipCounts(ctx)
+		if _, left := buf.takeCounts(); left || len(at) != 6 {
+			t.Fatalf("%d tries, counts record still waiting: %v; want 6 tries, the last one stored", len(at), left)
+		}
+		for i := 1; i < len(at); i++ {
+			if gap, want := at[i]-at[i-1], countsRetry<<(i-1); gap != want {
+				t.Errorf("try %d came %v after the one before, want %v", i+1, gap, want)
+			}
+		}
+	})
 }
