@@ -128,6 +128,10 @@ type shardPacers struct {
 	pacers  map[string]*pacer
 	newPace func() *pacer
 	names   map[string]string // interned shard ids
+	// strangers is how many entries that no paced shard gates (their shard has not refused, or
+	// is not known) a call may carry while some shard is paced (0: strangerProbe); see
+	// strangerWindow.
+	strangers int
 }
 
 // maxShardPacers bounds the pacers kept; past it, the shards paced no longer are forgotten.
@@ -175,6 +179,30 @@ func (s *shardPacers) grantOne(key string) bool {
 		}
 	}
 	return true
+}
+
+// strangerWindow is how many entries that no paced shard gates the next call may carry while
+// some shard is paced. It starts at strangerProbe, doubles after each call whose strangers were
+// all stored, and goes back to strangerProbe when one is refused, as TCP's slow start grows its
+// window: a shard that has not refused yet may be one of the healthy ones beside a hot shard,
+// whose entries must flow, or the next of a stream that is overloaded everywhere, which a whole
+// backlog sent at once would only meet with refusals. (Sent freely, they made most of what a
+// simulated thousand environments at 10× overload had refused, in the calls that gave a shard its
+// pacer and the second after: each environment learns its shards one refusal at a time.
+// BENCHMARKS.md, "Strangers".)
+func (s *shardPacers) strangerWindow() int { return max(s.strangers, strangerProbe) }
+
+// strangerProbe is the least strangerWindow.
+const strangerProbe = 2
+
+// answerStrangers sizes the window from what the last call's strangers met.
+func (s *shardPacers) answerStrangers(stored, refused int) {
+	switch {
+	case refused > 0:
+		s.strangers = strangerProbe
+	case stored > 0:
+		s.strangers = min(2*s.strangerWindow(), maxRecordsPerCall)
+	}
 }
 
 // paced reports whether any shard's pacer limits its rate.

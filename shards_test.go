@@ -226,3 +226,64 @@ func TestGatesOfUnknownShards(t *testing.T) {
 		t.Errorf("granted with the second gate empty, or kept the first's token (%v left)", s.pacers[low].tokens)
 	}
 }
+
+// TestStrangersGrowLikeSlowStart: while a hot shard is paced, the entries of shards that have not
+// refused go strangerProbe in the first call, then twice as many after each call that stored them
+// all (strangerWindow); a refused stranger sends the window back to strangerProbe.
+func TestStrangersGrowLikeSlowStart(t *testing.T) {
+	route := evenShards(4)
+	const hot = "shardId-000000000000"
+	fk := newFakeKinesis(t, func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		failed := 0
+		for i, r := range req.Records {
+			if shard := route(r.PartitionKey); shard != hot {
+				rs[i] = fmt.Sprintf(`{"SequenceNumber":"1","ShardId":%q}`, shard)
+				continue
+			}
+			rs[i] = fmt.Sprintf(`{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard %s in stream s under account 123456789012."}`, hot)
+			failed++
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, failed, strings.Join(rs, ","))
+	})
+	s, buf, _ := testShipper(t, config{}, fk.URL)
+	for inv := range 400 { // a key per invocation: most are strangers to an environment that has seen few
+		evs := make([]event, 10)
+		for i := range evs {
+			evs[i] = logEvent(fmt.Sprintf("inv %d line %d", inv, i))
+			evs[i].requestID = fmt.Sprintf("req-%d", inv)
+		}
+		buf.add(evs, &filter{sample: 1})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s.ship(ctx, everything)
+	calls := fk.received()
+	// The first call goes unpaced and meets the hot shard; from the second on, the entries no
+	// paced shard gates (all but the hot shard's: the paced shard gates its own, and keys next
+	// to it) are at most the window, which doubles while they are stored.
+	window := strangerProbe
+	grew := 0
+	for i, c := range calls[1:] {
+		n := 0
+		for _, r := range c.Records {
+			if g := s.shardPace.gates(r.PartitionKey); g == [2]string{} {
+				n++
+			}
+		}
+		if n > window {
+			t.Fatalf("call %d carries %d entries no paced shard gates, window %d", i+2, n, window)
+		}
+		if n == window {
+			grew++
+		}
+		window = min(2*window, maxRecordsPerCall)
+	}
+	if grew < 3 {
+		t.Errorf("the window was filled in %d calls of %d: the strangers did not go as it grew", grew, len(calls)-1)
+	}
+	s.shardPace.answerStrangers(0, 1)
+	if w := s.shardPace.strangerWindow(); w != strangerProbe {
+		t.Errorf("after a refused stranger the window is %d, want %d", w, strangerProbe)
+	}
+}

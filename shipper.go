@@ -35,7 +35,8 @@ type shipper struct {
 	// of no paced shard did, for the stream's pacer.
 	shardPace *shardPacers
 	starved   map[string]bool
-	allowed   map[string]int // what each paced shard's pacer granted the call being taken
+	allowed   map[string]int  // what each paced shard's pacer granted the call being taken
+	strangers map[string]bool // keys of the call's entries that no paced shard gates
 	unsharded shardCall
 
 	mu       sync.Mutex // one round at a time; guards the fields below
@@ -76,7 +77,7 @@ type recordPutter interface {
 
 func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMeta) *shipper {
 	s := &shipper{cfg: cfg, buf: buf, stats: st, logs: logs, meta: meta, pace: newPacer(time.Now),
-		starved: map[string]bool{}, allowed: map[string]int{}, metrics: newEMFWriter(cfg.Metrics), jitter: rand.Int64N}
+		starved: map[string]bool{}, allowed: map[string]int{}, strangers: map[string]bool{}, metrics: newEMFWriter(cfg.Metrics), jitter: rand.Int64N}
 	s.shardPace = newShardPacers(func() *pacer { return newShardPacer(s.pace.now) })
 	s.newClient = func(ctx context.Context) (recordPutter, error) {
 		c, region, err := loadKinesisClient(ctx, cfg.clientSettings(), s.meta.function, st, logs)
@@ -217,6 +218,7 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 	// and the call carries the shards that accept.
 	clear(s.starved)
 	clear(s.allowed)
+	clear(s.strangers)
 	var skip func(*event) bool
 	if s.shardPace.paced() {
 		for shard, p := range s.shardPace.pacers {
@@ -224,13 +226,22 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 				s.allowed[shard] = p.grant(maxRecordsPerCall)
 			}
 		}
+		strangers := s.shardPace.strangerWindow()
 		skip = func(e *event) bool {
-			gates := s.shardPace.gates(s.meta.partitionKey(e))
+			key := s.meta.partitionKey(e)
+			gates := s.shardPace.gates(key)
 			for _, shard := range gates {
 				if shard != "" && s.allowed[shard] == 0 {
 					s.starved[shard] = true
 					return true
 				}
+			}
+			if gates == [2]string{} {
+				if strangers == 0 {
+					return true // the next call, once this one's strangers are answered
+				}
+				strangers--
+				s.strangers[key] = true
 			}
 			for _, shard := range gates {
 				if shard != "" {
@@ -337,6 +348,19 @@ func (s *shipper) observeShards(recs []pendingRecord, results []putResult) {
 	}
 	byShard, unknown := s.shardPace.learn(keys, results)
 	s.unsharded = unknown
+	if len(s.strangers) > 0 {
+		var stored, refused int
+		for i, res := range results {
+			switch {
+			case !s.strangers[keys[i]]:
+			case res.ErrorCode == "":
+				stored++
+			case isThrottleCode(res.ErrorCode) && !refusedWhateverRate(res.ErrorCode):
+				refused++
+			}
+		}
+		s.shardPace.answerStrangers(stored, refused)
+	}
 	for shard, c := range byShard {
 		p := s.shardPace.pacers[shard]
 		if p == nil {
