@@ -187,6 +187,46 @@ func TestShipClassifiesWholeCallErrors(t *testing.T) {
 	}
 }
 
+// TestWholeCallRefusalsKeepCallsFull: calls refused whole for KMS throttling back off and keep
+// carrying the backlog, since the size of a refused call costs the shards nothing and a stored
+// one takes it all; calls that fail whole with a 5xx back off and shrink to probeEntries after
+// outageAfter of them (an outage costs a trickle, not the backlog again and again). On a synctest
+// clock: four whole-call failures, then everything stored.
+func TestWholeCallRefusalsKeepCallsFull(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		err       error
+		wantSizes []int
+	}{
+		{"KMS throttling", &apiError{Status: 400, Code: "KMSThrottlingException", Message: "Rate exceeded (Service: AWSKMS)"}, []int{300, 300, 300, 300, 300}},
+		{"5xx", &apiError{Status: 503, Code: "ServiceUnavailable"}, []int{300, 300, probeEntries, probeEntries, probeEntries}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := &scriptedPutter{after: 20 * time.Millisecond, answer: func(call, n int) ([]putResult, error) {
+					if call < 4 {
+						return nil, tt.err
+					}
+					return storedAll(call, n)
+				}}
+				s, buf, st := scriptedShipper(t, p)
+				addLogs(buf, 300)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if err := s.ship(ctx, everything); err != nil {
+					t.Fatal(err)
+				}
+				if got := p.calls(); len(got) < len(tt.wantSizes) || fmt.Sprint(got[:len(tt.wantSizes)]) != fmt.Sprint(tt.wantSizes) {
+					t.Errorf("calls carried %v entries, want %v first", got, tt.wantSizes)
+				}
+				if st.delivered.Load() != 300 {
+					t.Errorf("delivered %d of 300", st.delivered.Load())
+				}
+			})
+		})
+	}
+}
+
 func TestShipPutsBackWhatIsNotConfirmedWhenTimeRunsOut(t *testing.T) {
 	fk := newFakeKinesis(t, func(call int, req putRecordsRequest) (int, string) {
 		return 500, `{"__type":"InternalFailure"}`

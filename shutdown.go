@@ -38,7 +38,7 @@ func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
 	}
 	calls := s.callsWithin(left)
 	entries := calls * maxRecordsPerCall
-	if s.failStreak >= outageAfter {
+	if s.downStreak >= outageAfter {
 		entries = calls * probeEntries
 	}
 	if s.meta.format.aggregated() {
