@@ -220,13 +220,23 @@ type shardCall struct {
 	sent, accepted, throttled int
 }
 
-// learn records one call's answers: results[i] answers the entry with partition key keys[i].
-// It returns what each shard named did, and what the entries of unknown shard did.
-func (s *shardPacers) learn(keys []string, results []putResult) (byShard map[string]*shardCall, unknown shardCall) {
+// learn records one call's answers: results[i] answers the entry with partition key keys[i],
+// and strangers holds the keys the call carried in the stranger window (strangerWindow), which
+// their answers size. It returns what each shard named did, and what the entries of unknown
+// shard did.
+func (s *shardPacers) learn(keys []string, results []putResult, strangers map[string]bool) (byShard map[string]*shardCall, unknown shardCall) {
 	byShard = map[string]*shardCall{}
+	var strangersStored, strangersRefused int
 	for i, res := range results {
 		if refusedWhateverRate(res.ErrorCode) {
 			continue // not the stream's answer to this rate: no pacer learns from it
+		}
+		if strangers[keys[i]] {
+			if res.ErrorCode == "" {
+				strangersStored++
+			} else if isThrottleCode(res.ErrorCode) {
+				strangersRefused++
+			}
 		}
 		var shard string
 		ok := len(res.ShardID) > 0
@@ -258,6 +268,9 @@ func (s *shardPacers) learn(keys []string, results []putResult) (byShard map[str
 		} else if throttled {
 			c.throttled++
 		}
+	}
+	if len(strangers) > 0 {
+		s.answerStrangers(strangersStored, strangersRefused)
 	}
 	for shard, c := range byShard {
 		if c.throttled > 0 && s.pacers[shard] == nil {

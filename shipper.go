@@ -357,21 +357,8 @@ func (s *shipper) observeShards(recs []pendingRecord, results []putResult) {
 	for i := range recs {
 		keys[i] = recs[i].key
 	}
-	byShard, unknown := s.shardPace.learn(keys, results)
+	byShard, unknown := s.shardPace.learn(keys, results, s.strangers)
 	s.unsharded = unknown
-	if len(s.strangers) > 0 {
-		var stored, refused int
-		for i, res := range results {
-			switch {
-			case !s.strangers[keys[i]]:
-			case res.ErrorCode == "":
-				stored++
-			case isThrottleCode(res.ErrorCode) && !refusedWhateverRate(res.ErrorCode):
-				refused++
-			}
-		}
-		s.shardPace.answerStrangers(stored, refused)
-	}
 	for shard, c := range byShard {
 		p := s.shardPace.pacers[shard]
 		if p == nil {
