@@ -214,7 +214,7 @@ func startShardProxy(t testing.TB, peer *kinesisPeer, stream string, limits shar
 			bytes:   newTokenBucket(limits.Bytes, limits.Burst, now),
 		})
 	}
-	p.forward = &http.Client{Transport: &http.Transport{}}
+	p.forward = newForwardClient()
 	p.pass = &httputil.ReverseProxy{
 		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.Host = r.In.Host },
 		Transport: p.forward.Transport,
