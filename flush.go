@@ -138,6 +138,11 @@ type round struct {
 	// newest counts record at the head of every call of the round while it waits.
 	urgent, escalate, countsFirst bool
 	countsSent                    bool // the round's first call has carried the counts record
+	// leaveRefused lets the round end with entries refused whatever the rate still queued, once
+	// it has given the whole queue triesAnyway calls in a row (shipper.shipRound); triedAnyway
+	// counts them.
+	leaveRefused bool
+	triedAnyway  int
 
 	softAt atomic.Int64 // unix nanoseconds when soft was first seen done
 	pushed atomic.Bool  // this round saw pushback

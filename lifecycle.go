@@ -336,7 +336,9 @@ func (e *agent) flushBeforeNext(requestID string, deadline time.Time, yielding b
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), earliest(time.Now().Add(e.cfg.FlushBudget), deadline))
 	defer cancel()
-	r := &round{before: everything}
+	// Entries refused whatever the rate may go with the next round: each try is a lottery, and
+	// the last ones would hold the invocation a call each (triesAnyway).
+	r := &round{before: everything, leaveRefused: true}
 	if yielding {
 		r.soft, r.budget = softNow, e.cfg.FlushBudget
 	}

@@ -11,6 +11,7 @@ package main
 import (
 	"bytes"
 	"crypto/md5"
+	"math"
 	"slices"
 	"strings"
 )
@@ -128,6 +129,11 @@ type shardPacers struct {
 	pacers  map[string]*pacer
 	newPace func() *pacer
 	names   map[string]string // interned shard ids
+	random  map[string]*randomShare
+	// shardScratch and largestScratch are learn's: the shard of each entry of the call, and the
+	// largest entry of each shard stored after the one at hand.
+	shardScratch   []string
+	largestScratch map[string]int
 	// strangers is how many entries that no paced shard gates (their shard has not refused, or
 	// is not known) a call may carry while some shard is paced (0: strangerProbe); see
 	// strangerWindow.
@@ -138,7 +144,7 @@ type shardPacers struct {
 const maxShardPacers = 256
 
 func newShardPacers(newPace func() *pacer) *shardPacers {
-	return &shardPacers{pacers: map[string]*pacer{}, newPace: newPace, names: map[string]string{}}
+	return &shardPacers{pacers: map[string]*pacer{}, newPace: newPace, names: map[string]string{}, random: map[string]*randomShare{}, largestScratch: map[string]int{}}
 }
 
 // gates returns the paced shards whose pacers must grant an entry with key ("" for none): its
@@ -218,25 +224,62 @@ func (s *shardPacers) paced() bool {
 // shardCall is what one call did to one shard.
 type shardCall struct {
 	sent, accepted, throttled int
+
+	// Refusals for throughput, by where they stand (learn): scattered ones have a stored entry of
+	// the shard at least as large after them in the call, the tail's have none.
+	scattered, tail int
+	strangersTail   int // strangers (strangerWindow) in the tail
 }
 
-// learn records one call's answers: results[i] answers the entry with partition key keys[i],
-// and strangers holds the keys the call carried in the stranger window (strangerWindow), which
-// their answers size. It returns what each shard named did, and what the entries of unknown
-// shard did.
-func (s *shardPacers) learn(keys []string, results []putResult, strangers map[string]bool) (byShard map[string]*shardCall, unknown shardCall) {
+// Refusals whatever the rate, told from a shard's throughput limit.
+//
+// A shard out of throughput refuses from the first of a call's entries over its limit to the
+// last: a call is taken in an instant and its entries in order, and the shard's budget of records
+// and bytes only grows with time. (So do both models here, and so did Kinesis in the one answer
+// with throttled entries we have seen published, github.com/crccheck/kinesis-streams' wiki
+// "putRecords failures": three entries stored, then four refused, of one shard.) A refusal
+// scattered among stored entries, with one at least as large stored after it, is not the shard's
+// rate: it is refused whatever the rate. Each shard keeps the share of its entries refused so
+// (randomShare); a call's tail of refusals is then the rate only when a run that long is unlikely
+// at that share (under refusalRunChance), else it is more of the same. A shard that never
+// scatters its refusals has a share of 0, and every refusal of it is the rate, as before.
+type randomShare struct {
+	entries, refused float64 // decayed by refusalMemory per call that measures them
+}
+
+const (
+	refusalMemory     = 0.9   // per call: about the last 10 calls' entries
+	refusalRunChance  = 0.001 // a tail of refusals less likely than this at random is the rate
+	maxRandomRunShare = 0.99  // a share above this is taken as this: the tail limit stays finite
+)
+
+// runLimit is the longest tail of refusals taken as random at this share.
+func (r *randomShare) runLimit() int {
+	if r == nil || r.refused == 0 {
+		return 0
+	}
+	q := min(r.refused/r.entries, maxRandomRunShare)
+	return int(math.Log(refusalRunChance) / math.Log(q))
+}
+
+// learn records one call's answers: results[i] answers recs[i], and strangers holds the keys the
+// call carried in the stranger window (strangerWindow), which their answers size. It returns
+// what each shard named did, with refusals whatever the rate left out, what the entries of
+// unknown shard did, and how many entries were refused whatever the rate: KMS throttling
+// (refusedWhateverRate), and refusals told from a shard's limit (randomShare).
+func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers map[string]bool) (byShard map[string]*shardCall, unknown shardCall, anyway int) {
 	byShard = map[string]*shardCall{}
-	var strangersStored, strangersRefused int
+	shards := s.shardScratch[:0]
+	var strangersStored int
 	for i, res := range results {
+		shards = append(shards, "")
 		if refusedWhateverRate(res.ErrorCode) {
+			anyway++
 			continue // not the stream's answer to this rate: no pacer learns from it
 		}
-		if strangers[keys[i]] {
-			if res.ErrorCode == "" {
-				strangersStored++
-			} else if isThrottleCode(res.ErrorCode) {
-				strangersRefused++
-			}
+		key := recs[i].key
+		if strangers[key] && res.ErrorCode == "" {
+			strangersStored++
 		}
 		var shard string
 		ok := len(res.ShardID) > 0
@@ -245,34 +288,60 @@ func (s *shardPacers) learn(keys []string, results []putResult, strangers map[st
 		} else if isThrottleCode(res.ErrorCode) {
 			shard, ok = refusedShard(res.ErrorMessage)
 		}
-		throttled := res.ErrorCode != "" && isRetryableCode(res.ErrorCode, 0)
-		if !ok {
-			unknown.sent++
-			if res.ErrorCode == "" {
-				unknown.accepted++
-			} else if throttled {
-				unknown.throttled++
+		c := &unknown
+		if ok {
+			shard = s.intern(shard)
+			shards[i] = shard
+			s.shards.learn(hashOf(key), shard)
+			if c = byShard[shard]; c == nil {
+				c = &shardCall{}
+				byShard[shard] = c
 			}
-			continue
-		}
-		shard = s.intern(shard)
-		s.shards.learn(hashOf(keys[i]), shard)
-		c := byShard[shard]
-		if c == nil {
-			c = &shardCall{}
-			byShard[shard] = c
 		}
 		c.sent++
-		if res.ErrorCode == "" {
+		switch {
+		case res.ErrorCode == "":
 			c.accepted++
-		} else if throttled {
+		case isRetryableCode(res.ErrorCode, 0):
 			c.throttled++
 		}
 	}
-	if len(strangers) > 0 {
-		s.answerStrangers(strangersStored, strangersRefused)
+	s.shardScratch = shards
+	// From the last entry back: the largest entry of each shard stored after this one.
+	largestAfter := s.largestScratch
+	clear(largestAfter)
+	for i := len(results) - 1; i >= 0; i-- {
+		shard, res := shards[i], results[i]
+		if shard == "" {
+			continue
+		}
+		size := recs[i].size + len(recs[i].key) // Kinesis counts the key too
+		c := byShard[shard]
+		switch {
+		case res.ErrorCode == "":
+			largestAfter[shard] = max(largestAfter[shard], size)
+		case !isThrottleCode(res.ErrorCode):
+		case size <= largestAfter[shard]:
+			c.scattered++
+		default:
+			c.tail++
+			if strangers[recs[i].key] {
+				c.strangersTail++
+			}
+		}
 	}
+	strangersRefused := unknown.throttled
 	for shard, c := range byShard {
+		s.measure(shard, c.accepted+c.scattered, c.scattered, c.scattered > 0)
+		if c.throttled == 0 {
+			continue
+		}
+		n := c.notRate(s.runLimit(shard))
+		if tail := n - c.scattered; tail > 0 {
+			s.measure(shard, tail, tail, false) // a tail taken as random is more of the share
+		}
+		anyway += n
+		strangersRefused += c.strangersTail
 		if c.throttled > 0 && s.pacers[shard] == nil {
 			if len(s.pacers) >= maxShardPacers {
 				s.forgetCalm()
@@ -280,7 +349,74 @@ func (s *shardPacers) learn(keys []string, results []putResult, strangers map[st
 			s.pacers[shard] = s.newPace()
 		}
 	}
-	return byShard, unknown
+	if len(strangers) > 0 {
+		s.answerStrangers(strangersStored, strangersRefused)
+	}
+	return byShard, unknown, anyway
+}
+
+// streamShare is the key of the share measured over all shards (randomShare).
+const streamShare = ""
+
+// measure adds to shard's share refused whatever the rate, and to the stream's, that of entries
+// (of a call, when call is set: the shares decay first) refused were so; a share is made only
+// when refused entries are scattered among stored ones.
+func (s *shardPacers) measure(shard string, entries, refused int, call bool) {
+	for _, key := range [...]string{shard, streamShare} {
+		share := s.random[key]
+		if share == nil {
+			if refused == 0 || !call {
+				continue
+			}
+			if len(s.random) >= 4*maxShardPacers {
+				clear(s.random)
+			}
+			share = &randomShare{}
+			s.random[key] = share
+			s.forgive(key)
+		}
+		if call {
+			share.entries *= refusalMemory
+			share.refused *= refusalMemory
+		}
+		share.entries += float64(entries)
+		share.refused += float64(refused)
+	}
+}
+
+// forgive forgets the pacers that refusals whatever the rate may have made, once they first show
+// (key is a shard, or streamShare for every shard without a share of its own): before, a tail
+// of them was taken for the rate. Once per share, so a shard that also has a limit gets its
+// pacer back from its next tail too long to be random, and keeps it.
+func (s *shardPacers) forgive(key string) {
+	for shard := range s.pacers {
+		if shard == key || key == streamShare && s.random[shard] == nil {
+			delete(s.pacers, shard)
+		}
+	}
+}
+
+// runLimit is the longest tail of refusals taken as random for shard: by its own share, or the
+// stream's while it has none (a shard whose calls carry an entry or two cannot show scattered
+// refusals).
+func (s *shardPacers) runLimit(shard string) int {
+	if share := s.random[shard]; share != nil {
+		return share.runLimit()
+	}
+	return s.random[streamShare].runLimit()
+}
+
+// notRate takes the refusals that are not the shard's rate out of what its pacer learns, as if not
+// sent: the scattered ones, and the tail when it is no longer than runLimit. It returns how many.
+func (c *shardCall) notRate(runLimit int) int {
+	n := c.scattered
+	if c.tail <= runLimit {
+		n += c.tail
+		c.tail, c.strangersTail = 0, 0
+	}
+	c.sent -= n
+	c.throttled -= n
+	return n
 }
 
 // forgetCalm drops the pacers that no longer pace.

@@ -287,3 +287,88 @@ func TestStrangersGrowLikeSlowStart(t *testing.T) {
 		t.Errorf("after a refused stranger the window is %d, want %d", w, strangerProbe)
 	}
 }
+
+// answerOf is one entry of a scripted answer for learn: stored by shard, or refused by it for
+// throughput (its message names it, as Kinesis's does).
+func answerOf(shard string, stored bool) putResult {
+	if stored {
+		return putResult{ShardID: []byte(shard)}
+	}
+	return putResult{ErrorCode: "ProvisionedThroughputExceededException",
+		ErrorMessage: "Rate exceeded for shard " + shard + " in stream s under account 123456789012."}
+}
+
+// callOf is a call of entries of the given sizes and their answers, in order ("+" stored, "-"
+// refused, one letter per entry), all of shard.
+func callOf(shard, pattern string, sizes ...int) ([]pendingRecord, []putResult) {
+	recs := make([]pendingRecord, len(pattern))
+	results := make([]putResult, len(pattern))
+	for i, c := range pattern {
+		recs[i] = pendingRecord{key: fmt.Sprintf("k%d", i), size: 100}
+		if i < len(sizes) {
+			recs[i].size = sizes[i]
+		}
+		results[i] = answerOf(shard, c == '+')
+	}
+	return recs, results
+}
+
+// TestRefusalsWhateverTheRateAreToldFromTheShardsLimit: a shard out of throughput refuses a
+// call's entries from the first over its limit to the last; refusals scattered among stored
+// entries are refused whatever the rate, and no pacer learns from them, nor from a tail of
+// refusals as short as that share makes likely. A tail on a shard that never scattered its
+// refusals, and a large entry refused before a smaller one is stored (bytes), are the rate. A
+// pacer made before the first scattered refusal is forgotten when it comes.
+func TestRefusalsWhateverTheRateAreToldFromTheShardsLimit(t *testing.T) {
+	const a, b = "shardId-000000000000", "shardId-000000000001"
+	type call struct {
+		shard, pattern string
+		sizes          []int
+		wantAnyway     int
+		wantPacer      bool // the call leaves the shard with a pacer
+	}
+	for _, tt := range []struct {
+		name  string
+		calls []call
+	}{
+		{"scattered among stored", []call{{shard: a, pattern: "+-+-+", wantAnyway: 2}}},
+		{"a tail, nothing scattered before", []call{{shard: a, pattern: "++--", wantPacer: true}}},
+		{"all refused", []call{{shard: a, pattern: "---", wantPacer: true}}},
+		{"a larger entry refused, a smaller stored after: bytes", []call{{shard: a, pattern: "+-+", sizes: []int{100, 5000, 100}, wantPacer: true}}},
+		{"a smaller entry refused, a larger stored after", []call{{shard: a, pattern: "+-+", sizes: []int{100, 100, 5000}, wantAnyway: 1}}},
+		{"a short tail after scattered refusals is more of the same", []call{
+			{shard: a, pattern: "+-++-+-++-", wantAnyway: 4},
+		}},
+		{"a long tail after scattered refusals is the rate", []call{
+			{shard: a, pattern: "+-++-+-++" + strings.Repeat("-", 30), wantAnyway: 3, wantPacer: true},
+		}},
+		{"a pacer a tail made before refusals scattered is forgotten when they do", []call{
+			{shard: a, pattern: "++-", wantPacer: true},
+			{shard: a, pattern: "+-+", wantAnyway: 1},
+		}},
+		{"another shard's share speaks for a shard seen in calls too small to scatter", []call{
+			{shard: a, pattern: "+-++-+-++-++-+", wantAnyway: 5},
+			{shard: b, pattern: "-", wantAnyway: 1},
+			{shard: b, pattern: "+-", wantAnyway: 1},
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newShardPacers(func() *pacer { return newShardPacer(time.Now) })
+			for i, c := range tt.calls {
+				recs, results := callOf(c.shard, c.pattern, c.sizes...)
+				byShard, _, anyway := s.learn(recs, results, nil)
+				if anyway != c.wantAnyway {
+					t.Errorf("call %d (%s): %d refused whatever the rate, want %d", i, c.pattern, anyway, c.wantAnyway)
+				}
+				refused := strings.Count(c.pattern, "-")
+				if got := byShard[c.shard]; got.throttled != refused-c.wantAnyway || got.sent != len(c.pattern)-c.wantAnyway {
+					t.Errorf("call %d (%s): the shard's pacer learns %d sent, %d throttled; want %d, %d",
+						i, c.pattern, got.sent, got.throttled, len(c.pattern)-c.wantAnyway, refused-c.wantAnyway)
+				}
+				if got := s.pacers[c.shard] != nil; got != c.wantPacer {
+					t.Errorf("call %d (%s): the shard has a pacer: %v, want %v", i, c.pattern, got, c.wantPacer)
+				}
+			}
+		})
+	}
+}

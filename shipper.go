@@ -148,6 +148,7 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 			continue
 		}
 		recs := s.takeRecords(r, n)
+		rest, _ := s.buf.state() // what the call leaves queued
 		if len(recs) == 0 {
 			s.pace.refund(n)
 			if wait := s.shardWait(); wait > 0 && s.pause(ctx, r, wait) {
@@ -156,13 +157,28 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 			return nil
 		}
 		s.pace.refund(n - len(recs))
-		throttled, pushback := s.send(ctx, r, recs)
+		throttled, anyway, pushback := s.send(ctx, r, recs)
 		if !s.learn(r, len(recs), n < want, throttled, pushback) {
 			return nil
+		}
+		if rest == 0 && anyway > 0 && throttled == 0 && pushback == noPushback {
+			r.triedAnyway++
+		} else {
+			r.triedAnyway = 0
+		}
+		if r.leaveRefused && r.triedAnyway >= triesAnyway {
+			return nil // the rest goes with the next round
 		}
 	}
 	return ctx.Err()
 }
+
+// triesAnyway is how many calls a round that may leave entries refused whatever the rate
+// (round.leaveRefused) gives them: each try stores each entry with the same chance, so the
+// backlog shrinks by that share per call, and its last few would hold the invocation a call
+// each (30% refused at random: 50 entries take about five calls, 3 leave 1 or 2 for the next
+// round).
+const triesAnyway = 3
 
 // ready makes sure the Kinesis client exists, and reports whether it does.
 func (s *shipper) ready(ctx context.Context) bool {
@@ -351,13 +367,10 @@ func (s *shipper) shardWait() time.Duration {
 }
 
 // observeShards learns from one answered call which shards its entries went to, tells each paced
-// shard's pacer what its entries did, and keeps the rest for the stream's pacer.
-func (s *shipper) observeShards(recs []pendingRecord, results []putResult) {
-	keys := make([]string, len(recs))
-	for i := range recs {
-		keys[i] = recs[i].key
-	}
-	byShard, unknown := s.shardPace.learn(keys, results, s.strangers)
+// shard's pacer what its entries did, and keeps the rest for the stream's pacer. It returns how
+// many entries were refused whatever the rate (shardPacers.learn).
+func (s *shipper) observeShards(recs []pendingRecord, results []putResult) (anyway int) {
+	byShard, unknown, anyway := s.shardPace.learn(recs, results, s.strangers)
 	s.unsharded = unknown
 	for shard, c := range byShard {
 		p := s.shardPace.pacers[shard]
@@ -373,6 +386,7 @@ func (s *shipper) observeShards(recs []pendingRecord, results []putResult) {
 			p.observe(0, 0, 0, false, true)
 		}
 	}
+	return anyway
 }
 
 // callPushback is how a whole call met pushback.
@@ -388,8 +402,9 @@ const (
 
 // send makes one PutRecords call and settles its records: stored ones are delivered, refused ones
 // dropped, the rest go back to the buffer. It returns how many entries were refused for
-// throughput, and how the whole call met pushback.
-func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (throttled int, pushback callPushback) {
+// throughput, how many whatever the rate (shardPacers.learn), and how the whole call met
+// pushback.
+func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (throttled, anyway int, pushback callPushback) {
 	s.body = s.encodeBody(s.body[:0], recs)
 	s.unsharded = shardCall{}
 	callCtx, done := s.guard(ctx, r)
@@ -406,7 +421,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 		// which has logged the fix): the events wait, and the round ends.
 		s.shrinkBody()
 		s.retryLater(recs, false)
-		return 0, noCredentials
+		return 0, 0, noCredentials
 	}
 	s.stats.calls.Add(1)
 	s.stats.entries.Add(uint64(len(recs)))
@@ -420,13 +435,13 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 	switch {
 	case err == nil:
 		s.answers.add(took)
-		s.observeShards(recs, results)
-		return s.settleAnswered(recs, results), noPushback
+		anyway := s.observeShards(recs, results)
+		return s.settleAnswered(recs, results) - anyway, anyway, noPushback
 	case !isRetryable(err):
 		s.drop(recs, err)
-		return 0, noPushback
+		return 0, 0, noPushback
 	}
-	return 0, s.settleFailed(err, recs, !givenUp)
+	return 0, 0, s.settleFailed(err, recs, !givenUp)
 }
 
 // settleAnswered settles the records of an answered call, entry by entry, and returns how many

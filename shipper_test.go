@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -580,5 +581,51 @@ func TestBackoff(t *testing.T) {
 		if most < tt.limit/2 {
 			t.Errorf("backoff(%d): the largest of 2000 waits is %v; full jitter should reach near %v", tt.attempt, most, tt.limit)
 		}
+	}
+}
+
+// TestRoundLeavesRefusalsWhateverTheRate: entries refused at random, whatever the rate, go again
+// at once; a round that may leave them (an invocation's, round.leaveRefused) gives the whole
+// queue triesAnyway calls and leaves the rest queued, where a round that may not (the
+// shutdown's) sends until all are stored. No pacer learns from them.
+func TestRoundLeavesRefusalsWhateverTheRate(t *testing.T) {
+	const shard = "shardId-000000000000"
+	// Every other entry of a call is refused (scattered among stored ones): 50 entries take
+	// calls of 50, 25, 12, 6, 3 and 1.
+	everyOther := func(_, n int) ([]putResult, error) {
+		rs := make([]putResult, n)
+		for i := range rs {
+			rs[i] = answerOf(shard, i%2 == 0)
+		}
+		return rs, nil
+	}
+	for _, tt := range []struct {
+		name       string
+		leave      bool
+		wantCalls  []int
+		wantQueued int
+	}{
+		{"may leave", true, []int{50, 25, 12}, 6},
+		{"may not", false, []int{50, 25, 12, 6, 3, 1}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &scriptedPutter{answer: everyOther}
+			s, buf, st := scriptedShipper(t, p)
+			addLogs(buf, 50)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := s.shipRound(ctx, &round{before: everything, leaveRefused: tt.leave}); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.calls(); !slices.Equal(got, tt.wantCalls) {
+				t.Errorf("calls of %v entries, want %v", got, tt.wantCalls)
+			}
+			if queued, _ := buf.state(); queued != tt.wantQueued || st.delivered.Load() != uint64(50-tt.wantQueued) {
+				t.Errorf("%d delivered, %d queued; want %d, %d", st.delivered.Load(), queued, 50-tt.wantQueued, tt.wantQueued)
+			}
+			if s.shardPace.paced() || s.shardPace.pacers[shard] != nil {
+				t.Errorf("the shard got a pacer from refusals scattered among stored entries")
+			}
+		})
 	}
 }

@@ -77,6 +77,7 @@ var simScenarios = []simScenario{
 	{name: "on-demand-0.5-2x", load: 0.5, stepAt: 0.3, stepLoad: 2, stream: simStreamOptions{Answer: 20 * time.Millisecond, OnDemand: simOnDemand{ScaleAfter: 5 * time.Second}}},
 	{name: "hot-shard", load: 0.4, wideHot: true, stream: simStreamOptions{Answer: 20 * time.Millisecond, HotShard: 0}},
 	{name: "kms-30-end", load: 0.3, flush: "end", stream: simStreamOptions{Answer: 20 * time.Millisecond, KMSShare: 0.3}},
+	{name: "refused-30-end", load: 0.3, flush: "end", stream: simStreamOptions{Answer: 20 * time.Millisecond, RefuseShare: 0.3}},
 	{name: "kms-90-end", load: 0.3, flush: "end", stream: simStreamOptions{Answer: 20 * time.Millisecond, KMSShare: 0.9}},
 }
 

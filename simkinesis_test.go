@@ -72,10 +72,13 @@ type simStreamOptions struct {
 	StepAt     time.Duration
 	StepFactor float64
 	KMSShare   float64 // share of calls refused whole with KMSThrottlingException
-	Answer     time.Duration
-	Spikes     []latencySpike
-	Timeout    time.Duration // the client's request timeout (KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS)
-	Seed       uint64
+	// RefuseShare is the share of entries refused for their shard's throughput at random,
+	// whatever the rate (as the fleet test's shard proxy does: shardFaults.Refuse).
+	RefuseShare float64
+	Answer      time.Duration
+	Spikes      []latencySpike
+	Timeout     time.Duration // the client's request timeout (KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS)
+	Seed        uint64
 }
 
 type simOnDemand struct {
@@ -327,6 +330,8 @@ func (m *simStream) decideEntry(now time.Time, e shardEntry, l *simLedger) putRe
 	}
 	size := len(data) + len(e.PartitionKey)
 	switch {
+	case m.opts.RefuseShare > 0 && m.rng.Float64() < m.opts.RefuseShare:
+		return m.rateExceeded(sh)
 	case m.opts.OnDemand.Peak > 0:
 		m.stream.refill(now)
 		if m.stream.tokens < 1 {
