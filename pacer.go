@@ -37,15 +37,16 @@ import (
 // the environment is frozen, and so does the bucket, up to paceBurst of traffic.
 //
 // Refusals the rate does not cause are not pushback either: KMS throttling (refusedWhateverRate,
-// kinesis.go) goes again at once and no pacer learns from it. Its weak case is a share of a
-// shard's throughput refused at random whatever the rate: from one environment it looks like
-// that environment's part of a fleet's overload, which every environment must answer by cutting
-// for the fleet to converge, so it is cut for, and the data waits. Telling the two apart needs a
-// test of the rate against the share refused, and in a fleet one environment's rate hardly moves
-// the share: tried again this round with a baseline share not to cut for (the median, then the
-// least, share of the last eight epochs), it took overload for fixed refusal, and in
-// TestPacerFleetSimulation's 8 environments at 2× overload, awake a fifth of the time,
-// amplification rose to 10.3 and 3.4 where the test allows 1.5 (BENCHMARKS.md, "Backpressure").
+// kinesis.go), and a shard's refusals scattered among its stored entries (randomShare, shards.go),
+// go again at once and no pacer learns from them. What is left of the weak case is a share
+// refused at random seen only in calls of an entry or two per shard, which cannot scatter: from one
+// environment it looks like its part of a fleet's overload, which every environment must answer
+// by cutting for the fleet to converge, so it is cut for, and the data waits. A test of the rate
+// against the share refused does not tell them apart: in a fleet one environment's rate hardly
+// moves the share. Tried with a baseline share not to cut for (the median, then the least, share
+// of the last eight epochs), it took overload for fixed refusal, and in TestPacerFleetSimulation's
+// 8 environments at 2× overload, awake a fifth of the time, amplification rose to 10.3 and 3.4
+// where the test allows 1.5 (BENCHMARKS.md, "Backpressure").
 type pacer struct {
 	now              func() time.Time
 	minRate, minStep float64 // the floor, and the least additive step (entries/s per second)

@@ -23,6 +23,10 @@ package main
 //     rate. PutRecords answers an entry with ProvisionedThroughputExceededException or
 //     InternalFailure only (API reference, PutRecordsResultEntry); KMS throttling is an error of
 //     the whole call.
+//   - A share of entries refused for their shard's throughput at random, whatever the rate, as
+//     the fleet test's shard proxy refuses them (shardFaults.Refuse): issue 18's "random
+//     refusal", a stress for the pacer rather than a documented Kinesis behaviour. The refused
+//     entries take no tokens, so they stand scattered among the stored ones.
 //   - Answer times: a base time with spikes (shares of calls answered later), from
 //     shardproxy_test.go's shardFaults.delay, and a sub-millisecond jitter. A call whose context
 //     ends while it waits fails as a written request whose answer never came, as the real client
