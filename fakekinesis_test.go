@@ -41,7 +41,7 @@ type storedEntry struct {
 type putRecordsRequest struct {
 	StreamName string
 	StreamARN  string
-	Records    []struct{ Data, PartitionKey string }
+	Records    []struct{ Data, PartitionKey, ExplicitHashKey string }
 }
 
 func newFakeKinesis(t testing.TB, answer func(call int, req putRecordsRequest) (int, string)) *fakeKinesis {

@@ -50,6 +50,10 @@ func appendPutRecordsBody(dst []byte, stream streamRef, recs []pendingRecord, da
 		dst = appendBase64(dst, data(&recs[i]))
 		dst = append(dst, `","PartitionKey":`...)
 		dst = appendJSONString(dst, recs[i].key)
+		if recs[i].hashKey != "" {
+			dst = append(dst, `,"ExplicitHashKey":`...)
+			dst = appendJSONString(dst, recs[i].hashKey)
+		}
 		dst = append(dst, '}')
 	}
 	return append(dst, "]}"...)

@@ -75,6 +75,9 @@ type pendingRecord struct {
 	key    string
 	size   int    // data bytes, after any truncation
 	data   []byte // the data when built at packing (kpl, cloudwatch); else encodeBody builds it
+	// hashKey, when set, is the ExplicitHashKey (decimal) that routes the record instead of its
+	// key's MD5: the shutdown's last counts record, sent round a shard that refuses it (detour).
+	hashKey string
 }
 
 // maxNDJSONLines is the most lines an ndjson record holds: Firehose's JSON record

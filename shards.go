@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"crypto/md5"
 	"math"
+	"math/big"
 	"slices"
 	"strings"
 )
@@ -292,7 +293,9 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 		if ok {
 			shard = s.intern(shard)
 			shards[i] = shard
-			s.shards.learn(hashOf(key), shard)
+			if recs[i].hashKey == "" { // a detour's shard says nothing of its key's
+				s.shards.learn(hashOf(key), shard)
+			}
 			if c = byShard[shard]; c == nil {
 				c = &shardCall{}
 				byShard[shard] = c
@@ -417,6 +420,34 @@ func (c *shardCall) notRate(runLimit int) int {
 	c.sent -= n
 	c.throttled -= n
 	return n
+}
+
+// detour returns an ExplicitHashKey (decimal) that routes an entry with key to another shard than
+// its own: the try-th of the shards learnt that are not paced; "" when none is known. The
+// shutdown's last counts record takes it after its own shard refused it (shipCounts): a hot shard
+// refuses it whatever its tries, and its loss would hide the shutdown's count. When every shard
+// is paced the stream is short everywhere, and a detour would only move the refusal.
+func (s *shardPacers) detour(key string, try int) string {
+	if try < 1 {
+		return ""
+	}
+	own, _ := s.shards.shardOf(hashOf(key))
+	seen := map[string]bool{own: true}
+	var calm []hashKey // a point of each other shard not paced
+	for _, p := range s.shards.points {
+		if seen[p.shard] {
+			continue
+		}
+		seen[p.shard] = true
+		if q := s.pacers[p.shard]; q == nil || !q.paced {
+			calm = append(calm, p.hash)
+		}
+	}
+	if len(calm) == 0 {
+		return ""
+	}
+	h := calm[(try-1)%len(calm)]
+	return new(big.Int).SetBytes(h[:]).String()
 }
 
 // forgetCalm drops the pacers that no longer pace.

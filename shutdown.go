@@ -85,19 +85,26 @@ const (
 // one record). A refused one goes again after countsRetry, then after twice the pause before: a
 // fleet that spins down together under pushback (a deployment, the end of a burst) sends each
 // environment's last counts record at once, and tries every countsRetry from all of them would
-// take more of the stream than it gives back.
+// take more of the stream than it gives back. From the second try on it goes to another shard
+// than its own that is not paced, if the answers have shown one (detour): a hot shard would
+// refuse it whatever the pause.
 func (s *shipper) shipCounts(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.ready(ctx) {
 		return
 	}
-	for pause := countsRetry; ctx.Err() == nil; pause *= 2 {
+	for try, pause := 0, countsRetry; ctx.Err() == nil; try, pause = try+1, pause*2 {
 		e, ok := s.buf.takeCounts()
 		if !ok {
 			return // stored
 		}
-		s.send(ctx, &round{}, s.meta.pack([]event{e}, s.cfg.RecordBytes, &s.gz))
+		recs := s.meta.pack([]event{e}, s.cfg.RecordBytes, &s.gz)
+		if len(recs) == 1 {
+			// After a refusal, round its shard: another may take it (shardPacers.detour).
+			recs[0].hashKey = s.shardPace.detour(recs[0].key, try)
+		}
+		s.send(ctx, &round{}, recs)
 		t := time.NewTimer(pause)
 		select {
 		case <-t.C:

@@ -4,6 +4,9 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"math/big"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -63,4 +66,81 @@ func TestLastCountsRecordBacksOff(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestLastCountsRecordDetoursAHotShard: the shutdown's last counts record, refused by its own
+// shard (a hot one, refusing whatever the pause), goes on its next try to a shard the answers
+// have shown, by ExplicitHashKey, with its partition key unchanged, and is stored there. The
+// stream is two even shards; the fake routes by the explicit hash key when there is one, as
+// Kinesis does.
+func TestLastCountsRecordDetoursAHotShard(t *testing.T) {
+	route := evenShards(2)
+	const hot = "shardId-000000000000"
+	routeEntry := func(key, explicit string) string {
+		if explicit == "" {
+			return route(key)
+		}
+		h, ok := new(big.Int).SetString(explicit, 10)
+		if !ok {
+			t.Errorf("ExplicitHashKey %q is not a decimal integer", explicit)
+			return hot
+		}
+		if h.Cmp(new(big.Int).Lsh(big.NewInt(1), 127)) < 0 {
+			return "shardId-000000000000"
+		}
+		return "shardId-000000000001"
+	}
+	fk := newFakeKinesis(t, func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		failed := 0
+		for i, r := range req.Records {
+			if shard := routeEntry(r.PartitionKey, r.ExplicitHashKey); shard != hot {
+				rs[i] = fmt.Sprintf(`{"SequenceNumber":"1","ShardId":%q}`, shard)
+				continue
+			}
+			rs[i] = fmt.Sprintf(`{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard %s in stream s under account 123456789012."}`, hot)
+			failed++
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, failed, strings.Join(rs, ","))
+	})
+	s, buf, _ := testShipper(t, config{}, fk.URL)
+	for i := 0; route(s.meta.envID) != hot; i++ { // the counts record's key goes to the hot shard
+		s.meta.envID = fmt.Sprintf("env-%d", i)
+	}
+	for inv := range 20 { // the answers show both shards
+		evs := make([]event, 5)
+		for i := range evs {
+			evs[i] = logEvent(fmt.Sprintf("inv %d line %d", inv, i))
+			evs[i].requestID = fmt.Sprintf("req-%d", inv)
+		}
+		buf.add(evs, &filter{sample: 1})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	s.ship(ctx, everything) // the hot shard's events wait; the map is learnt
+	calls := len(fk.received())
+
+	s.emitCounts(time.Now())
+	ctx, cancel = context.WithTimeout(context.Background(), pressedCountsReserve)
+	defer cancel()
+	s.shipCounts(ctx)
+	if _, left := buf.takeCounts(); left {
+		t.Fatalf("the last counts record is still waiting after %d tries", len(fk.received())-calls)
+	}
+	tries := fk.received()[calls:]
+	if len(tries) != 2 {
+		t.Fatalf("%d tries, want 2: refused by its own shard, stored by the other", len(tries))
+	}
+	first, second := tries[0].Records[0], tries[1].Records[0]
+	if first.ExplicitHashKey != "" || routeEntry(first.PartitionKey, "") != hot {
+		t.Errorf("first try: key %q, explicit hash key %q; want its own key's shard, the hot one", first.PartitionKey, first.ExplicitHashKey)
+	}
+	if second.PartitionKey != s.meta.envID || routeEntry(second.PartitionKey, second.ExplicitHashKey) == hot {
+		t.Errorf("second try: key %q, explicit hash key %q; want the environment's key, routed to the other shard", second.PartitionKey, second.ExplicitHashKey)
+	}
+	if _, ok := s.shardPace.shards.shardOf(hashOf(s.meta.envID)); ok {
+		if got, _ := s.shardPace.shards.shardOf(hashOf(s.meta.envID)); got != hot {
+			t.Errorf("the shard map learnt the detour's shard %s for the key's hash", got)
+		}
+	}
 }
