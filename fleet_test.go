@@ -71,6 +71,8 @@ var fleetCases = []fleetCase{
 		faults: shardFaults{HotShard: &shardLimits{Records: 50, Bytes: 1 << 20, Burst: time.Second}, RandSeed: 18}},
 	{name: "refused-30pct-end", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, flush: "end",
 		faults: shardFaults{Latency: 20 * time.Millisecond, Refuse: 0.3, RandSeed: 18}},
+	{name: "refused-30pct-5xx-10pct-end", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, flush: "end",
+		faults: shardFaults{Latency: 20 * time.Millisecond, Refuse: 0.3, Fail5xx: 0.1, RandSeed: 18}},
 	{name: "kms-throttled-30pct-end", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, flush: "end",
 		faults: shardFaults{Latency: 20 * time.Millisecond, KMSCalls: 0.3, RandSeed: 18}},
 }

@@ -121,6 +121,7 @@ type shardFaults struct {
 	HotShard  *shardLimits   // the first shard's limits, when set: a hot shard among healthy ones
 	Refuse    float64        // share of entries refused at random, whatever the rate
 	KMSCalls  float64        // share of calls refused whole with KMSThrottlingException
+	Fail5xx   float64        // share of calls answered 500 InternalFailure, nothing stored
 	RandSeed  uint64
 	randState *rand.Rand
 }
@@ -435,10 +436,14 @@ func (p *shardProxy) putRecords(w http.ResponseWriter, r *http.Request, release 
 		p.answer(w, status, header, answer)
 		return
 	}
-	if p.faults.KMSCalls > 0 && p.faults.randState != nil && p.faults.randState.Float64() < p.faults.KMSCalls {
+	kms := p.faults.KMSCalls > 0 && p.faults.randState != nil && p.faults.randState.Float64() < p.faults.KMSCalls
+	failed := !kms && p.faults.Fail5xx > 0 && p.faults.randState != nil && p.faults.randState.Float64() < p.faults.Fail5xx
+	if kms || failed {
 		// KMS throttling refuses the whole call, whatever the rate (PutRecords answers an entry
-		// with a shard's throughput or an internal failure only).
-		p.counts.Throttled += len(entries)
+		// with a shard's throughput or an internal failure only); a 5xx stores nothing either.
+		if kms {
+			p.counts.Throttled += len(entries)
+		}
 		delay := p.faults.delay()
 		p.mu.Unlock()
 		select {
@@ -446,7 +451,11 @@ func (p *shardProxy) putRecords(w http.ResponseWriter, r *http.Request, release 
 		case <-r.Context().Done():
 		}
 		release()
-		proxyWriteError(w, http.StatusBadRequest, "KMSThrottlingException", "The request was denied due to request throttling. (Service: AWSKMS; Status Code: 400; Error Code: ThrottlingException)")
+		if kms {
+			proxyWriteError(w, http.StatusBadRequest, "KMSThrottlingException", "The request was denied due to request throttling. (Service: AWSKMS; Status Code: 400; Error Code: ThrottlingException)")
+		} else {
+			proxyWriteError(w, http.StatusInternalServerError, "InternalFailure", "Internal service failure.")
+		}
 		return
 	}
 	now := p.now()
