@@ -61,8 +61,9 @@ var fleetCases = []fleetCase{
 	{name: "outage-10s", shards: 4, limits: kinesisShardLimits, lines: 50, run: 26 * time.Second, outageAt: 5 * time.Second, outageFor: 10 * time.Second},
 	// Issue 18: a stream with room whose answers spike, as Kinesis's do on a bad day, loses
 	// nothing; a hot shard among healthy ones, and a share refused whatever the rate under
-	// KINESIS_TELEMETRY_FLUSH=end (entries refused for a shard's throughput at random, or calls
-	// refused whole for KMS throttling), keep the accounting.
+	// KINESIS_TELEMETRY_FLUSH=end (entries refused for a shard's throughput at random, alone and
+	// with a tenth of the calls answered 500 as in the issue, or calls refused whole for KMS
+	// throttling), keep the accounting.
 	{name: "room", shards: 8, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, underCapacity: true,
 		faults: shardFaults{Latency: 20 * time.Millisecond, RandSeed: 18}},
 	{name: "spiky-answers-with-room", shards: 8, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, underCapacity: true,
