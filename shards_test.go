@@ -129,14 +129,7 @@ func TestHotShardHoldsBackOnlyItsOwnEntries(t *testing.T) {
 		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, failed, strings.Join(rs, ","))
 	})
 	s, buf, st := testShipper(t, config{}, fk.URL)
-	for inv := range 40 { // one key per invocation (the default "request" partition keys)
-		evs := make([]event, 50)
-		for i := range evs {
-			evs[i] = logEvent(fmt.Sprintf("inv %d line %d", inv, i))
-			evs[i].requestID = fmt.Sprintf("req-%d", inv)
-		}
-		buf.add(evs, &filter{sample: 1})
-	}
+	addInvocations(buf, 40, 50) // one key per invocation (the default "request" partition keys)
 	hotEvents := 0
 	for inv := range 40 {
 		if route(fmt.Sprintf("req-%d", inv)) == hot {
@@ -168,6 +161,37 @@ func TestHotShardHoldsBackOnlyItsOwnEntries(t *testing.T) {
 	if p := s.shardPace.pacers[hot]; p == nil || !p.paced {
 		t.Errorf("the hot shard has no pacer that paces")
 	}
+}
+
+// addInvocations buffers n invocations of lines log lines each, invocation i with request id
+// "req-i": with the default partition keys, a key per invocation.
+func addInvocations(buf *buffer, n, lines int) {
+	for inv := range n {
+		evs := make([]event, lines)
+		for i := range evs {
+			evs[i] = logEvent(fmt.Sprintf("inv %d line %d", inv, i))
+			evs[i].requestID = fmt.Sprintf("req-%d", inv)
+		}
+		buf.add(evs, &filter{sample: 1})
+	}
+}
+
+// refusingShardKinesis is a fake Kinesis that stores every entry but those route sends to the
+// shard hot, which it refuses for throughput, naming the shard as Kinesis does.
+func refusingShardKinesis(t testing.TB, hot string, route func(key, explicitHashKey string) string) *fakeKinesis {
+	return newFakeKinesis(t, func(_ int, req putRecordsRequest) (int, string) {
+		rs := make([]string, len(req.Records))
+		failed := 0
+		for i, r := range req.Records {
+			if shard := route(r.PartitionKey, r.ExplicitHashKey); shard != hot {
+				rs[i] = fmt.Sprintf(`{"SequenceNumber":"1","ShardId":%q}`, shard)
+				continue
+			}
+			rs[i] = fmt.Sprintf(`{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard %s in stream s under account 123456789012."}`, hot)
+			failed++
+		}
+		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, failed, strings.Join(rs, ","))
+	})
 }
 
 // TestGatesOfUnknownShards: an entry whose shard the map knows waits for that shard's pacer
@@ -233,28 +257,9 @@ func TestGatesOfUnknownShards(t *testing.T) {
 func TestStrangersGrowLikeSlowStart(t *testing.T) {
 	route := evenShards(4)
 	const hot = "shardId-000000000000"
-	fk := newFakeKinesis(t, func(_ int, req putRecordsRequest) (int, string) {
-		rs := make([]string, len(req.Records))
-		failed := 0
-		for i, r := range req.Records {
-			if shard := route(r.PartitionKey); shard != hot {
-				rs[i] = fmt.Sprintf(`{"SequenceNumber":"1","ShardId":%q}`, shard)
-				continue
-			}
-			rs[i] = fmt.Sprintf(`{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard %s in stream s under account 123456789012."}`, hot)
-			failed++
-		}
-		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, failed, strings.Join(rs, ","))
-	})
+	fk := refusingShardKinesis(t, hot, func(key, _ string) string { return route(key) })
 	s, buf, _ := testShipper(t, config{}, fk.URL)
-	for inv := range 400 { // a key per invocation: most are strangers to an environment that has seen few
-		evs := make([]event, 10)
-		for i := range evs {
-			evs[i] = logEvent(fmt.Sprintf("inv %d line %d", inv, i))
-			evs[i].requestID = fmt.Sprintf("req-%d", inv)
-		}
-		buf.add(evs, &filter{sample: 1})
-	}
+	addInvocations(buf, 400, 10) // a key per invocation: most are strangers to an environment that has seen few
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	s.ship(ctx, everything)

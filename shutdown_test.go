@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"math/big"
-	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -90,31 +89,12 @@ func TestLastCountsRecordDetoursAHotShard(t *testing.T) {
 		}
 		return "shardId-000000000001"
 	}
-	fk := newFakeKinesis(t, func(_ int, req putRecordsRequest) (int, string) {
-		rs := make([]string, len(req.Records))
-		failed := 0
-		for i, r := range req.Records {
-			if shard := routeEntry(r.PartitionKey, r.ExplicitHashKey); shard != hot {
-				rs[i] = fmt.Sprintf(`{"SequenceNumber":"1","ShardId":%q}`, shard)
-				continue
-			}
-			rs[i] = fmt.Sprintf(`{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard %s in stream s under account 123456789012."}`, hot)
-			failed++
-		}
-		return 200, fmt.Sprintf(`{"FailedRecordCount":%d,"Records":[%s]}`, failed, strings.Join(rs, ","))
-	})
+	fk := refusingShardKinesis(t, hot, routeEntry)
 	s, buf, _ := testShipper(t, config{}, fk.URL)
 	for i := 0; route(s.meta.envID) != hot; i++ { // the counts record's key goes to the hot shard
 		s.meta.envID = fmt.Sprintf("env-%d", i)
 	}
-	for inv := range 20 { // the answers show both shards
-		evs := make([]event, 5)
-		for i := range evs {
-			evs[i] = logEvent(fmt.Sprintf("inv %d line %d", inv, i))
-			evs[i].requestID = fmt.Sprintf("req-%d", inv)
-		}
-		buf.add(evs, &filter{sample: 1})
-	}
+	addInvocations(buf, 20, 5) // the answers show both shards
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	s.ship(ctx, everything) // the hot shard's events wait; the map is learnt
