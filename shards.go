@@ -271,7 +271,7 @@ func (r *randomShare) runLimit() int {
 func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers map[string]bool) (byShard map[string]*shardCall, unknown shardCall, anyway int) {
 	byShard = map[string]*shardCall{}
 	shards := s.shardScratch[:0]
-	var strangersStored int
+	var strangersStored, strangersRefused int
 	for i, res := range results {
 		shards = append(shards, "")
 		if refusedWhateverRate(res.ErrorCode) {
@@ -307,6 +307,9 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 			c.accepted++
 		case isRetryableCode(res.ErrorCode, 0):
 			c.throttled++
+			if !ok && strangers[key] && isThrottleCode(res.ErrorCode) {
+				strangersRefused++ // of no shard named: taken for the rate
+			}
 		}
 	}
 	s.shardScratch = shards
@@ -333,7 +336,6 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 			}
 		}
 	}
-	strangersRefused := unknown.throttled
 	for shard, c := range byShard {
 		s.measure(shard, c.accepted+c.scattered, c.scattered, c.scattered > 0)
 		if c.throttled == 0 {

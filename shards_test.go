@@ -377,3 +377,30 @@ func TestRefusalsWhateverTheRateAreToldFromTheShardsLimit(t *testing.T) {
 		})
 	}
 }
+
+// TestStrangerWindowCountsOnlyTheRate: the stranger window goes back to strangerProbe when a
+// stranger is refused for throughput, named shard or not, but not for a refusal whatever the rate
+// (scattered among stored entries) or an internal failure.
+func TestStrangerWindowCountsOnlyTheRate(t *testing.T) {
+	const a = "shardId-000000000000"
+	for _, tt := range []struct {
+		name    string
+		answers []putResult
+		reset   bool
+	}{
+		{"a tail refused by a named shard", []putResult{answerOf(a, true), answerOf(a, false)}, true},
+		{"refused for throughput, no shard named", []putResult{answerOf(a, true), {ErrorCode: "ProvisionedThroughputExceededException", ErrorMessage: "Rate exceeded"}}, true},
+		{"scattered among stored", []putResult{answerOf(a, false), answerOf(a, true)}, false},
+		{"an internal failure", []putResult{answerOf(a, true), {ErrorCode: "InternalFailure", ErrorMessage: "Internal service failure."}}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newShardPacers(func() *pacer { return newShardPacer(time.Now) })
+			s.strangers = 64
+			recs := []pendingRecord{{key: "k0", size: 100}, {key: "k1", size: 100}}
+			s.learn(recs, tt.answers, map[string]bool{"k0": true, "k1": true})
+			if got := s.strangerWindow() == strangerProbe; got != tt.reset {
+				t.Errorf("window %d after the call; back to strangerProbe: %v, want %v", s.strangerWindow(), got, tt.reset)
+			}
+		})
+	}
+}
