@@ -78,6 +78,7 @@ var simScenarios = []simScenario{
 	{name: "hot-shard", load: 0.4, wideHot: true, stream: simStreamOptions{Answer: 20 * time.Millisecond, HotShard: 0}},
 	{name: "kms-30-end", load: 0.3, flush: "end", stream: simStreamOptions{Answer: 20 * time.Millisecond, KMSShare: 0.3}},
 	{name: "refused-30-end", load: 0.3, flush: "end", stream: simStreamOptions{Answer: 20 * time.Millisecond, RefuseShare: 0.3}},
+	{name: "refused-90-end", load: 0.3, flush: "end", stream: simStreamOptions{Answer: 20 * time.Millisecond, RefuseShare: 0.9}},
 	{name: "kms-90-end", load: 0.3, flush: "end", stream: simStreamOptions{Answer: 20 * time.Millisecond, KMSShare: 0.9}},
 }
 
