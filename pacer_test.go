@@ -88,10 +88,11 @@ func TestPacerFleetSimulation(t *testing.T) {
 		{"6x overload", 8, 300, 225, 0, 60 * time.Millisecond, 1.3, 0.85},
 		{"2x overload, awake 20%", 8, 1000, 250, 0, 20 * time.Millisecond, 1.5, 0.85},
 		{"one environment, 10x", 1, 100, 1000, 0, 60 * time.Millisecond, 1.5, 0.85},
-		// A share refused at random whatever the rate is the pacer's weak case (docs/flushing.md,
-		// Backpressure): it is cut for, the rate settles low and the data waits, counted. (A hot
-		// shard, the usual cause, is paced by its own pacer in the extension; this model has no
-		// shards.) With the additive step of 5 entries/s per second that keeps a fleet's
+		// A share refused at random whatever the rate, seen by the pacer alone, is its weak case
+		// (docs/flushing.md, Backpressure): it is cut for, the rate settles low and the data
+		// waits, counted. (In the extension a hot shard, the usual cause, is paced by its own
+		// pacer, and refusals scattered among a shard's stored entries reach no pacer
+		// (shards.go); this model has no shards.) With the additive step of 5 entries/s per second that keeps a fleet's
 		// amplification low, it delivers 0.16 of what it could here (0.65 with a step of 20, at
 		// 6× overload amplification 1.48 instead of 1.15). 1/0.9 = 1.11 is the least
 		// amplification possible.
