@@ -245,7 +245,7 @@ type shardCall struct {
 // at that share (under refusalRunChance), else it is more of the same. A shard that never
 // scatters its refusals has a share of 0, and every refusal of it is the rate, as before.
 type randomShare struct {
-	entries, refused float64 // decayed by refusalMemory per call that measures them
+	entries, refused float64 // aged by refusalMemory per call that measures them (age)
 }
 
 const (
@@ -253,6 +253,12 @@ const (
 	refusalRunChance  = 0.001 // a tail of refusals less likely than this at random is the rate
 	maxRandomRunShare = 0.99  // a share above this is taken as this: the tail limit stays finite
 )
+
+// age ages the share by one call.
+func (r *randomShare) age() {
+	r.entries *= refusalMemory
+	r.refused *= refusalMemory
+}
 
 // runLimit is the longest tail of refusals taken as random at this share.
 func (r *randomShare) runLimit() int {
@@ -336,14 +342,24 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 			}
 		}
 	}
+	// Measure every shard, then judge each tail: map order must not decide the outcome.
+	if share := s.random[streamShare]; share != nil {
+		share.age()
+	}
 	for shard, c := range byShard {
 		s.measure(shard, c.accepted+c.scattered, c.scattered, c.scattered > 0)
+	}
+	var randomTails map[string]int
+	for shard, c := range byShard {
 		if c.throttled == 0 {
 			continue
 		}
 		n := c.notRate(s.runLimit(shard))
 		if tail := n - c.scattered; tail > 0 {
-			s.measure(shard, tail, tail, false) // a tail taken as random is more of the share
+			if randomTails == nil {
+				randomTails = map[string]int{}
+			}
+			randomTails[shard] = tail
 		}
 		anyway += n
 		strangersRefused += c.strangersTail
@@ -353,6 +369,9 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 			}
 			s.pacers[shard] = s.newPace()
 		}
+	}
+	for shard, tail := range randomTails {
+		s.measure(shard, tail, tail, false) // a tail taken as random is more of the share
 	}
 	if len(strangers) > 0 {
 		s.answerStrangers(strangersStored, strangersRefused)
@@ -364,8 +383,9 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 const streamShare = ""
 
 // measure adds to shard's share refused whatever the rate, and to the stream's, that of entries
-// (of a call, when call is set: the shares decay first) refused were so; a share is made only
-// when refused entries are scattered among stored ones.
+// refused were so. The call's own measure (call set) first ages the shard's share by a call
+// (refusalMemory; learn ages the stream's once per call), and makes the shares when refused
+// entries are scattered among stored ones, forgiving the pacers they may have made.
 func (s *shardPacers) measure(shard string, entries, refused int, call bool) {
 	for _, key := range [...]string{shard, streamShare} {
 		share := s.random[key]
@@ -379,10 +399,8 @@ func (s *shardPacers) measure(shard string, entries, refused int, call bool) {
 			share = &randomShare{}
 			s.random[key] = share
 			s.forgive(key)
-		}
-		if call {
-			share.entries *= refusalMemory
-			share.refused *= refusalMemory
+		} else if call && key == shard {
+			share.age()
 		}
 		share.entries += float64(entries)
 		share.refused += float64(refused)

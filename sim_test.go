@@ -600,16 +600,25 @@ func TestSim(t *testing.T) {
 	}
 }
 
-// TestSimDeterministic runs one scenario twice: the same seed gives the same outcome in every
-// environment (overload: no call is cut, so backoff's global random source is never drawn).
+// TestSimDeterministic runs scenarios twice: the same seed gives the same outcome in every
+// environment. overload-2x: no call is cut, so backoff's global random source is never drawn;
+// refused-30-end: what a call's answers teach the shards (shardPacers.learn) does not depend on
+// the order of a map (when it did, one pair of runs in three differed).
 func TestSimDeterministic(t *testing.T) {
-	sc := simScenarios[slices.IndexFunc(simScenarios, func(s simScenario) bool { return s.name == "overload-2x" })]
-	var prints [2]uint64
-	for i := range prints {
-		synctest.Test(t, func(t *testing.T) { prints[i] = runSim(sc, 10, simTestRun).fingerprint })
-	}
-	if prints[0] != prints[1] {
-		t.Errorf("fingerprints %x and %x: two runs of one scenario differ", prints[0], prints[1])
+	for _, tt := range []struct {
+		name  string
+		fleet int
+	}{{"overload-2x", 10}, {"refused-30-end", 100}} {
+		t.Run(tt.name, func(t *testing.T) {
+			sc := simScenarios[slices.IndexFunc(simScenarios, func(s simScenario) bool { return s.name == tt.name })]
+			var prints [2]uint64
+			for i := range prints {
+				synctest.Test(t, func(t *testing.T) { prints[i] = runSim(sc, tt.fleet, simTestRun).fingerprint })
+			}
+			if prints[0] != prints[1] {
+				t.Errorf("fingerprints %x and %x: two runs of one scenario differ", prints[0], prints[1])
+			}
+		})
 	}
 }
 
