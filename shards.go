@@ -230,6 +230,7 @@ type shardCall struct {
 	// the shard at least as large after them in the call, the tail's have none.
 	scattered, tail int
 	strangersTail   int // strangers (strangerWindow) in the tail
+	randomTail      int // the tail, when notRate took it as random
 }
 
 // Refusals whatever the rate, told from a shard's throughput limit.
@@ -277,7 +278,7 @@ func (r *randomShare) runLimit() int {
 func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers map[string]bool) (byShard map[string]*shardCall, unknown shardCall, anyway int) {
 	byShard = map[string]*shardCall{}
 	shards := s.shardScratch[:0]
-	var strangersStored, strangersRefused int
+	var strangersStored, strangersRefused, shardRefused int
 	for i, res := range results {
 		shards = append(shards, "")
 		if refusedWhateverRate(res.ErrorCode) {
@@ -313,7 +314,11 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 			c.accepted++
 		case isRetryableCode(res.ErrorCode, 0):
 			c.throttled++
-			if !ok && strangers[key] && isThrottleCode(res.ErrorCode) {
+			switch {
+			case !isThrottleCode(res.ErrorCode):
+			case ok:
+				shardRefused++
+			case strangers[key]:
 				strangersRefused++ // of no shard named: taken for the rate
 			}
 		}
@@ -322,7 +327,7 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 	// From the last entry back: the largest entry of each shard stored after this one.
 	largestAfter := s.largestScratch
 	clear(largestAfter)
-	for i := len(results) - 1; i >= 0; i-- {
+	for i := len(results) - 1; i >= 0 && shardRefused > 0; i-- {
 		shard, res := shards[i], results[i]
 		if shard == "" {
 			continue
@@ -349,19 +354,11 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 	for shard, c := range byShard {
 		s.measure(shard, c.accepted+c.scattered, c.scattered, c.scattered > 0)
 	}
-	var randomTails map[string]int
 	for shard, c := range byShard {
 		if c.throttled == 0 {
 			continue
 		}
-		n := c.notRate(s.runLimit(shard))
-		if tail := n - c.scattered; tail > 0 {
-			if randomTails == nil {
-				randomTails = map[string]int{}
-			}
-			randomTails[shard] = tail
-		}
-		anyway += n
+		anyway += c.notRate(s.runLimit(shard))
 		strangersRefused += c.strangersTail
 		if c.throttled > 0 && s.pacers[shard] == nil {
 			if len(s.pacers) >= maxShardPacers {
@@ -370,8 +367,10 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 			s.pacers[shard] = s.newPace()
 		}
 	}
-	for shard, tail := range randomTails {
-		s.measure(shard, tail, tail, false) // a tail taken as random is more of the share
+	for shard, c := range byShard {
+		if c.randomTail > 0 {
+			s.measure(shard, c.randomTail, c.randomTail, false) // more of the share
+		}
 	}
 	if len(strangers) > 0 {
 		s.answerStrangers(strangersStored, strangersRefused)
@@ -435,7 +434,7 @@ func (c *shardCall) notRate(runLimit int) int {
 	n := c.scattered
 	if c.tail <= runLimit {
 		n += c.tail
-		c.tail, c.strangersTail = 0, 0
+		c.randomTail, c.tail, c.strangersTail = c.tail, 0, 0
 	}
 	c.sent -= n
 	c.throttled -= n

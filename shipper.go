@@ -148,7 +148,10 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 			continue
 		}
 		recs := s.takeRecords(r, n)
-		rest, _ := s.buf.state() // what the call leaves queued
+		var rest int // what the call leaves queued, for a round that may leave refusals
+		if r.leaveRefused {
+			rest, _ = s.buf.state()
+		}
 		if len(recs) == 0 {
 			s.pace.refund(n)
 			if wait := s.shardWait(); wait > 0 && s.pause(ctx, r, wait) {
@@ -161,13 +164,15 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		if !s.learn(r, len(recs), n < want, throttled, pushback) {
 			return nil
 		}
-		if rest == 0 && anyway > 0 && throttled == 0 && pushback == noPushback {
-			r.triedAnyway++
-		} else {
-			r.triedAnyway = 0
-		}
-		if r.leaveRefused && r.triedAnyway >= triesAnyway {
-			return nil // the rest goes with the next round
+		if r.leaveRefused {
+			if rest == 0 && anyway > 0 && throttled == 0 && pushback == noPushback {
+				r.triedAnyway++
+			} else {
+				r.triedAnyway = 0
+			}
+			if r.triedAnyway >= triesAnyway {
+				return nil // the rest goes with the next round
+			}
 		}
 	}
 	return ctx.Err()
