@@ -11,8 +11,10 @@ import (
 // fleetSim runs envs pacers (made by newP) on a simulated clock against one shard of capacity
 // entries/s (a token bucket with 1 s of burst, as Kinesis shards behave), each environment
 // producing offered entries/s and awake (not frozen) awake of every cycle. It returns goodput
-// (stored/s over the capacity) and amplification (entries sent / stored).
-func fleetSim(newP func(now func() time.Time) *pacer, envs int, capacity, offered, randomFail float64, awake, cycle time.Duration, d time.Duration, seed uint64) (goodput, amplification float64) {
+// (stored/s over the capacity), amplification (entries sent / stored) and Jain's fairness index
+// of what each environment had stored. The environments call in a new random order each step,
+// so that none is first at the shard every time.
+func fleetSim(newP func(now func() time.Time) *pacer, envs int, capacity, offered, randomFail float64, awake, cycle time.Duration, d time.Duration, seed uint64) (goodput, amplification, jain float64) {
 	const step = 5 * time.Millisecond // one PutRecords round trip
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var clock time.Time = time.Unix(0, 0)
@@ -21,6 +23,7 @@ func fleetSim(newP func(now func() time.Time) *pacer, envs int, capacity, offere
 		p       *pacer
 		backlog float64
 		offset  time.Duration
+		stored  float64
 	}
 	fleet := make([]*env, envs)
 	for i := range fleet {
@@ -31,6 +34,7 @@ func fleetSim(newP func(now func() time.Time) *pacer, envs int, capacity, offere
 	for t := time.Duration(0); t < d; t += step {
 		clock = time.Unix(0, 0).Add(t)
 		shard = min(capacity, shard+capacity*step.Seconds())
+		rng.Shuffle(len(fleet), func(i, j int) { fleet[i], fleet[j] = fleet[j], fleet[i] })
 		for _, e := range fleet {
 			e.backlog = min(e.backlog+offered*step.Seconds(), 4*offered) // a bounded buffer
 			if (t+e.offset)%cycle >= awake || e.backlog < 1 {
@@ -47,6 +51,7 @@ func fleetSim(newP func(now func() time.Time) *pacer, envs int, capacity, offere
 			if t > d/5 { // after the start-up
 				sent += float64(n)
 				stored += float64(ok)
+				e.stored += float64(ok)
 			}
 			if randomFail > 0 { // a share refused whatever the rate
 				refused := 0
@@ -59,14 +64,19 @@ func fleetSim(newP func(now func() time.Time) *pacer, envs int, capacity, offere
 				e.backlog += float64(refused)
 				if t > d/5 {
 					stored -= float64(refused)
+					e.stored -= float64(refused)
 				}
 				ok -= refused
 			}
 			e.p.observe(n, ok, n-ok, false, n < want)
 		}
 	}
+	var sum, sum2 float64
+	for _, e := range fleet {
+		sum, sum2 = sum+e.stored, sum2+e.stored*e.stored
+	}
 	secs := (d - d/5).Seconds()
-	return stored / secs / min(capacity, offered*float64(envs)), sent / stored
+	return stored / secs / min(capacity, offered*float64(envs)), sent / stored, sum * sum / (float64(envs) * sum2)
 }
 
 // TestPacerFleetSimulation runs the pacer of N environments against one simulated shard: under
@@ -99,7 +109,7 @@ func TestPacerFleetSimulation(t *testing.T) {
 		{"10% refused, capacity ample", 8, 10000, 250, 0.1, 60 * time.Millisecond, 1.15, 0.1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			good, amp := fleetSim(newPacer, tt.envs, tt.capacity, tt.offered, tt.randomFail, tt.awake, 100*time.Millisecond, 60*time.Second, 7)
+			good, amp, _ := fleetSim(newPacer, tt.envs, tt.capacity, tt.offered, tt.randomFail, tt.awake, 100*time.Millisecond, 60*time.Second, 7)
 			t.Logf("%-26s goodput %.2f of capacity, amplification %.3f", tt.name, good, amp)
 			if amp > tt.maxAmp || good < tt.minGood {
 				t.Errorf("goodput %.2f (want >= %.2f), amplification %.3f (want <= %.2f)", good, tt.minGood, amp, tt.maxAmp)
@@ -111,20 +121,27 @@ func TestPacerFleetSimulation(t *testing.T) {
 // TestShardPacerLargeFleet: a thousand environments sharing one shard each get about 1 entry/s
 // of it, a tenth of the stream pacer's floor. A shard's pacer, with its lower floor and step,
 // keeps the fleet near what the shard takes; the stream's pacer, with the same fleet, holds it at
-// its floor, several times the shard's capacity. Same model as TestPacerFleetSimulation.
+// its floor, several times the shard's capacity. Same model as TestPacerFleetSimulation. It also
+// logs issue 18's fleet, 10× overload, whose amplification and fairness this pacer misses
+// (BENCHMARKS.md, "An additive increase, tried"): the shard stays full, which is asserted.
 func TestShardPacerLargeFleet(t *testing.T) {
-	const envs, capacity, offered = 1000, 1000.0, 2.0 // 2× overload
-	run := func(newP func(now func() time.Time) *pacer) (float64, float64) {
+	const envs, capacity = 1000, 1000.0
+	run := func(newP func(now func() time.Time) *pacer, offered float64) (good, amp, jain float64) {
 		return fleetSim(newP, envs, capacity, offered, 0, 60*time.Millisecond, 300*time.Millisecond, 30*time.Second, 7)
 	}
-	good, amp := run(newShardPacer)
-	streamGood, streamAmp := run(newPacer)
-	t.Logf("shard pacers: goodput %.2f, amplification %.2f; stream pacers: goodput %.2f, amplification %.2f", good, amp, streamGood, streamAmp)
+	good, amp, _ := run(newShardPacer, 2)
+	streamGood, streamAmp, _ := run(newPacer, 2)
+	t.Logf("2×: shard pacers: goodput %.2f, amplification %.2f; stream pacers: goodput %.2f, amplification %.2f", good, amp, streamGood, streamAmp)
 	if good < 0.85 || amp > 1.5 {
 		t.Errorf("shard pacers: goodput %.2f (want >= 0.85), amplification %.2f (want <= 1.5)", good, amp)
 	}
 	if streamAmp < 2*amp {
 		t.Errorf("stream pacers: amplification %.2f, not well above the shard pacers' %.2f: the floor no longer binds, and this test no longer shows why shards have their own", streamAmp, amp)
+	}
+	good, amp, jain := run(newShardPacer, 10)
+	t.Logf("10×: shard pacers: goodput %.2f, amplification %.2f, Jain's index %.3f", good, amp, jain)
+	if good < 0.9 {
+		t.Errorf("10×: goodput %.2f, want >= 0.9", good)
 	}
 }
 
