@@ -102,10 +102,10 @@ func TestPacerFleetSimulation(t *testing.T) {
 		// (docs/flushing.md, Backpressure): it is cut for, the rate settles low and the data
 		// waits, counted. (In the extension a hot shard, the usual cause, is paced by its own
 		// pacer, and refusals scattered among a shard's stored entries reach no pacer
-		// (shards.go); this model has no shards.) With the additive step of 5 entries/s per second that keeps a fleet's
-		// amplification low, it delivers 0.16 of what it could here (0.65 with a step of 20, at
-		// 6× overload amplification 1.48 instead of 1.15). 1/0.9 = 1.11 is the least
-		// amplification possible.
+		// (shards.go); this model has no shards.) With the additive step of 5 entries/s per
+		// second that keeps a fleet's amplification low, it delivers 0.16 of what it could here
+		// (0.65 with a step of 20, at 6× overload amplification 1.48 instead of 1.15). 1/0.9 =
+		// 1.11 is the least amplification possible.
 		{"10% refused, capacity ample", 8, 10000, 250, 0.1, 60 * time.Millisecond, 1.15, 0.1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

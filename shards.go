@@ -314,12 +314,12 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 			c.accepted++
 		case isRetryableCode(res.ErrorCode, 0):
 			c.throttled++
-			switch {
-			case !isThrottleCode(res.ErrorCode):
-			case ok:
-				shardRefused++
-			case strangers[key]:
-				strangersRefused++ // of no shard named: taken for the rate
+			if isThrottleCode(res.ErrorCode) {
+				if ok {
+					shardRefused++
+				} else if strangers[key] {
+					strangersRefused++ // of no shard named: taken for the rate
+				}
 			}
 		}
 	}
