@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/md5"
 	"encoding/binary"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -194,10 +197,10 @@ func refusingShardKinesis(t testing.TB, hot string, route func(key, explicitHash
 	})
 }
 
-// TestGatesOfUnknownShards: an entry whose shard the map knows waits for that shard's pacer
-// only; one whose hash lies between points of two shards waits for the paced ones of both (it
-// goes to one of them); and nothing waits while no shard is paced.
-func TestGatesOfUnknownShards(t *testing.T) {
+// TestGateOfUnknownShards: an entry whose shard the map knows waits for that shard's pacer; one
+// whose hash lies between points of two shards waits for the pacer of the nearer point's shard,
+// its likelier owner; and nothing waits while no shard is paced, or while the gate's shard is not.
+func TestGateOfUnknownShards(t *testing.T) {
 	route := evenShards(2)
 	const low, high = "shardId-000000000000", "shardId-000000000001"
 	s := newShardPacers(func() *pacer { return newShardPacer(time.Now) })
@@ -210,22 +213,29 @@ func TestGatesOfUnknownShards(t *testing.T) {
 			highKeys = append(highKeys, key)
 		}
 	}
-	// Learn three keys of each shard.
-	learnt := append(append([]string{}, lowKeys...), highKeys...)
-	for _, key := range learnt {
+	for _, key := range append(append([]string{}, lowKeys...), highKeys...) {
 		s.shards.learn(hashOf(key), route(key))
 	}
-	var known, unknown string // a key inside low's learnt run, and one between the two shards' runs
-	for i := 0; known == "" || unknown == ""; i++ {
+	// A key inside low's learnt run, and keys between the two runs nearer to each.
+	var known, nearLow, nearHigh string
+	top, bottom := lastPoint(s.shards, low), firstPoint(s.shards, high)
+	for i := 0; known == "" || nearLow == "" || nearHigh == ""; i++ {
 		key := fmt.Sprintf("q%d", i)
-		if _, ok := s.shards.shardOf(hashOf(key)); ok && route(key) == low && known == "" {
-			known = key
-		} else if below, above := s.shards.neighbours(hashOf(key)); !ok && below == low && above == high && unknown == "" {
-			unknown = key
+		h := hashOf(key)
+		_, ok := s.shards.shardOf(h)
+		switch {
+		case ok && route(key) == low:
+			known = cmp.Or(known, key)
+		case !ok && bytes.Compare(h[:], top[:]) > 0 && bytes.Compare(h[:], bottom[:]) < 0:
+			if less(span(top, h), span(h, bottom)) {
+				nearLow = cmp.Or(nearLow, key)
+			} else {
+				nearHigh = cmp.Or(nearHigh, key)
+			}
 		}
 	}
-	if g := s.gates(unknown); g != [2]string{} {
-		t.Errorf("no shard paced: gates %q, want none", g)
+	if g, _ := s.gate(nearLow); g != "" {
+		t.Errorf("no shard paced: gate %q, want none", g)
 	}
 	pace := func(shard string) {
 		p := s.newPace()
@@ -233,21 +243,147 @@ func TestGatesOfUnknownShards(t *testing.T) {
 		s.pacers[shard] = p
 	}
 	pace(low)
-	if g := s.gates(known); g != [2]string{low, ""} {
-		t.Errorf("known key of the paced shard: gates %q, want [%s]", g, low)
+	if g, ok := s.gate(known); g != low || !ok {
+		t.Errorf("known key of the paced shard: gate %q (known %v), want %s", g, ok, low)
 	}
-	if g := s.gates(unknown); g != [2]string{low, ""} {
-		t.Errorf("key between %s and the unpaced %s: gates %q, want [%s] only", low, high, g, low)
+	if g, ok := s.gate(nearLow); g != low || ok {
+		t.Errorf("unknown key nearer to %s's points: gate %q (known %v), want %s", low, g, ok, low)
+	}
+	if g, _ := s.gate(nearHigh); g != "" {
+		t.Errorf("unknown key nearer to the unpaced %s: gate %q, want none", high, g)
 	}
 	pace(high)
-	if g := s.gates(unknown); g != [2]string{low, high} {
-		t.Errorf("key between two paced shards: gates %q, want both", g)
+	if g, _ := s.gate(nearHigh); g != high {
+		t.Errorf("unknown key nearer to %s's points: gate %q, want %s", high, g, high)
 	}
-	// grantOne takes from both, and gives back the first when the second has nothing.
-	s.pacers[low].tokens, s.pacers[high].tokens = 1, 0
-	s.pacers[low].at, s.pacers[high].at = time.Now().Add(time.Hour), time.Now().Add(time.Hour) // no refill
-	if s.grantOne(unknown) || s.pacers[low].tokens != 1 {
-		t.Errorf("granted with the second gate empty, or kept the first's token (%v left)", s.pacers[low].tokens)
+}
+
+// firstPoint and lastPoint are the least and the greatest learnt hash of shard.
+func firstPoint(m shardMap, shard string) hashKey {
+	for _, p := range m.points {
+		if p.shard == shard {
+			return p.hash
+		}
+	}
+	panic("no point of " + shard)
+}
+
+func lastPoint(m shardMap, shard string) hashKey {
+	for _, p := range slices.Backward(m.points) {
+		if p.shard == shard {
+			return p.hash
+		}
+	}
+	panic("no point of " + shard)
+}
+
+// TestSpanAndNearest: span is the 128-bit difference, borrow included, and nearest picks the
+// nearer of two learnt points, the lower one on a tie, and the end point outside them.
+func TestSpanAndNearest(t *testing.T) {
+	hk := func(hex string) (h hashKey) {
+		b, _ := new(big.Int).SetString(hex, 16)
+		b.FillBytes(h[:])
+		return h
+	}
+	for _, c := range []struct{ a, b, want string }{
+		{"0", "1", "1"},
+		{"ffffffffffffffff", "10000000000000000", "1"}, // the low half borrows
+		{"1", "ffffffffffffffffffffffffffffffff", "fffffffffffffffffffffffffffffffe"},
+		{"123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210", ""},
+	} {
+		want := c.want
+		if want == "" {
+			a, _ := new(big.Int).SetString(c.a, 16)
+			b, _ := new(big.Int).SetString(c.b, 16)
+			want = new(big.Int).Sub(b, a).Text(16)
+		}
+		d := span(hk(c.a), hk(c.b))
+		got := new(big.Int).Or(new(big.Int).Lsh(new(big.Int).SetUint64(d[0]), 64), new(big.Int).SetUint64(d[1])).Text(16)
+		if got != want {
+			t.Errorf("span(%s, %s) = %s, want %s", c.a, c.b, got, want)
+		}
+	}
+	m := shardMap{points: []hashPoint{{hk("100"), "a"}, {hk("200"), "b"}}}
+	for _, c := range []struct{ h, want string }{
+		{"1", "a"}, {"17f", "a"}, {"180", "a"}, {"181", "b"}, {"fff", "b"},
+	} {
+		if got := m.nearest(hk(c.h)); got != c.want {
+			t.Errorf("nearest(%s) = %q, want %q", c.h, got, c.want)
+		}
+	}
+	if got := (&shardMap{}).nearest(hk("5")); got != "" {
+		t.Errorf("nearest in an empty map = %q, want none", got)
+	}
+}
+
+// TestLendLetsUnknownShardsAhead: under overload the buffer goes oldest first, and the entries of
+// a shard the environment has never sent to wait behind older ones of the paced shard whose
+// pacer gates them. Once a second one of them goes on credit, even when its gate has granted
+// nothing, so that the map learns its shard; the credit takes the pacer's tokens below zero, and
+// a pacer in debt lends nothing more.
+func TestLendLetsUnknownShardsAhead(t *testing.T) {
+	route := evenShards(4)
+	const paced = "shardId-000000000001"
+	clock := time.Unix(1e9, 0)
+	now := func() time.Time { return clock }
+	s, buf, _ := testShipper(t, config{}, "http://127.0.0.1:1") // nothing is sent
+	s.pace.now = now
+	s.shardPace.newPace = func() *pacer { return newShardPacer(now) }
+	// The map knows shard 1 only, and shard 1 is paced with nothing to grant: every key is
+	// gated by it, and only shard 1's are known.
+	var known, unknown []string
+	for i := 0; len(known) < 40 || len(unknown) < 40; i++ {
+		key := fmt.Sprintf("req-%d", i)
+		switch route(key) {
+		case paced:
+			s.shardPace.shards.learn(hashOf(key), paced)
+			known = append(known, key)
+		case "shardId-000000000002", "shardId-000000000003":
+			unknown = append(unknown, key)
+		}
+	}
+	p := newShardPacer(now)
+	p.observe(10, 0, 10, false, false)
+	p.rate, p.tokens, p.at = 0.5, 0.4, clock
+	s.shardPace.pacers[paced] = p
+	// Older entries of the paced shard first, then entries of shards the map does not know.
+	add := func(keys []string) {
+		evs := make([]event, len(keys))
+		for i, key := range keys {
+			evs[i] = logEvent("line of " + key)
+			evs[i].requestID = key
+		}
+		buf.add(evs, &filter{sample: 1})
+	}
+	add(known)
+	add(unknown)
+	r := &round{before: everything}
+	take := func() (keys []string) {
+		recs := s.takeRecords(r, maxRecordsPerCall)
+		for _, rec := range recs {
+			keys = append(keys, rec.key)
+		}
+		s.buf.putBack(eventsOf(recs))
+		return keys
+	}
+	if got := take(); len(got) != 1 || !slices.Contains(unknown, got[0]) {
+		t.Fatalf("first take: %q, want one entry of unknown shard, on credit", got)
+	}
+	if p.tokens >= 0 {
+		t.Errorf("the credit left the pacer %v tokens, want below zero", p.tokens)
+	}
+	p.tokens = 0 // as if repaid
+	if got := take(); len(got) != 0 {
+		t.Errorf("again within lendEvery: took %q, want nothing", got)
+	}
+	clock = clock.Add(lendEvery)
+	p.tokens, p.at = -0.5, clock // in debt
+	if got := take(); len(got) != 0 {
+		t.Errorf("the pacer in debt: took %q, want nothing", got)
+	}
+	clock = clock.Add(4 * time.Second) // the debt repaid at 0.5/s, and a token
+	if got := take(); len(got) != 2 || got[0] != known[0] || !slices.Contains(unknown, got[1]) {
+		t.Errorf("with a grant: took %q, want the oldest entry of the paced shard (%s), then one of unknown shard on credit", got, known[0])
 	}
 }
 
@@ -272,7 +408,7 @@ func TestStrangersGrowLikeSlowStart(t *testing.T) {
 	for i, c := range calls[1:] {
 		n := 0
 		for _, r := range c.Records {
-			if g := s.shardPace.gates(r.PartitionKey); g == [2]string{} {
+			if g, _ := s.shardPace.gate(r.PartitionKey); g == "" {
 				n++
 			}
 		}

@@ -261,25 +261,19 @@ func (s *shipper) takeRecords(r *round, n int) []pendingRecord {
 		strangers := s.shardPace.strangerWindow()
 		skip = func(e *event) bool {
 			key := s.meta.partitionKey(e)
-			gates := s.shardPace.gates(key)
-			for _, shard := range gates {
-				if shard != "" && s.allowed[shard] == 0 {
-					s.starved[shard] = true
-					return true
-				}
-			}
-			if gates == [2]string{} {
-				if strangers == 0 {
-					return true // the next call, once this one's strangers are answered
-				}
+			shard, known := s.shardPace.gate(key)
+			switch {
+			case shard == "" && strangers == 0:
+				return true // the next call, once this one's strangers are answered
+			case shard == "":
 				strangers--
 				s.strangers[key] = true
+				return false
+			case s.allowed[shard] <= 0 && (known || s.allowed[shard] < 0 || !s.shardPace.lend(shard, s.pace.now())):
+				s.starved[shard] = true
+				return true
 			}
-			for _, shard := range gates {
-				if shard != "" {
-					s.allowed[shard]--
-				}
-			}
+			s.allowed[shard]-- // below zero: lent (shardPacers.lend), repaid by the refund below
 			return false
 		}
 	}
