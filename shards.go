@@ -70,10 +70,10 @@ func (m *shardMap) nearest(h hashKey) string {
 		return m.points[i-1].shard
 	}
 	below, above := m.points[i-1], m.points[i]
-	if less(span(below.hash, h), span(h, above.hash)) || span(below.hash, h) == span(h, above.hash) {
-		return below.shard
+	if less(span(h, above.hash), span(below.hash, h)) {
+		return above.shard
 	}
-	return above.shard
+	return below.shard // the nearer, or as near
 }
 
 // span is b − a, for a ≤ b, as two 64-bit halves.
@@ -83,6 +83,7 @@ func span(a, b hashKey) [2]uint64 {
 	return [2]uint64{hi, lo}
 }
 
+// less orders spans.
 func less(x, y [2]uint64) bool { return x[0] < y[0] || x[0] == y[0] && x[1] < y[1] }
 
 // learn records that shard took h. A point that disagrees with its neighbours wins over them
