@@ -16,6 +16,7 @@ package main
 // connection draining.
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -183,6 +184,7 @@ type tlsFront struct {
 	requests   atomic.Int32 // requests seen
 	handshakes atomic.Int32 // ClientHellos seen
 	protos     sync.Map     // negotiated protocol -> *atomic.Int32 (requests)
+	entries    atomic.Int32 // PutRecords entries received
 }
 
 // startTLSFront starts a front for target (an http:// URL) and stops it when t ends.
@@ -235,6 +237,12 @@ func startTLSFront(t testing.TB, target string, o frontOptions) *tlsFront {
 			f.requests.Add(1)
 			n, _ := f.protos.LoadOrStore(r.Proto, new(atomic.Int32))
 			n.(*atomic.Int32).Add(1)
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				panic(http.ErrAbortHandler) // the request was not written whole: no answer
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			f.entries.Add(int32(bytes.Count(body, []byte(`"PartitionKey":`))))
 			proxy.ServeHTTP(w, r)
 		}),
 		IdleTimeout:       o.idleTimeout,

@@ -135,7 +135,13 @@ func TestIdleCloseWhileFrozen(t *testing.T) {
 }
 
 // TestStalledHandshake: a TLS handshake that never gets an answer costs one TLSHandshakeTimeout
-// (2 s) and no event: the events wait and go over the next connection, once each.
+// (2 s) and no event: the events wait and go over the next connection. Its call sent nothing, so
+// none of its events is of unknown outcome. (The next call, on a fresh connection after a call
+// left unanswered, may be cut after its write when it outlasts wireGrace after the runtime is
+// done, shipper.guard, as on a loaded machine: its events go again, through the front a second
+// time. So what is sent again must not exceed what the front received beyond one copy of each
+// event; events of the stalled call taken as of unknown outcome would be sent again with no first
+// copy through the front.)
 func TestStalledHandshake(t *testing.T) {
 	fk := newFakeKinesis(t, allOK)
 	front := startTLSFront(t, fk.URL, frontOptions{})
@@ -148,10 +154,13 @@ func TestStalledHandshake(t *testing.T) {
 	}
 	fl.shutdownAndWait(ext)
 	events, _ := fk.decoded(t)
-	checkDelivery(t, fl.postedEvents(), events, false, 0) // after pushback the newest invocation goes first
-	if s := readShutdownSummary(t, ext.stderr.String()); s.unknown != 0 || s.resent != 0 {
-		t.Errorf("summary %+v: a stalled handshake sent nothing, so nothing is of unknown outcome", s)
+	s := readShutdownSummary(t, ext.stderr.String())
+	checkDelivery(t, fl.postedEvents(), events, false, s.resent) // after pushback the newest invocation goes first
+	again := int(front.entries.Load()) - s.received
+	if s.unknown != 0 || s.resent > again {
+		t.Errorf("summary %+v, %d entries through the front beyond one per event: a stalled handshake sent nothing, so nothing of its call is of unknown outcome", s, again)
 	}
+	t.Logf("summary %+v, %d entries through the front beyond one per event", s, again)
 }
 
 // TestH2FrameFaults: the first connection's first stream meets a frame-level fault
