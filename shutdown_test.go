@@ -67,6 +67,64 @@ func TestLastCountsRecordBacksOff(t *testing.T) {
 	})
 }
 
+// TestLastCountsRecordRetriesRefusalsWhateverTheRate: a try of the last counts record refused
+// whatever the rate — KMS throttling of the entry or of the whole call, or a shard's refusal
+// that the share it refuses at random explains — goes again after countsRetry, not after twice
+// the pause before: the stream is not short of room, and a doubling pause leaves few tries in the
+// time kept for it. TestLastCountsRecordBacksOff is the other side: throughput refusals double it.
+// On a synctest clock, calls answered at once: five refusals, then stored.
+func TestLastCountsRecordRetriesRefusalsWhateverTheRate(t *testing.T) {
+	const shard = "shardId-000000000000"
+	for _, tt := range []struct {
+		name   string
+		refuse func(call, n int) ([]putResult, error)
+		prime  func(s *shipper) // what the answers have taught before the shutdown
+	}{
+		{"KMS throttling of the entry", func(_, n int) ([]putResult, error) {
+			return []putResult{{ErrorCode: "KMSThrottlingException", ErrorMessage: "Rate exceeded (Service: AWSKMS)"}}, nil
+		}, nil},
+		{"KMS throttling of the whole call", func(_, n int) ([]putResult, error) {
+			return nil, &apiError{Status: 400, Code: "KMSThrottlingException", Message: "Rate exceeded (Service: AWSKMS)"}
+		}, nil},
+		{"a shard that refuses 90% at random", func(_, n int) ([]putResult, error) {
+			return []putResult{{ErrorCode: "ProvisionedThroughputExceededException", ErrorMessage: "Rate exceeded for shard " + shard + " in stream telemetry under account 123456789012."}}, nil
+		}, func(s *shipper) {
+			// As learn measures calls whose refusals stand scattered among stored entries.
+			s.shardPace.measure(shard, 100, 90, true)
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var at []time.Duration
+				start := time.Now()
+				p := &scriptedPutter{answer: func(call, n int) ([]putResult, error) {
+					at = append(at, time.Since(start))
+					if call < 5 {
+						return tt.refuse(call, n)
+					}
+					return storedAll(call, n)
+				}}
+				s, buf, _ := scriptedShipper(t, p)
+				if tt.prime != nil {
+					tt.prime(s)
+				}
+				s.emitCounts(time.Now())
+				ctx, cancel := context.WithTimeout(context.Background(), pressedCountsReserve)
+				defer cancel()
+				s.shipCounts(ctx)
+				if _, left := buf.takeCounts(); left || len(at) != 6 {
+					t.Fatalf("%d tries, counts record still waiting: %v; want 6 tries, the last one stored", len(at), left)
+				}
+				for i := 1; i < len(at); i++ {
+					if gap := at[i] - at[i-1]; gap != countsRetry {
+						t.Errorf("try %d came %v after the one before, want %v", i+1, gap, countsRetry)
+					}
+				}
+			})
+		})
+	}
+}
+
 // TestLastCountsRecordDetoursAHotShard: the shutdown's last counts record, refused by its own
 // shard (a hot one, refusing whatever the pause), goes on its next try to a shard the answers
 // have shown, by ExplicitHashKey, with its partition key unchanged, and is stored there. The
