@@ -36,62 +36,36 @@ func TestCallsWithin(t *testing.T) {
 	}
 }
 
-// TestLastCountsRecordBacksOff: the shutdown's last counts record goes by itself until it is
-// stored, each pause twice the one before, from countsRetry: a fleet that spins down together
-// must not fill the stream with tries. On a synctest clock, calls answered at once: five refusals,
-// then stored.
-func TestLastCountsRecordBacksOff(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var at []time.Duration
-		start := time.Now()
-		p := &scriptedPutter{answer: func(call, n int) ([]putResult, error) {
-			at = append(at, time.Since(start))
-			if call < 5 {
-				return throttledAll(call, n)
-			}
-			return storedAll(call, n)
-		}}
-		s, buf, _ := scriptedShipper(t, p)
-		s.emitCounts(time.Now())
-		ctx, cancel := context.WithTimeout(context.Background(), pressedCountsReserve)
-		defer cancel()
-		s.shipCounts(ctx)
-		if _, left := buf.takeCounts(); left || len(at) != 6 {
-			t.Fatalf("%d tries, counts record still waiting: %v; want 6 tries, the last one stored", len(at), left)
-		}
-		for i := 1; i < len(at); i++ {
-			if gap, want := at[i]-at[i-1], countsRetry<<(i-1); gap != want {
-				t.Errorf("try %d came %v after the one before, want %v", i+1, gap, want)
-			}
-		}
-	})
-}
-
-// TestLastCountsRecordRetriesRefusalsWhateverTheRate: a try of the last counts record refused
-// whatever the rate — KMS throttling of the entry or of the whole call, or a shard's refusal
-// that the share it refuses at random explains — goes again after countsRetry, not after twice
-// the pause before: the stream is not short of room, and a doubling pause leaves few tries in the
-// time kept for it. TestLastCountsRecordBacksOff is the other side: throughput refusals double it.
-// On a synctest clock, calls answered at once: five refusals, then stored.
-func TestLastCountsRecordRetriesRefusalsWhateverTheRate(t *testing.T) {
+// TestLastCountsRecordPauses: the shutdown's last counts record goes by itself until it is
+// stored. After a refusal for throughput each pause is twice the one before, from countsRetry: a
+// fleet that spins down together must not fill the stream with tries. A try refused whatever the
+// rate — KMS throttling of the entry or of the whole call, or a shard's refusal that the share it
+// refuses at random explains — goes again after countsRetry: the stream is not short of room, and
+// a doubling pause leaves few tries in the time kept for it. On a synctest clock, calls answered
+// at once: five refusals, then stored.
+func TestLastCountsRecordPauses(t *testing.T) {
 	const shard = "shardId-000000000000"
+	doubling := func(try int) time.Duration { return countsRetry << (try - 1) }
+	constant := func(int) time.Duration { return countsRetry }
 	for _, tt := range []struct {
 		name   string
 		refuse func(call, n int) ([]putResult, error)
 		prime  func(s *shipper) // what the answers have taught before the shutdown
+		pause  func(try int) time.Duration
 	}{
+		{"refused for throughput", throttledAll, nil, doubling},
 		{"KMS throttling of the entry", func(_, n int) ([]putResult, error) {
 			return []putResult{{ErrorCode: "KMSThrottlingException", ErrorMessage: "Rate exceeded (Service: AWSKMS)"}}, nil
-		}, nil},
+		}, nil, constant},
 		{"KMS throttling of the whole call", func(_, n int) ([]putResult, error) {
 			return nil, &apiError{Status: 400, Code: "KMSThrottlingException", Message: "Rate exceeded (Service: AWSKMS)"}
-		}, nil},
+		}, nil, constant},
 		{"a shard that refuses 90% at random", func(_, n int) ([]putResult, error) {
 			return []putResult{{ErrorCode: "ProvisionedThroughputExceededException", ErrorMessage: "Rate exceeded for shard " + shard + " in stream telemetry under account 123456789012."}}, nil
 		}, func(s *shipper) {
 			// As learn measures calls whose refusals stand scattered among stored entries.
 			s.shardPace.measure(shard, 100, 90, true)
-		}},
+		}, constant},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -116,8 +90,8 @@ func TestLastCountsRecordRetriesRefusalsWhateverTheRate(t *testing.T) {
 					t.Fatalf("%d tries, counts record still waiting: %v; want 6 tries, the last one stored", len(at), left)
 				}
 				for i := 1; i < len(at); i++ {
-					if gap := at[i] - at[i-1]; gap != countsRetry {
-						t.Errorf("try %d came %v after the one before, want %v", i+1, gap, countsRetry)
+					if gap, want := at[i]-at[i-1], tt.pause(i); gap != want {
+						t.Errorf("try %d came %v after the one before, want %v", i+1, gap, want)
 					}
 				}
 			})
