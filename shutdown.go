@@ -110,11 +110,10 @@ func (s *shipper) shipCounts(ctx context.Context) {
 			recs[0].hashKey = s.shardPace.detour(recs[0].key, try)
 		}
 		throttled, _, pushback := s.send(ctx, &round{}, recs)
-		wait := pause
+		t := time.NewTimer(pause)
 		if throttled > 0 || pushback != noPushback && pushback != refusedWhole {
-			pause *= 2
+			pause *= 2 // short of room, or not answering: the next try waits longer
 		}
-		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
