@@ -83,7 +83,8 @@ const (
 	// that `end` delivered 0.31 of the events instead of 0.86.
 	shardMinStep = paceMinStep / 50.0
 	shardMinRate = paceMinRate / 50.0
-	paceMaxRate  = 1e6 // above this the stream is not the limit: pacing stops
+	paceForget   = 10 * time.Second // a pushback this old is forgotten at shutdown (hurry)
+	paceMaxRate  = 1e6              // above this the stream is not the limit: pacing stops
 	paceEpoch    = 500 * time.Millisecond
 	paceWindow   = time.Second
 	paceBurst    = time.Second
@@ -229,9 +230,19 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 // that still overloads the stream must not take more than its share. Probing by time (doubling
 // per second from 10 entries/s) did: simulated, 1,000 environments at 10× overload sent a fifth
 // of their entries at their shutdowns, 73% of them refused (BENCHMARKS.md, "Unknown shards").
+// A pacer whose last pushback is paceForget old or more stops pacing instead: the shutdown sends
+// full calls, and a refusal paces it again. Its rate was learnt then, often in a cold start's
+// burst, and an environment invoked every few seconds has not sent enough since to grow it
+// (simulated, 10,000 environments on a healthy stream with spiky answers: one of them, paced by
+// refusals of its first call, shut down 18 s later at its floor, and the three calls the floor
+// allowed did not fit in its 2 s with a spike of 1 s and one of 600 ms: 2 events dropped and 3
+// unknown. BENCHMARKS.md, "Simulation at scale").
 func (p *pacer) hurry() {
 	p.hurried = true
 	p.minRate = max(p.minRate, hurryMinRate)
+	if p.paced && p.now().Sub(p.calmAt) >= paceForget {
+		p.paced = false
+	}
 	if p.paced {
 		p.rate = max(p.rate, p.minRate)
 	}

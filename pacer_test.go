@@ -258,6 +258,30 @@ func TestPacer(t *testing.T) {
 				t.Errorf("after a refusal: rate %.0f, want %v, and nothing granted", r, float64(hurryMinRate))
 			}
 		}},
+		{"shutdown: a pushback paceForget old is forgotten: the calls are full again, and a refusal paces anew", func(t *testing.T, _ *pacer, c *fakeClock) {
+			p := newShardPacer(c.now)
+			p.observe(10, 0, 10, false, false)
+			c.advance(paceForget - time.Millisecond)
+			p.observe(1, 1, 0, false, false) // stored: not pushback
+			c.advance(time.Millisecond)
+			p.hurry()
+			if paced, _ := p.pacing(); paced || p.grant(500) != 500 {
+				t.Fatalf("paced %v, %d of 500 granted, after %v without pushback: want unpaced", paced, p.grant(500), paceForget)
+			}
+			p.observe(500, 100, 400, false, false)
+			if paced, r := p.pacing(); !paced || r >= 500 || p.grant(500) != 0 {
+				t.Errorf("after 400 of 500 refused: paced %v at %.0f/s; want paced below 500/s, nothing granted at once", paced, r)
+			}
+		}},
+		{"shutdown: a pushback under paceForget old still paces", func(t *testing.T, _ *pacer, c *fakeClock) {
+			p := newShardPacer(c.now)
+			p.observe(10, 0, 10, false, false)
+			c.advance(paceForget - time.Millisecond)
+			p.hurry()
+			if paced, _ := p.pacing(); !paced || p.grant(500) >= 500 {
+				t.Errorf("paced %v; want paced: a second's worth granted, not the whole call", paced)
+			}
+		}},
 		{"it settles near what the stream takes", func(t *testing.T, p *pacer, c *fakeClock) {
 			// The stream takes 300 entries/s: a token bucket on the stream side.
 			stream, at := 300.0, c.t
