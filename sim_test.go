@@ -139,6 +139,7 @@ type simEnv struct {
 	offer  int
 	added  []time.Duration
 	seq    int
+	atEnd  bool // shut down by the run's end, with every environment then alive
 }
 
 // simEnvResult is one environment's end state.
@@ -152,6 +153,7 @@ type simEnvResult struct {
 	countsLogged                           uint64 // dropped.total in the final stats
 	countsInStream                         uint64 // dropped.total in the last counts record stored
 	countsFound                            bool
+	atEnd                                  bool // simEnv.atEnd
 }
 
 // runSim runs one scenario for one fleet size. Call it inside a synctest bubble.
@@ -204,7 +206,7 @@ func (f *simFleet) slot(slot int) {
 	for gen := 0; time.Now().Before(end.Add(-time.Second)); gen++ {
 		life := time.Duration((0.4 + 1.2*rng.Float64()) * float64(f.run))
 		v := f.newEnv(slot, gen, rng)
-		v.live(earliest(time.Now().Add(life), end))
+		v.live(earliest(time.Now().Add(life), end), !time.Now().Add(life).Before(end))
 		time.Sleep(100*time.Millisecond + time.Duration(rng.Int64N(int64(400*time.Millisecond))))
 	}
 }
@@ -250,8 +252,9 @@ func (v *simEnv) loop() {
 }
 
 // live runs the environment from its cold start until end, then shuts it down.
-func (v *simEnv) live(end time.Time) {
+func (v *simEnv) live(end time.Time, atEnd bool) {
 	f := v.f
+	v.atEnd = atEnd
 	// Init: the runtime starts while the extension waits in its first next.
 	v.deliverAfter(simBatch, v.produce("platform.initStart", `{"initializationType":"on-demand","phase":"init","runtimeVersion":"python:3.13.v1","functionName":"fn","functionVersion":"$LATEST"}`))
 	time.Sleep(simInitTime - simBatch)
@@ -397,7 +400,7 @@ func (f *simFleet) settle(v *simEnv) {
 	st := v.ext.stats
 	m := st.marks()
 	r := simEnvResult{
-		idx: v.idx, offered: v.offer,
+		idx: v.idx, offered: v.offer, atEnd: v.atEnd,
 		received: st.received.Load(), delivered: st.delivered.Load(), unknown: st.unknown.Load(),
 		full: m.full, shutdown: m.shutdown, rejected: m.rejected, unconfirmed: st.unconfirmed.Load(),
 		filtered: st.filteredExcluded.Load() + st.filteredLevel.Load() + st.filteredSampled.Load() + st.filteredOwn.Load(),
@@ -429,6 +432,7 @@ type simResult struct {
 	addedP50, addedP95    time.Duration
 	calls, entries        int
 	countsShort           int // environments whose last counts record in the stream shows fewer drops than they logged
+	countsShortAtEnd      int // of them, shut down by the run's end (all at once)
 	scaledAt              []time.Duration
 	problems              []string
 	fingerprint           uint64 // of every environment's outcome: equal runs, equal fingerprints
@@ -473,6 +477,9 @@ func (f *simFleet) result(nominal float64) simResult {
 		}
 		if c, ok := l.lastCountsRecord(); !ok || c.Dropped.Total < e.countsLogged {
 			r.countsShort++ // missing, or short of what the extension counted
+			if e.atEnd {
+				r.countsShortAtEnd++
+			}
 		}
 		dropped := e.full + e.shutdown + e.rejected
 		switch {
@@ -554,7 +561,7 @@ func (f *simFleet) converged(last int) float64 {
 const simConvergeWindow = 3
 
 // simHeader and row are BenchmarkSim's table.
-const simHeader = "| scenario | fleet | environments | offered ev/s | capacity rec/s | goodput / capacity | delivered / offered | amplification | Jain | converge s | dropped full / shutdown / rejected | unknown | added p50 / p95 ms | counts short |"
+const simHeader = "| scenario | fleet | environments | offered ev/s | capacity rec/s | goodput / capacity | delivered / offered | amplification | Jain | converge s | dropped full / shutdown / rejected | unknown | added p50 / p95 ms | counts short (at the end) |"
 
 const simRule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
@@ -567,9 +574,9 @@ func (r simResult) row() string {
 	if !math.IsNaN(r.converge) {
 		conv = fmt.Sprintf("%.0f", r.converge)
 	}
-	return fmt.Sprintf("| %s | %d | %d | %.0f | %.0f | %.2f | %.3f | %.2f | %.3f | %s | %d / %d / %d | %d | %.0f / %.0f | %d |",
+	return fmt.Sprintf("| %s | %d | %d | %.0f | %.0f | %.2f | %.3f | %.2f | %.3f | %s | %d / %d / %d | %d | %.0f / %.0f | %d (%d) |",
 		r.scenario, r.fleet, r.envs, r.offeredRate, r.capacity, r.goodput, r.deliveredShare, r.amplification, r.jain, conv,
-		r.full, r.shutdown, rejected, r.unknown, ms(r.addedP50), ms(r.addedP95), r.countsShort)
+		r.full, r.shutdown, rejected, r.unknown, ms(r.addedP50), ms(r.addedP95), r.countsShort, r.countsShortAtEnd)
 }
 
 // simTestRun is TestSim's run: short, so that every scenario's accounting is checked in seconds.
