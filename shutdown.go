@@ -82,10 +82,15 @@ const (
 
 // shipCounts sends the waiting counts record by itself until it is stored or ctx ends: the
 // shutdown's last word, one entry, whatever the pacers say (they have cut for the data; this is
-// one record). A refused one goes again after countsRetry, then after twice the pause before: a
-// fleet that spins down together under pushback (a deployment, the end of a burst) sends each
-// environment's last counts record at once, and tries every countsRetry from all of them would
-// take more of the stream than it gives back. A try refused whatever the rate (KMS throttling, or
+// one record). A refused one goes again after countsRetry, then after twice the pause before, up
+// to countsRetryMax: a fleet that spins down together under pushback (a deployment, the end of a
+// burst) sends each environment's last counts record at once, and tries every countsRetry from
+// all of them would take more of the stream than it gives back; but each try of one entry on a
+// shard that refuses half of what it is sent is a coin toss, and doubled without end the pauses
+// left six tries in the 600 ms kept for it (simulated, 10,000 environments at 2× overload: of the
+// shutdowns along the way, 2.6% ended with the last counts record refused six times, 287; with
+// the pauses capped, 153, and at the run's end, where the whole fleet spins down at once, 2,281 →
+// 1,473. BENCHMARKS.md, "Simulation at scale"). A try refused whatever the rate (KMS throttling, or
 // a refusal the shard's share refused at random explains: shardPacers.learn) does not double the
 // pause: the stream is not short of room, and the next try is as likely to be stored as this one
 // was. (Doubled, the pauses leave about six tries in the 600 ms kept for it: simulated, 1,000
@@ -112,7 +117,7 @@ func (s *shipper) shipCounts(ctx context.Context) {
 		throttled, _, pushback := s.send(ctx, &round{}, recs)
 		t := time.NewTimer(pause)
 		if throttled > 0 || pushback != noPushback && pushback != refusedWhole {
-			pause *= 2 // short of room, or not answering: the next try waits longer
+			pause = min(2*pause, countsRetryMax) // short of room, or not answering: the next try waits longer
 		}
 		select {
 		case <-t.C:
@@ -122,5 +127,9 @@ func (s *shipper) shipCounts(ctx context.Context) {
 	}
 }
 
-// countsRetry is the first pause between two tries of the last counts record.
-const countsRetry = 10 * time.Millisecond
+// countsRetry is the first pause between two tries of the last counts record, countsRetryMax the
+// longest.
+const (
+	countsRetry    = 10 * time.Millisecond
+	countsRetryMax = 80 * time.Millisecond
+)

@@ -37,15 +37,16 @@ func TestCallsWithin(t *testing.T) {
 }
 
 // TestLastCountsRecordPauses: the shutdown's last counts record goes by itself until it is
-// stored. After a refusal for throughput each pause is twice the one before, from countsRetry: a
-// fleet that spins down together must not fill the stream with tries. A try refused whatever the
+// stored. After a refusal for throughput each pause is twice the one before, from countsRetry up
+// to countsRetryMax: a fleet that spins down together must not fill the stream with tries, and
+// one that is refused half the time needs several. A try refused whatever the
 // rate — KMS throttling of the entry or of the whole call, or a shard's refusal that the share it
 // refuses at random explains — goes again after countsRetry: the stream is not short of room, and
 // a doubling pause leaves few tries in the time kept for it. On a synctest clock, calls answered
-// at once: five refusals, then stored.
+// at once: six refusals, then stored.
 func TestLastCountsRecordPauses(t *testing.T) {
 	const shard = "shardId-000000000000"
-	doubling := func(try int) time.Duration { return countsRetry << (try - 1) }
+	doubling := func(try int) time.Duration { return min(countsRetry<<(try-1), countsRetryMax) }
 	constant := func(int) time.Duration { return countsRetry }
 	for _, tt := range []struct {
 		name   string
@@ -73,7 +74,7 @@ func TestLastCountsRecordPauses(t *testing.T) {
 				start := time.Now()
 				p := &scriptedPutter{answer: func(call, n int) ([]putResult, error) {
 					at = append(at, time.Since(start))
-					if call < 5 {
+					if call < 6 {
 						return tt.refuse(call, n)
 					}
 					return storedAll(call, n)
@@ -86,8 +87,8 @@ func TestLastCountsRecordPauses(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), pressedCountsReserve)
 				defer cancel()
 				s.shipCounts(ctx)
-				if _, left := buf.takeCounts(); left || len(at) != 6 {
-					t.Fatalf("%d tries, counts record still waiting: %v; want 6 tries, the last one stored", len(at), left)
+				if _, left := buf.takeCounts(); left || len(at) != 7 {
+					t.Fatalf("%d tries, counts record still waiting: %v; want 7 tries, the last one stored", len(at), left)
 				}
 				for i := 1; i < len(at); i++ {
 					if gap, want := at[i]-at[i-1], tt.pause(i); gap != want {
