@@ -323,6 +323,27 @@ func deliveredOnly(posted []postedEvent, got []shipped) []postedEvent {
 	return out
 }
 
+func TestLastWordReserve(t *testing.T) {
+	left := shutdownTime - shutdownMargin
+	for _, tt := range []struct {
+		name      string
+		pressured bool
+		left      time.Duration
+		want      time.Duration
+	}{
+		{"a stream that takes everything: 150 ms", false, left, countsReserve},
+		{"pushback, the whole shutdown left: half of it", true, left, left / 2},
+		{"pushback after a long wait for the report: at least 600 ms", true, time.Second, pressedCountsReserve},
+		{"pushback, less left than 600 ms: all of it goes to the last word", true, 400 * time.Millisecond, pressedCountsReserve},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := lastWordReserve(tt.pressured, tt.left); got != tt.want {
+				t.Errorf("lastWordReserve(%v, %v) = %v, want %v", tt.pressured, tt.left, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestShutdownDeadline(t *testing.T) {
 	now := time.Now()
 	for _, tt := range []struct {
