@@ -467,14 +467,15 @@ func (e *agent) onShutdown(ev lifecycleEvent) {
 		e.buf.waitQuiet(ctx, max(quietPause, 2*time.Duration(e.cfg.BufferTimeoutMS)*time.Millisecond))
 		cancel()
 	}
-	dataEnd := final.Add(-lastWordReserve(e.ship.pressured(time.Now()), time.Until(final)))
+	pressed := e.ship.pressured(time.Now()) // one reading for the reserve and the order below
+	dataEnd := final.Add(-lastWordReserve(pressed, time.Until(final)))
 	short := e.ship.keepWhatFits(time.Until(dataEnd)) > 0
 	e.ship.emitCounts(time.Now())
 	// The counts record first. When time is short — the environment is reset after a timeout or
 	// failure, the stream pushes back, or not everything fits — the most valuable telemetry
 	// follows: the newest invocation's platform events (its runtimeDone with status timeout
 	// after a timeout, its report) and last lines; otherwise everything in order.
-	urgent := short || ev.ShutdownReason == "timeout" || ev.ShutdownReason == "failure" || e.ship.pressured(time.Now())
+	urgent := short || ev.ShutdownReason == "timeout" || ev.ShutdownReason == "failure" || pressed
 	ctx, cancel := context.WithDeadline(context.Background(), dataEnd)
 	e.lastShip = time.Now()
 	_ = e.ship.shipRound(ctx, &round{before: everything, urgent: urgent, escalate: true, countsFirst: true})
