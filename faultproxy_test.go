@@ -38,8 +38,9 @@ type faultPlan struct {
 	ResetBeforeForward bool // reset the client connection without forwarding: nothing applied
 	ResetAfterForward  bool // forward (records applied), then reset the connection instead of answering
 
-	Delay time.Duration // forward at once, then hold the answer this long (a client timeout leaves records applied)
-	Hold  time.Duration // hold the request this long before forwarding (a client that gives up meanwhile gets nothing applied)
+	Delay       time.Duration // forward at once, then hold the answer this long (a client timeout leaves records applied)
+	DelayJitter time.Duration // and a further uniform [0, DelayJitter): answers the client cannot foresee
+	Hold        time.Duration // hold the request this long before forwarding (a client that gives up meanwhile gets nothing applied)
 
 	Unreachable bool // reset every new connection as it is accepted, and any request on an open one
 }
@@ -285,6 +286,9 @@ func (p *faultProxy) handlePutRecords(w http.ResponseWriter, r *http.Request) {
 	p.log = append(p.log, proxyCall{Start: time.Now(), Records: len(req.records), Bytes: len(body), Header: r.Header.Clone()})
 	p.inflight++
 	plan := p.plan
+	if plan.DelayJitter > 0 {
+		plan.Delay += time.Duration(p.rng.Int64N(int64(plan.DelayJitter)))
+	}
 	failCall := false
 	if plan.FailCallStatus != 0 && p.callsLeft != 0 {
 		failCall = true

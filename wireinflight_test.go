@@ -13,8 +13,10 @@ import (
 // freeze it, while the server still handles that call: over HTTP/2 cancelling a request returns
 // at once and the RST_STREAM used to be written later by another goroutine, so a freeze in between
 // left the stream open on the server, which could still store its records. Every answer is
-// delayed past wireGrace and 30% of entries are throttled, so most invocations end with a cut
-// call; 20 runs per wire, each with real freezes.
+// delayed 20–420 ms at random, past wireGrace and past what the extension can foresee from the
+// answers before (it starts no call its usual answer time would not end before the flush budget
+// does: shipper.answerable), and 30% of entries are throttled, so many invocations end with a
+// cut call; 20 runs per wire, each with real freezes.
 func TestNoNextWithCallInFlight(t *testing.T) {
 	for _, w := range tlsWires {
 		t.Run(w.String(), func(t *testing.T) {
@@ -26,7 +28,7 @@ func TestNoNextWithCallInFlight(t *testing.T) {
 			busy := func() bool { return proxy.inFlight() > 0 || front.inFlight() > 0 }
 			failed, cut := 0, 0
 			for run := range runs {
-				proxy.set(faultPlan{FailEntries: 0.3, Delay: 60 * time.Millisecond})
+				proxy.set(faultPlan{FailEntries: 0.3, Delay: 20 * time.Millisecond, DelayJitter: 400 * time.Millisecond})
 				fl := newFakeLambda(t)
 				var violations atomic.Int32
 				fl.set(func() {
