@@ -253,6 +253,35 @@ func TestShipPutsBackWhatIsNotConfirmedWhenTimeRunsOut(t *testing.T) {
 	}
 }
 
+// TestNoCallTheDeadlineWouldCut: a round starts no call that the stream's usual answer time would
+// not end before the round's deadline; the call would be cut on the wire and its events be of
+// unknown outcome. The events wait in the buffer, none in doubt; with time for the call, it goes.
+func TestNoCallTheDeadlineWouldCut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &scriptedPutter{answer: storedAll, after: 100 * time.Millisecond}
+		s, buf, st := scriptedShipper(t, p)
+		shipWithin := func(d time.Duration) {
+			ctx, cancel := context.WithTimeout(context.Background(), d)
+			defer cancel()
+			_ = s.ship(ctx, everything)
+		}
+		addLogs(buf, 500)
+		shipWithin(10 * time.Second) // the first call: the stream answers in 100 ms
+		addLogs(buf, 500)
+		shipWithin(60 * time.Millisecond)
+		if got := len(p.calls()); got != 1 {
+			t.Errorf("%d calls with 60 ms left at 100 ms answers, want none after the first", got-1)
+		}
+		if n, _ := buf.state(); n != 500 || st.unconfirmed.Load() != 0 {
+			t.Errorf("buffered %d, unconfirmed %d: want all 500 waiting and none in doubt", n, st.unconfirmed.Load())
+		}
+		shipWithin(150 * time.Millisecond)
+		if got := len(p.calls()); got != 2 || st.delivered.Load() != 1000 {
+			t.Errorf("%d calls, %d delivered with 150 ms left: want the second call and all 1,000 stored", got, st.delivered.Load())
+		}
+	})
+}
+
 func TestShipSplitsIntoCallsWithinLimits(t *testing.T) {
 	fk := newFakeKinesis(t, allOK)
 	s, buf, st := testShipper(t, config{}, fk.URL)
