@@ -143,6 +143,9 @@ type round struct {
 	// counts them.
 	leaveRefused bool
 	triedAnyway  int
+	// outOfTime: the round ended because no call started now or after its pause would be
+	// answered before ctx's deadline (shipper.answerable).
+	outOfTime bool
 
 	softAt atomic.Int64 // unix nanoseconds when soft was first seen done
 	pushed atomic.Bool  // this round saw pushback

@@ -9,6 +9,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -108,7 +109,7 @@ func (s *shipper) ship(ctx context.Context, before uint64) error {
 }
 
 // shipRound runs one round (see round) over the events buffered before r.before. It returns ctx's
-// error when ctx ended it.
+// error when ctx ended it, or errOutOfTime when its deadline was too near for another call.
 func (s *shipper) shipRound(ctx context.Context, r *round) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -149,7 +150,7 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 		}
 		if !s.answerable(ctx) {
 			s.pace.refund(n)
-			return nil
+			return errOutOfTime
 		}
 		recs := s.takeRecords(r, n)
 		var rest int // what the call leaves queued, for a round that may leave refusals
@@ -179,8 +180,15 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 			}
 		}
 	}
+	if r.outOfTime {
+		return errOutOfTime
+	}
 	return ctx.Err()
 }
+
+// errOutOfTime ends a round whose deadline no call would beat (answerable): ctx's deadline, met
+// a little early.
+var errOutOfTime = fmt.Errorf("no call would be answered before the round's deadline: %w", context.DeadlineExceeded)
 
 // triesAnyway is how many calls a round that may leave entries refused whatever the rate
 // (round.leaveRefused) gives them: each try stores each entry with the same chance, so the
@@ -322,7 +330,8 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 		left := time.Until(deadline)
 		d = min(d, left/2)
 		if d > 0 && left-d < s.answers.typical() {
-			return false // a call started after the pause would not be answered in time (answerable)
+			r.outOfTime = true // a call started after the pause would not be answered in time (answerable)
+			return false
 		}
 		if d <= 0 {
 			// The deadline is a nanosecond away: no time for another attempt. (Without this the

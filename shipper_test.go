@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -260,15 +261,17 @@ func TestNoCallTheDeadlineWouldCut(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := &scriptedPutter{answer: storedAll, after: 100 * time.Millisecond}
 		s, buf, st := scriptedShipper(t, p)
-		shipWithin := func(d time.Duration) {
+		shipWithin := func(d time.Duration) error {
 			ctx, cancel := context.WithTimeout(context.Background(), d)
 			defer cancel()
-			_ = s.ship(ctx, everything)
+			return s.ship(ctx, everything)
 		}
 		addLogs(buf, 500)
 		shipWithin(10 * time.Second) // the first call: the stream answers in 100 ms
 		addLogs(buf, 500)
-		shipWithin(60 * time.Millisecond)
+		if err := shipWithin(60 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("the round out of time returned %v, want its deadline's error", err)
+		}
 		if got := len(p.calls()); got != 1 {
 			t.Errorf("%d calls with 60 ms left at 100 ms answers, want none after the first", got-1)
 		}
