@@ -148,7 +148,7 @@ func (s *shipper) shipRound(ctx context.Context, r *round) error {
 			}
 			continue
 		}
-		if !s.answerable(ctx) {
+		if !s.answerable(ctx, 0) {
 			s.pace.refund(n)
 			return errOutOfTime
 		}
@@ -329,7 +329,7 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 	if deadline, ok := ctx.Deadline(); ok {
 		left := time.Until(deadline)
 		d = min(d, left/2)
-		if d > 0 && left-d < s.answers.typical() {
+		if d > 0 && !s.answerable(ctx, d) {
 			r.outOfTime = true // a call started after the pause would not be answered in time (answerable)
 			return false
 		}
@@ -353,15 +353,15 @@ func (s *shipper) pause(ctx context.Context, r *round, d time.Duration) bool {
 	}
 }
 
-// answerable reports whether a call started now is expected to be answered before ctx's
-// deadline, at the stream's usual answer time (before the first answer nothing is known, and it
-// is). A call that is not would be cut on the wire: its entries of unknown outcome (stored
-// perhaps, and sent again), and the time and the shard's room it took lost to what comes after it
-// (at shutdown, the last counts record). Simulated, 10,000 environments at 2× overload that end
-// together: BENCHMARKS.md, "Calls the deadline would cut".
-func (s *shipper) answerable(ctx context.Context) bool {
+// answerable reports whether a call started after waiting `after` is expected to be answered
+// before ctx's deadline, at the stream's usual answer time (before the first answer nothing is
+// known, and it is). A call that is not would be cut on the wire: its entries of unknown outcome
+// (stored perhaps, and sent again), and the time and the shard's room it took lost to what comes
+// after it (at shutdown, the last counts record). Simulated, 10,000 environments at 2× overload
+// that end together: BENCHMARKS.md, "Calls the deadline would cut".
+func (s *shipper) answerable(ctx context.Context, after time.Duration) bool {
 	deadline, ok := ctx.Deadline()
-	return !ok || time.Until(deadline) >= s.answers.typical()
+	return !ok || time.Until(deadline)-after >= s.answers.typical()
 }
 
 // countsMayGo reports whether a counts record may head the round's next call: in its first call
