@@ -244,7 +244,17 @@ func (p *pacer) hurry() {
 		p.paced = false
 	}
 	if p.paced {
+		// The probe starts now, with one entry, and learns from what the stream stores from
+		// here on: the refusals of the epoch before the shutdown, already paid for in the rate,
+		// do not cut it again. At the floor's one entry every half second, a stream that had
+		// refused everything and recovered just before the shutdown took 22 of 25 events in the
+		// 880 ms kept for data over 2 shards, on a loaded machine (TestFaultMatrix's "all entries
+		// throttled 2 s": 3 dropped in 5 of 6 runs beside the rest of the matrix).
+		now := p.now()
 		p.rate = max(p.rate, p.minRate)
+		p.refill(now)
+		p.tokens = max(p.tokens, 1)
+		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
 	}
 }
 

@@ -258,6 +258,28 @@ func TestPacer(t *testing.T) {
 				t.Errorf("after a refusal: rate %.0f, want %v, and nothing granted", r, float64(hurryMinRate))
 			}
 		}},
+		{"shutdown: the probe starts at once, and the refusals just before it do not cut it", func(t *testing.T, _ *pacer, c *fakeClock) {
+			// A stream that refused everything until a moment before the SHUTDOWN: the pacer was
+			// cut to its floor and owes tokens; the epoch of those refusals is still open.
+			p := newShardPacer(c.now)
+			p.observe(10, 0, 10, false, false)
+			c.advance(300 * time.Millisecond)
+			p.observe(5, 0, 5, false, false)
+			p.rate, p.tokens = shardMinRate, 0 // as after a while of refusals
+			p.hurry()
+			_, r0 := p.pacing()
+			n := p.grant(500)
+			if n < 1 {
+				t.Fatalf("%d granted at the shutdown's start: want a probe of one entry now, not after 1/%.1f s", n, r0)
+			}
+			p.observe(n, n, 0, false, false)
+			c.advance(250 * time.Millisecond) // past the end of the epoch that held the refusals
+			n = p.grant(500)
+			p.observe(n, n, 0, false, false)
+			if _, r := p.pacing(); n == 0 || r != 4*r0 {
+				t.Errorf("two calls wholly stored (the second of %d): rate %.2f, want %.2f (%.2f doubled twice, not cut for the refusals before the shutdown)", n, r, 4*r0, r0)
+			}
+		}},
 		{"shutdown: a pushback paceForget old is forgotten: the calls are full again, and a refusal paces anew", func(t *testing.T, _ *pacer, c *fakeClock) {
 			p := newShardPacer(c.now)
 			p.observe(10, 0, 10, false, false)
