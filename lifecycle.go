@@ -427,9 +427,10 @@ const (
 	signalShutdown = 1500 * time.Millisecond
 	shutdownMargin = 150 * time.Millisecond
 	countsReserve  = 150 * time.Millisecond
-	// pressedCountsReserve is the least kept for it when the stream pushes back
-	// (lastWordReserve): the data round then stores less than it planned for, and the counts
-	// record that says so competes with the rest of a fleet that spins down with it. Simulated,
+	// pressedCountsReserve is the most kept for it when the stream pushes back, or half the
+	// time left if that is more (lastWordReserve): the data round then stores less than it
+	// planned for, and the counts record that says so competes with the rest of a fleet that
+	// spins down with it. Simulated,
 	// 1,000 environments at 10× overload that end together: with 150 ms, 120 of them left a last
 	// counts record short of their loss; with 600 ms, 2 (BENCHMARKS.md, "The last counts record").
 	pressedCountsReserve = 600 * time.Millisecond
@@ -468,7 +469,7 @@ func (e *agent) onShutdown(ev lifecycleEvent) {
 		cancel()
 	}
 	pressed := e.ship.pressured(time.Now()) // one reading for the reserve and the order below
-	dataEnd := final.Add(-lastWordReserve(pressed, time.Until(final)))
+	dataEnd := final.Add(-lastWordReserve(pressed, time.Until(final), e.ship.lastWordTime()))
 	short := e.ship.keepWhatFits(time.Until(dataEnd)) > 0
 	e.ship.emitCounts(time.Now())
 	// The counts record first. When time is short — the environment is reset after a timeout or
@@ -490,19 +491,23 @@ func (e *agent) onShutdown(ev lifecycleEvent) {
 }
 
 // lastWordReserve is how much of the time left a shutdown keeps for its second counts record:
-// countsReserve on a stream that takes what it is sent; under pushback pressedCountsReserve, or
-// half the time left if that is more. A fleet that spins down together under pushback (a
+// countsReserve on a stream that takes what it is sent; under pushback the time its tries are
+// expected to need (need: shipper.lastWordTime), from countsReserve up to pressedCountsReserve or
+// half the time left, whichever is more. A fleet that spins down together under pushback (a
 // deployment, a burst's end) sends its last words in the same moments, and a stream of S shards
 // takes about S × 1,000 records a second from all of them, data rounds included: simulated, 10,000
 // environments on 16 shards at 2× overload that end together, 1,473 of them left their last
 // counts record short in the stream with 600 ms kept, and 417 with half of the 1.85 s left
-// (BENCHMARKS.md, "The last word's share of the shutdown"). The data it gives up was, under that
-// pushback, mostly refused anyway: the delivered share falls by about a hundredth.
-func lastWordReserve(pressured bool, left time.Duration) time.Duration {
+// (BENCHMARKS.md, "The last word's share of the shutdown"); a stream that refuses more than half of
+// what it is sent needs that much. One that refuses a fifth needs four tries, and half the
+// shutdown kept for them was half its data given up: 8 environments at 2× overload stored about
+// 750 fewer events at their shutdowns, amplification 1.20 → 1.24 (BENCHMARKS.md, "The last
+// word's reserve by the refused share").
+func lastWordReserve(pressured bool, left, need time.Duration) time.Duration {
 	if !pressured {
 		return countsReserve
 	}
-	return max(pressedCountsReserve, left/2)
+	return min(max(countsReserve, need), max(pressedCountsReserve, left/2))
 }
 
 // environmentID identifies this execution environment: the unique part of its log stream name

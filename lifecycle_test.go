@@ -326,19 +326,21 @@ func deliveredOnly(posted []postedEvent, got []shipped) []postedEvent {
 func TestLastWordReserve(t *testing.T) {
 	left := shutdownTime - shutdownMargin
 	for _, tt := range []struct {
-		name      string
-		pressured bool
-		left      time.Duration
-		want      time.Duration
+		name       string
+		pressured  bool
+		left, need time.Duration
+		want       time.Duration
 	}{
-		{"a stream that takes everything: 150 ms", false, left, countsReserve},
-		{"pushback, the whole shutdown left: half of it", true, left, left / 2},
-		{"pushback after a long wait for the report: at least 600 ms", true, time.Second, pressedCountsReserve},
-		{"pushback, less left than 600 ms: all of it goes to the last word", true, 400 * time.Millisecond, pressedCountsReserve},
+		{"a stream that takes everything: 150 ms", false, left, time.Second, countsReserve},
+		{"pushback, tries that need 90 ms: 150 ms", true, left, 90 * time.Millisecond, countsReserve},
+		{"pushback, tries that need 400 ms: 400 ms", true, left, 400 * time.Millisecond, 400 * time.Millisecond},
+		{"pushback, tries that need more than the shutdown: half of it", true, left, lastWordForever, left / 2},
+		{"pushback after a long wait for the report: at most 600 ms", true, time.Second, lastWordForever, pressedCountsReserve},
+		{"pushback, less left than 600 ms: all of it goes to the last word", true, 400 * time.Millisecond, time.Second, pressedCountsReserve},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := lastWordReserve(tt.pressured, tt.left); got != tt.want {
-				t.Errorf("lastWordReserve(%v, %v) = %v, want %v", tt.pressured, tt.left, got, tt.want)
+			if got := lastWordReserve(tt.pressured, tt.left, tt.need); got != tt.want {
+				t.Errorf("lastWordReserve(%v, %v, %v) = %v, want %v", tt.pressured, tt.left, tt.need, got, tt.want)
 			}
 		})
 	}

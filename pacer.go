@@ -290,3 +290,29 @@ func (a *answerTimes) typical() time.Duration {
 func (a *answerTimes) slowest() time.Duration {
 	return slices.Max(a.last[:])
 }
+
+// refusedShares are the shares of their entries the last answerWindow answered calls had
+// refused (a call refused whole for throughput, or by KMS, counts as all refused).
+type refusedShares struct {
+	last [answerWindow]float64
+	n    int // calls seen
+}
+
+func (r *refusedShares) add(share float64) {
+	r.last[r.n%answerWindow] = share
+	r.n++
+}
+
+// mean is the recent calls' refused share (0 before the first answer): the chance that the
+// stream refuses a one-entry call now.
+func (r *refusedShares) mean() float64 {
+	k := min(r.n, answerWindow)
+	if k == 0 {
+		return 0
+	}
+	var sum float64
+	for _, q := range r.last[:k] {
+		sum += q
+	}
+	return sum / float64(k)
+}

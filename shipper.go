@@ -61,6 +61,9 @@ type shipper struct {
 	// answers holds the answer times of the last calls: what a call is expected to take (the
 	// median, which one spike does not move) and how long it may take (the slowest).
 	answers answerTimes
+	// refused holds the shares of entries the last answered calls had refused: how likely a
+	// one-entry call is to be refused now (lastWordTime).
+	refused refusedShares
 
 	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
@@ -463,12 +466,18 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 	case err == nil:
 		s.answers.add(took)
 		anyway := s.observeShards(recs, results)
-		return s.settleAnswered(recs, results) - anyway, anyway, noPushback
+		refused := s.settleAnswered(recs, results)
+		s.refused.add(float64(refused) / float64(len(recs)))
+		return refused - anyway, anyway, noPushback
 	case !isRetryable(err):
 		s.drop(recs, err)
 		return 0, 0, noPushback
 	}
-	return 0, 0, s.settleFailed(err, recs, !givenUp)
+	pushback = s.settleFailed(err, recs, !givenUp)
+	if pushback == throughput || pushback == refusedWhole {
+		s.refused.add(1)
+	}
+	return 0, 0, pushback
 }
 
 // settleAnswered settles the records of an answered call, entry by entry, and returns how many

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"math"
 	"time"
 )
 
@@ -132,4 +133,40 @@ func (s *shipper) shipCounts(ctx context.Context) {
 const (
 	countsRetry    = 10 * time.Millisecond
 	countsRetryMax = 80 * time.Millisecond
+)
+
+// lastWordTime is how long shipCounts is expected to need to store the last counts record, but
+// for a chance of lastWordMiss: as many tries as the stream's recent refused share (refusedShares)
+// leaves all refused that rarely, each an answer at the usual time and shipCounts' pause. A
+// stream that refuses every call takes lastWordForever.
+func (s *shipper) lastWordTime() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.refused.mean()
+	if q >= 1 {
+		return lastWordForever
+	}
+	answer := s.answers.typical()
+	if s.answers.n == 0 {
+		answer = unmeasuredAnswer
+	}
+	tries := 1
+	if q > 0 {
+		tries = min(lastWordMaxTries, int(math.Ceil(math.Log(lastWordMiss)/math.Log(q))))
+	}
+	var d time.Duration
+	for i, pause := 0, countsRetry; i < tries; i++ {
+		d += answer + pause
+		pause = min(2*pause, countsRetryMax)
+	}
+	return d
+}
+
+// lastWordMiss is the chance lastWordTime allows the last counts record's tries to be all
+// refused; lastWordMaxTries bounds its count (a shutdown has time for about 25 at most), and
+// lastWordForever is what it returns for a stream that refuses every call.
+const (
+	lastWordMiss     = 0.001
+	lastWordMaxTries = 100
+	lastWordForever  = time.Hour
 )

@@ -11,6 +11,53 @@ import (
 	"time"
 )
 
+// TestLastWordTime: the time kept for the last counts record's tries follows the share of
+// entries the stream refused in the last calls, as the answers show it.
+func TestLastWordTime(t *testing.T) {
+	everyOtherRefused := func(call, n int) ([]putResult, error) {
+		if call%2 == 0 {
+			return throttledAll(call, n)
+		}
+		return storedAll(call, n)
+	}
+	kmsRefused := func(_, _ int) ([]putResult, error) {
+		return nil, &apiError{Status: 400, Code: "KMSThrottlingException", Message: "Rate exceeded"}
+	}
+	// tries of 20 ms answers and shipCounts' pauses (10, 20, 40, then 80 ms)
+	tries := func(n int) time.Duration {
+		d := time.Duration(0)
+		for i, pause := 0, countsRetry; i < n; i++ {
+			d += 20*time.Millisecond + pause
+			pause = min(2*pause, countsRetryMax)
+		}
+		return d
+	}
+	for _, tt := range []struct {
+		name   string
+		answer func(call, n int) ([]putResult, error)
+		want   time.Duration
+	}{
+		{"everything stored: one try", storedAll, tries(1)},
+		// half the calls refused: 0.5^10 < 0.001 <= 0.5^9
+		{"every other call refused: ten tries", everyOtherRefused, tries(10)},
+		{"every call refused whole by KMS: no time is enough", kmsRefused, lastWordForever},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := &scriptedPutter{answer: tt.answer, after: 20 * time.Millisecond}
+				s, buf, _ := scriptedShipper(t, p)
+				addLogs(buf, 40)
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				s.ship(ctx, everything)
+				if got := s.lastWordTime(); got != tt.want {
+					t.Errorf("after %d calls: %v, want %v", len(p.calls()), got, tt.want)
+				}
+			})
+		})
+	}
+}
+
 // TestCallsWithin: the calls expected within a time fit one slowest answer and the rest at the
 // usual one.
 func TestCallsWithin(t *testing.T) {
