@@ -262,28 +262,34 @@ func (p *pacer) hurry() {
 // pacing reports whether the pacer limits the rate, and to what.
 func (p *pacer) pacing() (bool, float64) { return p.paced, p.rate }
 
-// answerTimes are the answer times of the last answerWindow calls.
-type answerTimes struct {
-	last [answerWindow]time.Duration
+// recent holds what the last answerWindow calls showed, newest over oldest.
+type recent[T any] struct {
+	last [answerWindow]T
 	n    int // calls seen
 }
 
 const answerWindow = 15
 
-func (a *answerTimes) add(d time.Duration) {
-	a.last[a.n%answerWindow] = d
-	a.n++
+func (r *recent[T]) add(v T) {
+	r.last[r.n%answerWindow] = v
+	r.n++
 }
+
+// seen returns the values held (none before the first call), in no particular order.
+func (r *recent[T]) seen() []T { return r.last[:min(r.n, answerWindow)] }
+
+// answerTimes are the answer times of the last answerWindow calls.
+type answerTimes struct{ recent[time.Duration] }
 
 // typical is the median of the recent answer times (0 before the first answer).
 func (a *answerTimes) typical() time.Duration {
-	k := min(a.n, answerWindow)
-	if k == 0 {
+	var buf [answerWindow]time.Duration // sorted in a copy, on the stack: it is asked before every call
+	sorted := buf[:copy(buf[:], a.seen())]
+	if len(sorted) == 0 {
 		return 0
 	}
-	sorted := a.last
-	slices.Sort(sorted[:k])
-	return sorted[k/2]
+	slices.Sort(sorted)
+	return sorted[len(sorted)/2]
 }
 
 // slowest is the longest of the recent answer times.
@@ -293,26 +299,18 @@ func (a *answerTimes) slowest() time.Duration {
 
 // refusedShares are the shares of their entries the last answerWindow answered calls had
 // refused (a call refused whole for throughput, or by KMS, counts as all refused).
-type refusedShares struct {
-	last [answerWindow]float64
-	n    int // calls seen
-}
-
-func (r *refusedShares) add(share float64) {
-	r.last[r.n%answerWindow] = share
-	r.n++
-}
+type refusedShares struct{ recent[float64] }
 
 // mean is the recent calls' refused share (0 before the first answer): the chance that the
 // stream refuses a one-entry call now.
 func (r *refusedShares) mean() float64 {
-	k := min(r.n, answerWindow)
-	if k == 0 {
+	seen := r.seen()
+	if len(seen) == 0 {
 		return 0
 	}
 	var sum float64
-	for _, q := range r.last[:k] {
+	for _, q := range seen {
 		sum += q
 	}
-	return sum / float64(k)
+	return sum / float64(len(seen))
 }

@@ -118,7 +118,7 @@ func (s *shipper) shipCounts(ctx context.Context) {
 		throttled, _, pushback := s.send(ctx, &round{}, recs)
 		t := time.NewTimer(pause)
 		if throttled > 0 || pushback != noPushback && pushback != refusedWhole {
-			pause = min(2*pause, countsRetryMax) // short of room, or not answering: the next try waits longer
+			pause = longerCountsPause(pause) // short of room, or not answering: the next try waits longer
 		}
 		select {
 		case <-t.C:
@@ -134,6 +134,10 @@ const (
 	countsRetry    = 10 * time.Millisecond
 	countsRetryMax = 80 * time.Millisecond
 )
+
+// longerCountsPause is the pause after a try of the last counts record refused for throughput:
+// twice the one before, up to countsRetryMax.
+func longerCountsPause(pause time.Duration) time.Duration { return min(2*pause, countsRetryMax) }
 
 // lastWordTime is how long shipCounts is expected to need to store the last counts record, but
 // for a chance of lastWordMiss: as many tries as the stream's recent refused share (refusedShares)
@@ -157,7 +161,7 @@ func (s *shipper) lastWordTime() time.Duration {
 	var d time.Duration
 	for i, pause := 0, countsRetry; i < tries; i++ {
 		d += answer + pause
-		pause = min(2*pause, countsRetryMax)
+		pause = longerCountsPause(pause)
 	}
 	return d
 }
