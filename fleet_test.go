@@ -290,6 +290,8 @@ func runFleet(tb testing.TB, c fleetCase) fleetReport {
 		r.problem("no call met the outage: the case tests too little")
 	}
 	tb.Logf("proxy: %+v", final)
+	// The shutdowns apart: after is read as the invocations end, when the environments get SHUTDOWN.
+	tb.Logf("proxy before the shutdowns: %d entries, %d throttled, %d stored; in the shutdowns: +%d, +%d, +%d", after.Entries, after.Throttled, after.Stored, final.Entries-after.Entries, final.Throttled-after.Throttled, final.Stored-after.Stored)
 	if final.Forwarded > 0 {
 		r.peerMean, r.peerMax = final.ForwardTime/time.Duration(final.Forwarded), final.ForwardMax
 	}

@@ -53,6 +53,7 @@ type pacer struct {
 
 	paced        bool
 	hurried      bool    // shutdown: probe by what is stored (hurry)
+	hurryCeiling float64 // the shutdown's probe doubles up to this rate (0: no ceiling yet)
 	calmAccepted float64 // entries accepted since the last pushback
 	rate         float64 // entries per second, when paced
 	tokens       float64
@@ -200,11 +201,19 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	}
 	if p.hurried && sent > 0 {
 		// The shutdown's probe (hurry).
-		if throttled == 0 {
+		switch {
+		case throttled == 0 && (p.hurryCeiling == 0 || p.rate < p.hurryCeiling):
 			p.rate *= 2
+			if p.hurryCeiling > 0 {
+				p.rate = min(p.rate, p.hurryCeiling)
+			}
 			p.tokens += float64(sent)
-		} else {
+		case throttled >= sent:
 			p.rate, p.tokens = p.minRate, min(p.tokens, 0)
+		case throttled > 0:
+			share := float64(throttled) / float64(sent)
+			p.rate = max(p.minRate, p.rate*(1-share/2))
+			p.hurryCeiling, p.tokens = p.rate, min(p.tokens, 0)
 		}
 	}
 	if starved {
@@ -223,13 +232,22 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 
 // hurry makes the pacer probe by what the stream stores, for the shutdown: from hurryMinRate at
 // least, each call whose entries were all stored doubles the rate and grants as many entries
-// again at once, as TCP's slow start grows its window each round trip, and a call with refusals
-// sends the rate back to that floor. A stream that refused everything a moment ago may take
-// everything now, and there are not two seconds to wait for calm (TestFaultMatrix's "all entries
-// throttled 2 s", TestManagedShutdownDuringBackoff); but an environment shutting down in a fleet
-// that still overloads the stream must not take more than its share. Probing by time (doubling
-// per second from 10 entries/s) did: simulated, 1,000 environments at 10× overload sent a fifth
-// of their entries at their shutdowns, 73% of them refused (BENCHMARKS.md, "Unknown shards").
+// again at once, as TCP's slow start grows its window each round trip. A call refused in part
+// says the stream is full at about this rate: the rate is cut by half the share refused, as an
+// epoch's pushback cuts it, and the probe doubles no more past the cut rate (hurryCeiling; from
+// there it grows as it does outside a shutdown), as TCP's congestion avoidance follows a loss. A
+// call refused whole sends the rate back to the floor, and the probe doubles from there up to the
+// ceiling. A stream that refused everything a moment ago may take everything now, and there are
+// not two seconds to wait for calm (TestFaultMatrix's "all entries throttled 2 s",
+// TestManagedShutdownDuringBackoff); but an environment shutting down in a fleet that still
+// overloads the stream must not take more than its share. Probing by time (doubling per second
+// from 10 entries/s) did: simulated, 1,000 environments at 10× overload sent a fifth of their
+// entries at their shutdowns, 73% of them refused (BENCHMARKS.md, "Unknown shards"). And
+// sending the rate back to the floor after every refusal, in part or whole, had it double past
+// the stream's room again and again: a fleet of 8 at 2× overload had 1,000–1,120 of the
+// 2,600–2,750 entries of its shutdowns refused, to store 1,620–1,680; with the ceiling 63–306 of
+// 1,690–1,940, to store 1,620–1,640 (BENCHMARKS.md, "The shutdown's probe stops doubling where
+// the stream is full").
 // A pacer whose last pushback is paceForget old or more stops pacing instead: the shutdown sends
 // full calls, and a refusal paces it again. Its rate was learnt then, often in a cold start's
 // burst, and an environment invoked every few seconds has not sent enough since to grow it

@@ -235,7 +235,7 @@ func TestPacer(t *testing.T) {
 				t.Errorf("rates %.0f → %.0f (1 s) → %.0f (3 s more): want slow growth, then doubling per second", r0, r1, r2)
 			}
 		}},
-		{"shutdown: a call wholly stored doubles the rate, a refusal sends it back to the floor", func(t *testing.T, _ *pacer, c *fakeClock) {
+		{"shutdown: a call wholly stored doubles the rate, one refused in part sets a ceiling, one refused whole sends it back to the floor", func(t *testing.T, _ *pacer, c *fakeClock) {
 			p := newShardPacer(c.now)
 			p.observe(10, 0, 10, false, false)
 			p.rate = shardMinRate // as after a while of refusals
@@ -252,10 +252,27 @@ func TestPacer(t *testing.T) {
 					t.Fatalf("stored call %d of %d entries: rate %.0f, want %.0f, and %d granted again (%.1f)", i+1, n, r, want, n, p.tokens)
 				}
 			}
+			// Half of a call refused: the stream is full at about this rate. The rate is cut by
+			// a quarter, and the probe doubles no more past it.
+			_, r0 := p.pacing()
 			n := p.grant(500)
-			p.observe(n, n-1, 1, false, false)
-			if _, r := p.pacing(); r != hurryMinRate || p.grant(500) != 0 {
-				t.Errorf("after a refusal: rate %.0f, want %v, and nothing granted", r, float64(hurryMinRate))
+			p.observe(n, n/2, n-n/2, false, false)
+			share := float64(n-n/2) / float64(n)
+			ceiling := r0 * (1 - share/2)
+			if _, r := p.pacing(); n < 2 || r != ceiling || p.grant(500) != 0 {
+				t.Fatalf("after %d of %d refused at %.0f/s: rate %.1f, want %.1f, and nothing granted", n-n/2, n, r0, r, ceiling)
+			}
+			c.advance(time.Second)
+			n = p.grant(500)
+			p.observe(n, n, 0, false, false)
+			if _, r := p.pacing(); n == 0 || r > ceiling*1.1+shardMinStep {
+				t.Fatalf("a call of %d stored after the ceiling %.1f: rate %.1f, want no doubling past it", n, ceiling, r)
+			}
+			c.advance(time.Second)
+			n = p.grant(500)
+			p.observe(n, 0, n, false, false)
+			if _, r := p.pacing(); n == 0 || r != hurryMinRate || p.grant(500) != 0 {
+				t.Errorf("after a call of %d refused whole: rate %.1f, want %v, and nothing granted", n, r, float64(hurryMinRate))
 			}
 		}},
 		{"shutdown: the probe starts at once, and the refusals just before it do not cut it", func(t *testing.T, _ *pacer, c *fakeClock) {
