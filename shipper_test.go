@@ -435,6 +435,31 @@ func throttledAll(_, n int) ([]putResult, error) {
 	return rs, nil
 }
 
+// TestRefusedAnswersAreAnswerTimes: a stream that refuses every call whole (KMS throttling, here
+// after 40 ms) still answers in 40 ms, and no call starts that the round's deadline would cut:
+// nothing ends of unknown outcome. Before, only calls that stored something gave an answer time,
+// and with none the round started calls up to its deadline. On a synctest clock.
+func TestRefusedAnswersAreAnswerTimes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		kms := func(_, _ int) ([]putResult, error) {
+			return nil, &apiError{Status: 400, Code: "KMSThrottlingException", Message: "Rate exceeded"}
+		}
+		p := &scriptedPutter{answer: kms, after: 40 * time.Millisecond}
+		s, buf, st := scriptedShipper(t, p)
+		addLogs(buf, 100)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s.shipRound(ctx, &round{before: everything})
+		if len(p.calls()) < 3 || st.unconfirmed.Load() != 0 || buf.buffered() != 100 {
+			t.Errorf("%d calls refused whole in 40 ms within a 1 s round: %d events of unknown outcome, %d of 100 buffered; want several calls, none cut, all buffered",
+				len(p.calls()), st.unconfirmed.Load(), buf.buffered())
+		}
+		if got := s.answers.typical(); got != 40*time.Millisecond {
+			t.Errorf("typical answer time %v after calls refused whole in 40 ms", got)
+		}
+	})
+}
+
 // TestRoundGivesWayAfterRuntimeDone: once the invocation's runtime is done, a round that meets
 // pushback ends at once, and a call on the wire of a stream that left the last call unanswered is
 // cut after wireGrace; the events stay buffered. A healthy stream gets everything sent. While
