@@ -53,7 +53,7 @@ type pacer struct {
 
 	paced        bool
 	hurried      bool    // shutdown: probe by what is stored (hurry)
-	hurryCeiling float64 // the shutdown's probe doubles up to this rate (0: no ceiling yet)
+	hurryCeiling float64 // the shutdown's probe doubles up to this rate
 	calmAccepted float64 // entries accepted since the last pushback
 	rate         float64 // entries per second, when paced
 	tokens       float64
@@ -193,27 +193,21 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.epochThrottled += float64(throttled)
 	if now.Sub(p.epochAt) >= paceEpoch {
 		if p.epochThrottled > 0 {
-			share := min(1, p.epochThrottled/max(p.epochSent, 1))
-			p.rate = max(p.minRate, p.rate*(1-share/2))
-			p.tokens = min(p.tokens, 0)
+			p.cut(min(1, p.epochThrottled/max(p.epochSent, 1)))
 		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
 	}
 	if p.hurried && sent > 0 {
 		// The shutdown's probe (hurry).
 		switch {
-		case throttled == 0 && (p.hurryCeiling == 0 || p.rate < p.hurryCeiling):
-			p.rate *= 2
-			if p.hurryCeiling > 0 {
-				p.rate = min(p.rate, p.hurryCeiling)
-			}
+		case throttled == 0 && p.rate < p.hurryCeiling:
+			p.rate = min(2*p.rate, p.hurryCeiling)
 			p.tokens += float64(sent)
 		case throttled >= sent:
 			p.rate, p.tokens = p.minRate, min(p.tokens, 0)
 		case throttled > 0:
-			share := float64(throttled) / float64(sent)
-			p.rate = max(p.minRate, p.rate*(1-share/2))
-			p.hurryCeiling, p.tokens = p.rate, min(p.tokens, 0)
+			p.cut(float64(throttled) / float64(sent))
+			p.hurryCeiling = p.rate
 		}
 	}
 	if starved {
@@ -228,6 +222,13 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 		}
 	}
 	p.upAt = now
+}
+
+// cut lowers the rate by half the share refused, the decrease of AIMD, and takes back the
+// tokens not yet spent.
+func (p *pacer) cut(share float64) {
+	p.rate = max(p.minRate, p.rate*(1-share/2))
+	p.tokens = min(p.tokens, 0)
 }
 
 // hurry makes the pacer probe by what the stream stores, for the shutdown: from hurryMinRate at
@@ -256,6 +257,9 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 // allowed did not fit in its 2 s with a spike of 1 s and one of 600 ms: 2 events dropped and 3
 // unknown. BENCHMARKS.md, "Simulation at scale").
 func (p *pacer) hurry() {
+	if !p.hurried {
+		p.hurryCeiling = math.Inf(1) // none until a call is refused in part
+	}
 	p.hurried = true
 	p.minRate = max(p.minRate, hurryMinRate)
 	if p.paced && p.now().Sub(p.calmAt) >= paceForget {
