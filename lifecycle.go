@@ -454,7 +454,8 @@ func shutdownDeadline(ev lifecycleEvent, now time.Time) time.Time {
 // The counts record goes first: what the time left cannot carry is dropped (and counted) before
 // anything is sent, so that the first record of the shutdown's first call already says what the
 // shutdown loses. Only if the round then falls short (the stream answered slower than it did
-// until now) is a second counts record sent, in the time kept for it.
+// until now, or did not store the counts record) is a second counts record sent, in the time
+// kept for it.
 func (e *agent) onShutdown(ev lifecycleEvent) {
 	final := shutdownDeadline(ev, time.Now())
 	if e.platformTelemetry() || (e.sub.Active && e.cfg.Managed) {
@@ -481,7 +482,12 @@ func (e *agent) onShutdown(ev lifecycleEvent) {
 	e.lastShip = time.Now()
 	_ = e.ship.shipRound(ctx, &round{before: everything, urgent: urgent, escalate: true, countsFirst: true})
 	cancel()
-	if e.ship.dropRemaining() > 0 {
+	// What the round left is lost, or its counts record was not stored (its shard refused it
+	// every time the round's pacers let it go): either way a counts record goes by itself, with
+	// its own tries (shipCounts). Left in the buffer, a counts record that had nothing to say of
+	// loss was dropped unseen (simulated, a hot shard among healthy ones: an environment shut
+	// down with its whole telemetry stored and no counts record in the stream).
+	if lost, counts := e.ship.dropRemaining(); lost > 0 || counts {
 		e.ship.emitCounts(time.Now())
 		ctx, cancel = context.WithDeadline(context.Background(), final)
 		e.ship.shipCounts(ctx)

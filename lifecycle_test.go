@@ -365,3 +365,39 @@ func TestShutdownDeadline(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownCountsRecordLeftAlone: a shutdown whose data round stores every telemetry event
+// but not the counts record (its key's shard refuses it, the others take everything) sends it
+// again by itself with shipCounts' tries, round its shard, and it reaches the stream. Before, with
+// no telemetry left to drop, the counts record left in the buffer was dropped unseen.
+func TestShutdownCountsRecordLeftAlone(t *testing.T) {
+	const hot, healthy = "shardId-000000000000", "shardId-000000000001"
+	var envID string
+	// The environment's own key, routed by its hash, goes to the hot shard; every other key, and
+	// any explicit hash key, to the healthy one.
+	route := func(key, explicit string) string {
+		if key == envID && explicit == "" {
+			return hot
+		}
+		return healthy
+	}
+	fk := refusingShardKinesis(t, hot, route)
+	s, buf, st := testShipper(t, config{}, fk.URL)
+	envID = s.meta.envID
+	e := &agent{cfg: s.cfg, logs: s.logs, reg: testReg, stats: st, buf: buf, ship: s}
+	addInvocations(buf, 4, 5)
+	e.onShutdown(lifecycleEvent{EventType: eventShutdown, ShutdownReason: "spindown", DeadlineMs: time.Now().Add(2 * time.Second).UnixMilli()})
+	if n := st.delivered.Load(); n != 20 {
+		t.Fatalf("%d of 20 telemetry events delivered", n)
+	}
+	events, counts := fk.decoded(t)
+	if len(events) != 20 {
+		t.Errorf("%d telemetry events in the stream, want 20", len(events))
+	}
+	if len(counts) == 0 {
+		t.Fatalf("no counts record in the stream; the calls: %d", len(fk.received()))
+	}
+	if c := counts[len(counts)-1]; c.Delivered != 20 || c.Dropped.Total != 0 {
+		t.Errorf("the last counts record says delivered %d, dropped %d; want 20 and 0", c.Delivered, c.Dropped.Total)
+	}
+}

@@ -11,14 +11,17 @@ import (
 // heads the first call, already says what the shutdown loses (lifecycle.go's onShutdown).
 
 // dropRemaining empties the buffer at shutdown, counting what could not be sent in time: as
-// dropped, or as unknown where a call of unknown outcome may have stored it.
-func (s *shipper) dropRemaining() (telemetry uint64) {
+// dropped, or as unknown where a call of unknown outcome may have stored it. It returns how many
+// telemetry events that was, and whether a counts record was left too (not stored).
+func (s *shipper) dropRemaining() (telemetry uint64, counts bool) {
 	for {
 		evs := s.buf.take(everything, 1<<20, 1<<62, func(*event) int { return 0 })
 		if len(evs) == 0 {
-			return telemetry
+			return telemetry, counts
 		}
-		telemetry += telemetryEvents(evs)
+		n := telemetryEvents(evs)
+		telemetry += n
+		counts = counts || n < uint64(len(evs))
 		s.buf.release(evs, outcome{kind: outcomeShutdown})
 	}
 }
@@ -50,7 +53,7 @@ func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
 		return 0
 	}
 	keep := s.buf.takeNewest(entries, calls*maxCallBytes, s.meta.callSize)
-	dropped = s.dropRemaining()
+	dropped, _ = s.dropRemaining()
 	s.buf.putBack(keep)
 	return dropped
 }
