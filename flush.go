@@ -146,6 +146,9 @@ type round struct {
 	// outOfTime: the round ended because no call started now or after its pause would be
 	// answered before ctx's deadline (shipper.answerable).
 	outOfTime bool
+	// copies: the call's entries are copies of one record (the last counts record,
+	// shipper.countsCopies), stored if any one of them is.
+	copies bool
 
 	softAt atomic.Int64 // unix nanoseconds when soft was first seen done
 	pushed atomic.Bool  // this round saw pushback

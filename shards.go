@@ -478,9 +478,35 @@ func (s *shardPacers) detour(key string, try int) string {
 	if try < 1 {
 		return ""
 	}
+	calm, _ := s.others(key)
+	if len(calm) == 0 {
+		return ""
+	}
+	return decimalHash(calm[(try-1)%len(calm)])
+}
+
+// copyRoutes returns the ExplicitHashKeys of n copies of the last counts record at its try-th
+// try (shipCounts): the first where detour sends it, each of the others to another shard learnt,
+// those not paced first, from the try-th on, and by its key ("") when none is known. A shard's
+// refusals for its rate come together: copies on one shard would be refused together.
+func (s *shardPacers) copyRoutes(key string, try, n int) []string {
+	routes := []string{s.detour(key, try)}
+	calm, paced := s.others(key)
+	points := append(calm, paced...)
+	for j := 1; j < n; j++ {
+		route := ""
+		if len(points) > 0 {
+			route = decimalHash(points[(try+j-1)%len(points)])
+		}
+		routes = append(routes, route)
+	}
+	return routes
+}
+
+// others returns a point of each shard learnt but key's own: of those not paced, and of the paced.
+func (s *shardPacers) others(key string) (calm, paced []hashKey) {
 	own, _ := s.shards.shardOf(hashOf(key))
 	seen := map[string]bool{own: true}
-	var calm []hashKey // a point of each other shard not paced
 	for _, p := range s.shards.points {
 		if seen[p.shard] {
 			continue
@@ -488,14 +514,15 @@ func (s *shardPacers) detour(key string, try int) string {
 		seen[p.shard] = true
 		if q := s.pacers[p.shard]; q == nil || !q.paced {
 			calm = append(calm, p.hash)
+		} else {
+			paced = append(paced, p.hash)
 		}
 	}
-	if len(calm) == 0 {
-		return ""
-	}
-	h := calm[(try-1)%len(calm)]
-	return new(big.Int).SetBytes(h[:]).String()
+	return calm, paced
 }
+
+// decimalHash is h as an ExplicitHashKey: a decimal integer.
+func decimalHash(h hashKey) string { return new(big.Int).SetBytes(h[:]).String() }
 
 // forgetCalm drops the pacers that no longer pace.
 func (s *shardPacers) forgetCalm() {

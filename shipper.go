@@ -64,6 +64,9 @@ type shipper struct {
 	// refused holds the shares of entries the last answered calls had refused: how likely a
 	// one-entry call is to be refused now (lastWordTime).
 	refused refusedShares
+	// entryRefused holds the same shares for the calls answered entry by entry only, not refused
+	// whole: how likely one copy of the last counts record is to be refused (countsCopies).
+	entryRefused refusedShares
 
 	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
@@ -446,17 +449,21 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 	// Whether the call was given up (cut, or the round's end), read before done cancels callCtx.
 	givenUp := ctx.Err() != nil || callCtx.Err() != nil
 	done()
+	held, settle := recs, s.settleAnswered // held: the records whose events the call carried
+	if r.copies {
+		held, settle = recs[:1], s.settleCopies
+	}
 	if ce := (*credentialsError)(nil); errors.As(err, &ce) {
 		// Nothing was sent, and the role will not be asked again for a while (credentials.go,
 		// which has logged the fix): the events wait, and the round ends.
 		s.shrinkBody()
-		s.retryLater(recs, false)
+		s.retryLater(held, false)
 		return 0, 0, noCredentials
 	}
 	s.stats.calls.Add(1)
 	s.stats.entries.Add(uint64(len(recs)))
 	s.stats.bytesSent.Add(uint64(len(s.body)))
-	if slices.ContainsFunc(recs, func(p pendingRecord) bool { return p.events[0].tried }) {
+	if slices.ContainsFunc(held, func(p pendingRecord) bool { return p.events[0].tried }) {
 		s.stats.retries.Add(1)
 	}
 	s.shrinkBody()
@@ -473,14 +480,15 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 	switch {
 	case err == nil:
 		anyway := s.observeShards(recs, results)
-		refused := s.settleAnswered(recs, results)
+		refused := settle(recs, results)
 		s.refused.add(float64(refused) / float64(len(recs)))
+		s.entryRefused.add(float64(refused) / float64(len(recs)))
 		return refused - anyway, anyway, noPushback
 	case !isRetryable(err):
-		s.drop(recs, err)
+		s.drop(held, err)
 		return 0, 0, noPushback
 	}
-	pushback = s.settleFailed(err, recs, !givenUp)
+	pushback = s.settleFailed(err, held, !givenUp)
 	if pushback == throughput || pushback == refusedWhole {
 		s.refused.add(1)
 	}
@@ -507,6 +515,35 @@ func (s *shipper) settleAnswered(recs []pendingRecord, results []putResult) (thr
 		}
 	}
 	s.retryLater(again, false)
+	return throttled
+}
+
+// settleCopies settles copies of one record (round.copies): delivered if any copy was stored, else
+// back to the buffer if any was refused for a passing fault, else dropped. It returns how many
+// copies were refused for a passing fault.
+func (s *shipper) settleCopies(copies []pendingRecord, results []putResult) (throttled int) {
+	stored, final := false, -1
+	for i, res := range results {
+		switch {
+		case res.ErrorCode == "":
+			stored = true
+		case isRetryableCode(res.ErrorCode, 0):
+			if isThrottleCode(res.ErrorCode) {
+				s.stats.throttles.Add(1)
+			}
+			throttled++
+		default:
+			final = i
+		}
+	}
+	switch {
+	case stored:
+		s.delivered(copies[0])
+	case throttled > 0:
+		s.retryLater(copies[:1], false)
+	default:
+		s.drop(copies[:1], &apiError{Code: results[final].ErrorCode, Message: results[final].ErrorMessage})
+	}
 	return throttled
 }
 

@@ -102,7 +102,7 @@ type simLedger struct {
 	stored         []uint64 // bit set by seq
 	telemetry      int      // distinct telemetry events stored
 	dupTelemetry   int      // telemetry entries stored again
-	counts         int      // counts records stored
+	counts         int      // distinct counts records stored
 	lastCountsSeq  uint64
 	lastCounts     []byte // the data of the counts record with the highest seq
 	entries, calls int
@@ -388,7 +388,9 @@ func (m *simStream) record(l *simLedger, data []byte) {
 	l.stored[w] |= bit
 	switch {
 	case counts:
-		l.counts++
+		if !dup { // a copy of the last counts record (countsCopies) is not another record
+			l.counts++
+		}
 		if seq >= l.lastCountsSeq || l.lastCounts == nil {
 			l.lastCountsSeq, l.lastCounts = seq, bytes.Clone(data)
 		}
