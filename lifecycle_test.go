@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -400,4 +402,42 @@ func TestShutdownCountsRecordLeftAlone(t *testing.T) {
 	if c := counts[len(counts)-1]; c.Delivered != 20 || c.Dropped.Total != 0 {
 		t.Errorf("the last counts record says delivered %d, dropped %d; want 20 and 0", c.Delivered, c.Dropped.Total)
 	}
+}
+
+// TestShutdownReserveAfterAnOldRefusal: an environment whose last call, 20 s before its shutdown,
+// was refused whole (no pushback within pressureMemory, and no answer since to say the stream
+// takes anything) keeps for its last counts record the time its tries need, as one that met
+// pushback just now does; with pushback alone it kept countsReserve, about five tries. KMS
+// refuses every call whole here, so every try of the last counts record is a call of one entry
+// until the deadline.
+func TestShutdownReserveAfterAnOldRefusal(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &scriptedPutter{after: 20 * time.Millisecond, answer: func(_, _ int) ([]putResult, error) {
+			return nil, &apiError{Status: 400, Code: "KMSThrottlingException", Message: "Rate exceeded (Service: AWSKMS)"}
+		}}
+		s, buf, st := scriptedShipper(t, p)
+		addLogs(buf, 5)
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		s.ship(ctx, everything) // refused: the environment's last call before it idles
+		cancel()
+		time.Sleep(20 * time.Second)
+		if s.pressured(time.Now()) {
+			t.Fatal("still pressured 20 s after the pushback; the test needs an old one")
+		}
+		addInvocations(buf, 4, 50)
+		e := &agent{cfg: s.cfg, logs: s.logs, reg: testReg, stats: st, buf: buf, ship: s}
+		before := len(p.calls())
+		e.onShutdown(lifecycleEvent{EventType: eventShutdown, ShutdownReason: "spindown", DeadlineMs: time.Now().Add(2 * time.Second).UnixMilli()})
+		tries := 0
+		for _, n := range p.calls()[before:] {
+			if n == 1 {
+				tries++
+			}
+		}
+		// 30 ms a try (answer and pause): 150 ms hold about five, the reserve for a stream that
+		// refuses every call (half of the 1.85 s left) about thirty.
+		if tries < 15 {
+			t.Errorf("%d tries of the last counts record; want the time of at least 15 kept for them", tries)
+		}
+	})
 }

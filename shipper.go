@@ -67,6 +67,8 @@ type shipper struct {
 	// entryRefused holds the same shares for the calls answered entry by entry only, not refused
 	// whole: how likely one copy of the last counts record is to be refused (countsCopies).
 	entryRefused refusedShares
+	// lastWhole: the last answered call was refused whole (throughput, KMS throttling).
+	lastWhole bool
 
 	sending    atomic.Bool  // a PutRecords call is on the wire (read without mu)
 	pushbackAt atomic.Int64 // unix nanoseconds of the last pushback (read without mu)
@@ -106,6 +108,14 @@ func newShipper(cfg config, buf *buffer, st *stats, logs *logger, meta recordMet
 func (s *shipper) pressured(now time.Time) bool {
 	at := s.pushbackAt.Load()
 	return at != 0 && now.Sub(time.Unix(0, at)) < pressureMemory
+}
+
+// lastRefusedWhole reports whether the last answered call was refused whole, however long ago:
+// it stored nothing, and no answer since says the stream takes anything.
+func (s *shipper) lastRefusedWhole() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastWhole
 }
 
 // ship sends the events buffered before the mark until none is left or ctx ends, waiting for the
@@ -483,6 +493,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 		refused := settle(recs, results)
 		s.refused.add(float64(refused) / float64(len(recs)))
 		s.entryRefused.add(float64(refused) / float64(len(recs)))
+		s.lastWhole = false
 		return refused - anyway, anyway, noPushback
 	case !isRetryable(err):
 		s.drop(held, err)
@@ -491,6 +502,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 	pushback = s.settleFailed(err, held, !givenUp)
 	if pushback == throughput || pushback == refusedWhole {
 		s.refused.add(1)
+		s.lastWhole = true
 	}
 	return 0, 0, pushback
 }
