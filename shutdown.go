@@ -152,7 +152,7 @@ func (s *shipper) shipCounts(ctx context.Context) {
 // its shards are full at different moments, each has its own chance. (One entry a try, a
 // shutdown's last counts record on a stream that refuses nine entries in ten needs 66 tries,
 // about a whole shutdown: simulated, 1,000 environments under `end`, 268 of them left it out of
-// the stream; with copies, 1. BENCHMARKS.md, "Copies of the last counts record".)
+// the stream; with copies, 1. BENCHMARKS.md, "A counts record left alone, and copies of the last counts record".)
 func (s *shipper) countsCopies(ctx context.Context, pause time.Duration) int {
 	need := triesFor(s.entryRefused.mean())
 	deadline, ok := ctx.Deadline()
