@@ -76,7 +76,7 @@ type pendingRecord struct {
 	size   int    // data bytes, after any truncation
 	data   []byte // the data when built at packing (kpl, cloudwatch); else encodeBody builds it
 	// hashKey, when set, is the ExplicitHashKey (decimal) that routes the record instead of its
-	// key's MD5: the shutdown's last counts record, sent round a shard that refuses it (detour).
+	// key's MD5: the shutdown's last counts record, sent round a shard that refuses it (shardPacers.copyRoutes).
 	hashKey string
 }
 

@@ -469,29 +469,21 @@ func (c *shardCall) notRate(runLimit int) int {
 	return n
 }
 
-// detour returns an ExplicitHashKey (decimal) that routes an entry with key to another shard than
-// its own: the try-th of the shards learnt that are not paced; "" when none is known. The
-// shutdown's last counts record takes it after its own shard refused it (shipCounts): a hot shard
-// refuses it whatever its tries, and its loss would hide the shutdown's count. When every shard
-// is paced the stream is short everywhere, and a detour would only move the refusal.
-func (s *shardPacers) detour(key string, try int) string {
-	if try < 1 {
-		return ""
-	}
-	calm, _ := s.others(key)
-	if len(calm) == 0 {
-		return ""
-	}
-	return decimalHash(calm[(try-1)%len(calm)])
-}
-
-// copyRoutes returns the ExplicitHashKeys of n copies of the last counts record at its try-th
-// try (shipCounts): the first where detour sends it, each of the others to another shard learnt,
-// those not paced first, from the try-th on, and by its key ("") when none is known. A shard's
-// refusals for its rate come together: copies on one shard would be refused together.
+// copyRoutes returns the ExplicitHashKeys (decimal; "" routes by the key) of n copies of the
+// shutdown's last counts record at its try-th try (shipCounts). The first is its detour: by its
+// key on the first try, then round its shard, to the try-th of the shards learnt that are not
+// paced, while there is one: a hot shard refuses it whatever its tries, and its loss would hide
+// the shutdown's count; when every shard is paced the stream is short everywhere, and a detour
+// would only move the refusal. Each of the others goes to another shard learnt, those not paced
+// first, from the try-th on, and by its key when none is known: a shard's refusals for its rate
+// come together, so copies on one shard would be refused together.
 func (s *shardPacers) copyRoutes(key string, try, n int) []string {
-	routes := []string{s.detour(key, try)}
 	calm, paced := s.others(key)
+	detour := ""
+	if try >= 1 && len(calm) > 0 {
+		detour = decimalHash(calm[(try-1)%len(calm)])
+	}
+	routes := []string{detour}
 	points := append(calm, paced...)
 	for j := 1; j < n; j++ {
 		route := ""

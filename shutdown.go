@@ -62,11 +62,10 @@ func (s *shipper) keepWhatFits(left time.Duration) (dropped uint64) {
 // the slowest recent answer time, the others at the usual one. Before any answer, calls are
 // taken to answer in unmeasuredAnswer.
 func (s *shipper) callsWithin(left time.Duration) int {
-	usual, slowest := s.answers.typical(), s.answers.slowest()
+	usual, slowest := max(s.usualAnswer(), minCallTime), s.answers.slowest()
 	if s.answers.n == 0 {
-		usual, slowest = unmeasuredAnswer, unmeasuredAnswer
+		slowest = unmeasuredAnswer
 	}
-	usual = max(usual, minCallTime)
 	if left < usual {
 		return 0
 	}
@@ -74,6 +73,15 @@ func (s *shipper) callsWithin(left time.Duration) int {
 		return 1
 	}
 	return 1 + int((left-slowest)/usual)
+}
+
+// usualAnswer is the stream's usual answer time: the recent median, or unmeasuredAnswer before
+// the first answer.
+func (s *shipper) usualAnswer() time.Duration {
+	if s.answers.n == 0 {
+		return unmeasuredAnswer
+	}
+	return s.answers.typical()
 }
 
 // unmeasuredAnswer is what a call is taken to cost before the stream has answered one: a first
@@ -101,7 +109,7 @@ const (
 // environments whose calls KMS refuses nine times in ten: the last counts record of 27 of them
 // missing or short in the stream, of 4 with the pause kept. BENCHMARKS.md, "The last counts
 // record".) From the second try on it goes to another shard than its own that is not paced, if the
-// answers have shown one (detour): a hot shard would refuse it whatever the pause. Where the
+// answers have shown one (copyRoutes): a hot shard would refuse it whatever the pause. Where the
 // stream refuses most entries, a try carries copies of it to several shards (countsCopies).
 func (s *shipper) shipCounts(ctx context.Context) {
 	s.mu.Lock()
@@ -117,8 +125,8 @@ func (s *shipper) shipCounts(ctx context.Context) {
 		recs := s.meta.pack([]event{e}, s.cfg.RecordBytes, &s.gz)
 		r := &round{}
 		if len(recs) == 1 {
-			// After a refusal, round its shard: another may take it (shardPacers.detour); and
-			// where the stream refuses most entries, in copies (countsCopies).
+			// After a refusal, round its shard: another may take it; and where the stream
+			// refuses most entries, in copies (countsCopies, shardPacers.copyRoutes).
 			n := s.countsCopies(ctx, pause)
 			one := recs[0]
 			recs = recs[:0]
@@ -159,11 +167,7 @@ func (s *shipper) countsCopies(ctx context.Context, pause time.Duration) int {
 	if need <= 1 || !ok {
 		return 1
 	}
-	answer := s.answers.typical()
-	if s.answers.n == 0 {
-		answer = unmeasuredAnswer
-	}
-	fit := max(1, int(time.Until(deadline)/(max(answer, minCallTime)+pause)))
+	fit := max(1, int(time.Until(deadline)/(max(s.usualAnswer(), minCallTime)+pause)))
 	return min(countsCopiesMax, (need+fit-1)/fit)
 }
 
@@ -192,10 +196,7 @@ func (s *shipper) lastWordTime() time.Duration {
 	if q >= 1 {
 		return lastWordForever
 	}
-	answer := s.answers.typical()
-	if s.answers.n == 0 {
-		answer = unmeasuredAnswer
-	}
+	answer := s.usualAnswer()
 	tries := triesFor(q)
 	var d time.Duration
 	for i, pause := 0, countsRetry; i < tries; i++ {
