@@ -82,6 +82,10 @@ var fleetCases = []fleetCase{
 var fleetWireCases = []fleetCase{
 	{name: "under-capacity-over-tls+h2", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, underCapacity: true, wire: wireH2},
 	{name: "2x-overload-over-tls+h1", shards: 1, limits: kinesisShardLimits, lines: 50, run: 20 * time.Second, wire: wireH1},
+	// KMS refuses nine calls in ten: each shutdown's last counts record goes in calls at once
+	// (countsSpread), each on a connection of its own over HTTP/1.1, and must still equal the log.
+	{name: "kms-throttled-90pct-end-over-tls+h1", shards: 4, limits: kinesisShardLimits, lines: 50, run: 15 * time.Second, flush: "end", wire: wireH1,
+		faults: shardFaults{Latency: 20 * time.Millisecond, KMSCalls: 0.9, RandSeed: 18}},
 }
 
 // fleetMemoryCase is issue 11's memory measurement: 20 lines per invocation, dense, frozen.

@@ -147,8 +147,11 @@ type round struct {
 	// answered before ctx's deadline (shipper.answerable).
 	outOfTime bool
 	// copies: the call's entries are copies of one record (the last counts record,
-	// shipper.countsCopies), stored if any one of them is.
+	// shipper.countsSpread), stored if any one of them is.
 	copies bool
+	// calls: the call goes as this many identical calls at once (shipper.put), where KMS refuses
+	// calls whole (shipper.countsSpread); 0 or 1: one.
+	calls int
 
 	softAt atomic.Int64 // unix nanoseconds when soft was first seen done
 	pushed atomic.Bool  // this round saw pushback

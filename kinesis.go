@@ -98,7 +98,7 @@ type kinesisClient struct {
 	http      *http.Client
 	transport *http.Transport
 	timeout   time.Duration
-	lastDone  time.Time
+	lastDone  atomic.Int64   // unix nanoseconds of the last answer (calls may run at once: shipCounts)
 	refused   *atomic.Uint64 // calls not sent for a refused TLS certificate (stats.certRefused); nil: not counted
 }
 
@@ -158,7 +158,9 @@ func loadKinesisClient(ctx context.Context, c clientSettings, function string, s
 // Transport settings. A connection or handshake that takes longer than connectTimeout is a bad
 // path, and a new one is better than waiting within a flush budget of a second; keep-alive probes
 // notice a dead peer between invocations; idleConns covers the calls of one round (one at a
-// time, plus the counts record's) with room to spare.
+// time, plus the counts record's) with room to spare. The shutdown's last counts record in calls
+// at once (countsCallsMax, where KMS refuses calls whole) may open more over HTTP/1.1, a TLS
+// handshake each, once, in the extension's last second.
 const (
 	connectTimeout = 2 * time.Second
 	keepAlive      = 15 * time.Second
@@ -208,7 +210,7 @@ func (e *apiError) Error() string {
 // without an answer is a *networkError that says whether the request had been written: only then
 // may Kinesis have stored the records.
 func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]putResult, error) {
-	if !k.lastDone.IsZero() && time.Since(k.lastDone) > staleAfter {
+	if last := k.lastDone.Load(); last != 0 && time.Since(time.Unix(0, last)) > staleAfter {
 		k.transport.CloseIdleConnections()
 	}
 	ctx, cancel := context.WithTimeout(ctx, k.timeout)
@@ -250,7 +252,7 @@ func (k *kinesisClient) putRecords(ctx context.Context, body []byte, n int) ([]p
 	}
 	defer resp.Body.Close()
 	answer, err := readAnswer(resp, n)
-	k.lastDone = time.Now()
+	k.lastDone.Store(time.Now().UnixNano())
 	if err != nil {
 		return nil, &networkError{err: fmt.Errorf("read answer: %w", err), written: true}
 	}

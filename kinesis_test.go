@@ -280,7 +280,7 @@ func TestStaleConnectionsAreNotTrusted(t *testing.T) {
 	if got := newConns(); got != 1 {
 		t.Fatalf("%d connections for two calls in a row, want 1 (reuse)", got)
 	}
-	k.lastDone = time.Now().Add(-staleAfter - time.Second) // as after a freeze
+	k.lastDone.Store(time.Now().Add(-staleAfter - time.Second).UnixNano()) // as after a freeze
 	put()
 	if got := newConns(); got != 2 {
 		t.Errorf("%d connections after a long pause, want a fresh one (2)", got)

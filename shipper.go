@@ -65,8 +65,12 @@ type shipper struct {
 	// one-entry call is to be refused now (lastWordTime).
 	refused refusedShares
 	// entryRefused holds the same shares for the calls answered entry by entry only, not refused
-	// whole: how likely one copy of the last counts record is to be refused (countsCopies).
+	// whole: how likely one copy of the last counts record is to be refused (countsSpread).
 	entryRefused refusedShares
+	// wholeRefused holds, for the same calls and those KMS refused whole, 1 for the latter and 0
+	// for the former: how likely one call of the last counts record is to be refused whole
+	// whatever its entries (countsSpread).
+	wholeRefused refusedShares
 	// lastWhole: the last answered call was refused whole (throughput, KMS throttling).
 	lastWhole bool
 
@@ -453,7 +457,8 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 	callCtx, done := s.guard(ctx, r)
 	s.sending.Store(true)
 	start := time.Now()
-	results, err := s.client.putRecords(callCtx, s.body, len(recs))
+	calls := max(1, r.calls)
+	results, err := s.put(callCtx, len(recs), calls)
 	took := time.Since(start)
 	s.sending.Store(false)
 	// Whether the call was given up (cut, or the round's end), read before done cancels callCtx.
@@ -470,9 +475,9 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 		s.retryLater(held, false)
 		return 0, 0, noCredentials
 	}
-	s.stats.calls.Add(1)
-	s.stats.entries.Add(uint64(len(recs)))
-	s.stats.bytesSent.Add(uint64(len(s.body)))
+	s.stats.calls.Add(uint64(calls))
+	s.stats.entries.Add(uint64(calls * len(recs)))
+	s.stats.bytesSent.Add(uint64(calls * len(s.body)))
 	if slices.ContainsFunc(held, func(p pendingRecord) bool { return p.events[0].tried }) {
 		s.stats.retries.Add(1)
 	}
@@ -493,6 +498,7 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 		refused := settle(recs, results)
 		s.refused.add(float64(refused) / float64(len(recs)))
 		s.entryRefused.add(float64(refused) / float64(len(recs)))
+		s.wholeRefused.add(0)
 		s.lastWhole = false
 		return refused - anyway, anyway, noPushback
 	case !isRetryable(err):
@@ -504,7 +510,53 @@ func (s *shipper) send(ctx context.Context, r *round, recs []pendingRecord) (thr
 		s.refused.add(1)
 		s.lastWhole = true
 	}
+	if pushback == refusedWhole {
+		s.wholeRefused.add(1)
+	}
 	return 0, 0, pushback
+}
+
+// put makes the PutRecords call of s.body, of n entries: as calls identical calls at once when
+// calls > 1 (the last counts record where KMS refuses calls whole, each call on its own:
+// countsSpread), answered by the best of their answers (putRank). It waits for every call: each
+// ends with its answer or with ctx.
+func (s *shipper) put(ctx context.Context, n, calls int) ([]putResult, error) {
+	if calls <= 1 {
+		return s.client.putRecords(ctx, s.body, n)
+	}
+	type answer struct {
+		results []putResult
+		err     error
+	}
+	answers := make(chan answer, calls)
+	for range calls {
+		go func() {
+			results, err := s.client.putRecords(ctx, s.body, n)
+			answers <- answer{results, err}
+		}()
+	}
+	best := <-answers
+	for range calls - 1 {
+		if a := <-answers; putRank(a.results, a.err) < putRank(best.results, best.err) {
+			best = a
+		}
+	}
+	return best.results, best.err
+}
+
+// putRank orders the answers of identical calls, best first: one that stored an entry, one
+// answered entry by entry, one refused whole (answered), none.
+func putRank(results []putResult, err error) int {
+	var ae *apiError
+	switch {
+	case err == nil && slices.ContainsFunc(results, func(r putResult) bool { return r.ErrorCode == "" }):
+		return 0
+	case err == nil:
+		return 1
+	case errors.As(err, &ae):
+		return 2
+	}
+	return 3
 }
 
 // settleAnswered settles the records of an answered call, entry by entry, and returns how many

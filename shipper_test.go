@@ -387,15 +387,20 @@ type scriptedPutter struct {
 	answer func(call, n int) ([]putResult, error)
 	after  time.Duration // answer time of every call
 
-	mu    sync.Mutex
-	sizes []int // entries of each call, in order
+	mu       sync.Mutex
+	sizes    []int // entries of each call, in order
+	inFlight int
+	atOnce   int // the most calls on the wire at once
 }
 
 func (p *scriptedPutter) putRecords(ctx context.Context, _ []byte, n int) ([]putResult, error) {
 	p.mu.Lock()
 	call := len(p.sizes)
 	p.sizes = append(p.sizes, n)
+	p.inFlight++
+	p.atOnce = max(p.atOnce, p.inFlight)
 	p.mu.Unlock()
+	defer func() { p.mu.Lock(); p.inFlight--; p.mu.Unlock() }()
 	t := time.NewTimer(p.after)
 	defer t.Stop()
 	select {
@@ -410,6 +415,9 @@ func (p *scriptedPutter) invalidateCredentials() {}
 
 // calls returns the entries of each call made so far.
 func (p *scriptedPutter) calls() []int { return snapshot(&p.mu, &p.sizes) }
+
+// mostAtOnce returns the most calls that were on the wire at once.
+func (p *scriptedPutter) mostAtOnce() int { p.mu.Lock(); defer p.mu.Unlock(); return p.atOnce }
 
 // scriptedShipper is testShipper with a scriptedPutter for its client.
 func scriptedShipper(t testing.TB, p *scriptedPutter) (*shipper, *buffer, *stats) {
@@ -682,6 +690,50 @@ func TestRoundLeavesRefusalsWhateverTheRate(t *testing.T) {
 			}
 			if s.shardPace.paced() || s.shardPace.pacers[shard] != nil {
 				t.Errorf("the shard got a pacer from refusals scattered among stored entries")
+			}
+		})
+	}
+}
+
+// TestPutBestOfCallsAtOnce: identical calls at once (the last counts record where KMS refuses
+// calls whole) are answered by the best of their answers, whatever the order they come in: one
+// that stored an entry, then one answered entry by entry, then a refusal, then no answer.
+func TestPutBestOfCallsAtOnce(t *testing.T) {
+	kms := &apiError{Status: 400, Code: "KMSThrottlingException", Message: "Rate exceeded (Service: AWSKMS)"}
+	lost := &networkError{err: errors.New("connection reset"), written: true}
+	answers := []struct {
+		results []putResult
+		err     error
+	}{
+		{nil, lost},
+		{nil, kms},
+		{[]putResult{{ErrorCode: "ProvisionedThroughputExceededException"}}, nil},
+		{[]putResult{{ShardID: []byte("shardId-000000000000")}}, nil},
+	}
+	for first := range answers {
+		synctest.Test(t, func(t *testing.T) {
+			p := &scriptedPutter{answer: func(call, _ int) ([]putResult, error) {
+				a := answers[(first+call)%len(answers)]
+				return a.results, a.err
+			}}
+			s, _, _ := scriptedShipper(t, p)
+			s.client = p
+			for calls := 1; calls <= len(answers); calls++ {
+				p.mu.Lock()
+				p.sizes = nil
+				p.mu.Unlock()
+				results, err := s.put(t.Context(), 1, calls)
+				want := 0 // answers are listed worst first: the best of the calls made
+				for c := range calls {
+					want = max(want, (first+c)%len(answers))
+				}
+				w := answers[want]
+				if err != w.err || len(results) != len(w.results) || len(results) > 0 && &results[0] != &w.results[0] {
+					t.Errorf("%d calls from answer %d: got %v %v, want answer %d (%v %v)", calls, first, results, err, want, w.results, w.err)
+				}
+				if n := len(p.calls()); n != calls {
+					t.Errorf("%d calls made, want %d", n, calls)
+				}
 			}
 		})
 	}

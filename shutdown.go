@@ -110,7 +110,8 @@ const (
 // missing or short in the stream, of 4 with the pause kept. BENCHMARKS.md, "The last counts
 // record".) From the second try on it goes to another shard than its own that is not paced, if the
 // answers have shown one (copyRoutes): a hot shard would refuse it whatever the pause. Where the
-// stream refuses most entries, a try carries copies of it to several shards (countsCopies).
+// stream refuses most entries, a try carries copies of it to several shards, and where KMS refuses
+// most calls whole, it goes in several calls at once (countsSpread).
 func (s *shipper) shipCounts(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -126,8 +127,10 @@ func (s *shipper) shipCounts(ctx context.Context) {
 		r := &round{}
 		if len(recs) == 1 {
 			// After a refusal, round its shard: another may take it; and where the stream
-			// refuses most entries, in copies (countsCopies, shardPacers.copyRoutes).
-			n := s.countsCopies(ctx, pause)
+			// refuses most entries, in copies; where KMS refuses most calls, in calls at once
+			// (countsSpread, shardPacers.copyRoutes).
+			n, calls := s.countsSpread(ctx, pause)
+			r.calls = calls
 			one := recs[0]
 			recs = recs[:0]
 			for _, route := range s.shardPace.copyRoutes(one.key, try, n) {
@@ -149,30 +152,43 @@ func (s *shipper) shipCounts(ctx context.Context) {
 	}
 }
 
-// countsCopies is how many copies of the last counts record a try sends, the next pause being
-// pause: enough that the tries left before ctx's deadline, at the share of entries the stream's
-// recent calls had refused entry by entry (entryRefused), are all refused but for a chance of
-// lastWordMiss, up to countsCopiesMax; one while the tries left suffice. A call refused whole
-// (KMS throttling) takes every copy with it, so those refusals do not count. The copies are the
-// same record (same id): readers of the counts records take an environment's latest, as the
-// template's query does (the largest totals), and one copy stored is enough. They go to different
-// shards (shardPacers.copyRoutes), so that where the stream refuses entries at random, or where
-// its shards are full at different moments, each has its own chance. (One entry a try, a
-// shutdown's last counts record on a stream that refuses nine entries in ten needs 66 tries,
-// about a whole shutdown: simulated, 1,000 environments under `end`, 268 of them left it out of
-// the stream; with copies, 1. BENCHMARKS.md, "A counts record left alone, and copies of the last counts record".)
-func (s *shipper) countsCopies(ctx context.Context, pause time.Duration) int {
-	need := triesFor(s.entryRefused.mean())
+// countsSpread is how a try of the last counts record spreads, the next pause being pause: in
+// copies of it in one call (copies), and in identical calls at once (calls). Each is enough that
+// the tries left before ctx's deadline are all refused but for a chance of lastWordMiss, up to
+// countsCopiesMax and countsCallsMax; one while the tries left suffice.
+//
+// Copies answer the share of entries the stream's recent calls refused entry by entry
+// (entryRefused). A call refused whole (KMS throttling) takes every copy with it, so those
+// refusals do not count there. The copies are the same record (same id): readers of the counts
+// records take an environment's latest, as the template's query does (the largest totals), and
+// one copy stored is enough. They go to different shards (shardPacers.copyRoutes), so that where
+// the stream refuses entries at random, or where its shards are full at different moments, each
+// has its own chance. (One entry a try, a shutdown's last counts record on a stream that refuses
+// nine entries in ten needs 66 tries, about a whole shutdown: simulated, 1,000 environments under
+// `end`, 268 of them left it out of the stream; with copies, 1. BENCHMARKS.md, "A counts record
+// left alone, and copies of the last counts record".)
+//
+// Calls at once answer the share of calls refused whole whatever the rate (wholeRefused): KMS
+// refuses each call on its own, and more calls cost the stream's shards nothing, where calls
+// refused for throughput would only add to what the stream is short of (those do not count).
+// (Simulated, 1,000 environments whose calls KMS refuses nine times in ten under `end`: BENCHMARKS.md,
+// "Calls at once for the last counts record".)
+func (s *shipper) countsSpread(ctx context.Context, pause time.Duration) (copies, calls int) {
 	deadline, ok := ctx.Deadline()
-	if need <= 1 || !ok {
-		return 1
+	if !ok {
+		return 1, 1
 	}
 	fit := max(1, int(time.Until(deadline)/(max(s.usualAnswer(), minCallTime)+pause)))
-	return min(countsCopiesMax, (need+fit-1)/fit)
+	spread := func(q float64, most int) int { return min(most, (triesFor(q)+fit-1)/fit) }
+	return spread(s.entryRefused.mean(), countsCopiesMax), spread(s.wholeRefused.mean(), countsCallsMax)
 }
 
-// countsCopiesMax bounds the copies of the last counts record in one try.
-const countsCopiesMax = 8
+// countsCopiesMax bounds the copies of the last counts record in one call, countsCallsMax the
+// calls of one try.
+const (
+	countsCopiesMax = 8
+	countsCallsMax  = 8
+)
 
 // countsRetry is the first pause between two tries of the last counts record, countsRetryMax the
 // longest.

@@ -8,6 +8,7 @@ import (
 	"math/big"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -91,8 +92,9 @@ func TestCallsWithin(t *testing.T) {
 // one that is refused half the time needs several. A try refused whatever the
 // rate — KMS throttling of the entry or of the whole call, or a shard's refusal that the share it
 // refuses at random explains — goes again after countsRetry: the stream is not short of room, and
-// a doubling pause leaves few tries in the time kept for it. On a synctest clock, calls answered
-// at once: six refusals, then stored.
+// a doubling pause leaves few tries in the time kept for it. Tries refused whole by KMS go as
+// several calls at once (countsSpread), which count as one try here. On a synctest clock, calls
+// answered at once: six refusals, then stored.
 func TestLastCountsRecordPauses(t *testing.T) {
 	const shard = "shardId-000000000000"
 	doubling := func(try int) time.Duration { return min(countsRetry<<(try-1), countsRetryMax) }
@@ -102,28 +104,36 @@ func TestLastCountsRecordPauses(t *testing.T) {
 		refuse func(call, n int) ([]putResult, error)
 		prime  func(s *shipper) // what the answers have taught before the shutdown
 		pause  func(try int) time.Duration
+		atOnce bool // tries go as calls at once (countsSpread)
 	}{
-		{"refused for throughput", throttledAll, nil, doubling},
+		{"refused for throughput", throttledAll, nil, doubling, false},
 		{"KMS throttling of the entry", func(_, n int) ([]putResult, error) {
 			return slices.Repeat([]putResult{{ErrorCode: "KMSThrottlingException", ErrorMessage: "Rate exceeded (Service: AWSKMS)"}}, n), nil
-		}, nil, constant},
+		}, nil, constant, false},
 		{"KMS throttling of the whole call", func(_, n int) ([]putResult, error) {
 			return nil, &apiError{Status: 400, Code: "KMSThrottlingException", Message: "Rate exceeded (Service: AWSKMS)"}
-		}, nil, constant},
+		}, nil, constant, true},
 		{"a shard that refuses 90% at random", func(_, n int) ([]putResult, error) {
 			return slices.Repeat([]putResult{{ErrorCode: "ProvisionedThroughputExceededException", ErrorMessage: "Rate exceeded for shard " + shard + " in stream telemetry under account 123456789012."}}, n), nil
 		}, func(s *shipper) {
 			// As learn measures calls whose refusals stand scattered among stored entries.
 			s.shardPace.measure(shard, 100, 90, true)
-		}, constant},
+		}, constant, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				var at []time.Duration
+				var (
+					mu sync.Mutex      // calls at once answer together
+					at []time.Duration // each try's time; calls at once are one try
+				)
 				start := time.Now()
 				p := &scriptedPutter{answer: func(call, n int) ([]putResult, error) {
-					at = append(at, time.Since(start))
-					if call < 6 {
+					mu.Lock()
+					defer mu.Unlock()
+					if now := time.Since(start); len(at) == 0 || at[len(at)-1] != now {
+						at = append(at, now)
+					}
+					if len(at) <= 6 {
 						return tt.refuse(call, n)
 					}
 					return storedAll(call, n)
@@ -138,6 +148,9 @@ func TestLastCountsRecordPauses(t *testing.T) {
 				s.shipCounts(ctx)
 				if _, left := buf.takeCounts(); left || len(at) != 7 {
 					t.Fatalf("%d tries, counts record still waiting: %v; want 7 tries, the last one stored", len(at), left)
+				}
+				if got := p.mostAtOnce() > 1; got != tt.atOnce {
+					t.Errorf("calls at once: %v (%d at most), want %v", got, p.mostAtOnce(), tt.atOnce)
 				}
 				for i := 1; i < len(at); i++ {
 					if gap, want := at[i]-at[i-1], tt.pause(i); gap != want {
@@ -190,7 +203,7 @@ func TestLastCountsRecordDetoursAHotShard(t *testing.T) {
 		t.Fatalf("the last counts record is still waiting after %d tries", len(fk.received())-calls)
 	}
 	// The ship round's calls were refused in good part (the hot shard's events, again and
-	// again), so the first try may already carry copies (countsCopies): the first to its own
+	// again), so the first try may already carry copies (countsSpread): the first to its own
 	// shard, the others round it.
 	tries := fk.received()[calls:]
 	if len(tries) > 2 {
@@ -214,8 +227,8 @@ func TestLastCountsRecordDetoursAHotShard(t *testing.T) {
 
 // TestLastCountsRecordCopies: where the stream refuses most of the entries it is sent, the
 // shutdown's last counts record goes in copies, so that the tries that fit before the deadline
-// store it all the same, and it is counted stored once; where it refuses nothing, or refuses
-// calls whole (KMS throttling, which takes every copy with its call), it goes alone. The fake
+// store it all the same, and it is counted stored once; where it refuses nothing it goes alone;
+// where KMS refuses calls whole (which takes every copy with its call), it goes in calls at once. The fake
 // refuses each entry at random, whatever the rate: what it models is issue 18's 90% refused (a
 // share refused at random, or shards full at different moments); what it leaves out, a shard
 // whose limit refuses every copy sent to it at once, and the routes (TestCopyRoutes).
@@ -228,19 +241,26 @@ func TestLastCountsRecordCopies(t *testing.T) {
 		whole      bool    // KMS refuses the calls whole instead
 		maxMissing int     // environments whose last counts record is not stored
 		copies     bool    // calls of more than one entry
+		atOnce     bool    // calls on the wire at once
 	}{
 		// One entry a try, 0.9^5 of them would be missing (5 tries fit at the pauses after
 		// throughput refusals): about 120 of 200. In copies, well under one.
-		{"nine entries in ten refused", 0.9, false, 3, true},
-		{"none refused", 0, false, 0, false},
-		{"nine calls in ten refused whole", 0.9, true, environments, false},
+		{"nine entries in ten refused", 0.9, false, 3, true, false},
+		{"none refused", 0, false, 0, false, false},
+		// One call a try, 0.9^10 of them would be missing (10 tries fit at the pauses after
+		// whole refusals): about 70 of 200. In 7 calls at once (66 tries needed, 10 fit), 0.9^70:
+		// well under one. Copies in one call would not help: KMS refuses the call whole.
+		{"nine calls in ten refused whole", 0.9, true, 3, false, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				rng := rand.New(rand.NewPCG(1, 2))
-				missing, copied := 0, 0
+				var rngMu sync.Mutex // calls at once draw from it together
+				missing, copied, atOnce := 0, 0, 0
 				for range environments {
 					p := &scriptedPutter{after: 20 * time.Millisecond, answer: func(_, n int) ([]putResult, error) {
+						rngMu.Lock()
+						defer rngMu.Unlock()
 						if tt.whole && rng.Float64() < tt.refused {
 							return nil, &apiError{Status: 400, Code: "KMSThrottlingException", Message: "Rate exceeded (Service: AWSKMS)"}
 						}
@@ -259,6 +279,11 @@ func TestLastCountsRecordCopies(t *testing.T) {
 						if !tt.whole {
 							s.entryRefused.add(tt.refused)
 						}
+						if tt.whole {
+							s.wholeRefused.add(1)
+						} else {
+							s.wholeRefused.add(0)
+						}
 						s.answers.add(20 * time.Millisecond)
 					}
 					s.emitCounts(time.Now())
@@ -270,6 +295,12 @@ func TestLastCountsRecordCopies(t *testing.T) {
 						missing++
 					} else if n := st.records.Load(); n != 1 {
 						t.Fatalf("the last counts record stored, counted as %d records stored; want 1", n)
+					}
+					if p.mostAtOnce() > 1 {
+						atOnce++
+					}
+					if n := p.mostAtOnce(); n > countsCallsMax {
+						t.Fatalf("%d calls at once; want at most %d", n, countsCallsMax)
 					}
 					for _, n := range p.calls() {
 						if n > 1 {
@@ -285,6 +316,9 @@ func TestLastCountsRecordCopies(t *testing.T) {
 				}
 				if (copied > 0) != tt.copies {
 					t.Errorf("%d tries in copies; want copies: %v", copied, tt.copies)
+				}
+				if (atOnce > 0) != tt.atOnce {
+					t.Errorf("%d environments sent calls at once; want calls at once: %v", atOnce, tt.atOnce)
 				}
 			})
 		})

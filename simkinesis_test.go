@@ -195,6 +195,7 @@ type simAnswer struct {
 type simClient struct {
 	m     *simStream
 	env   int
+	mu    sync.Mutex // calls may run at once (shipper.put)
 	calls int
 }
 
@@ -226,8 +227,10 @@ func (c *simClient) putRecords(ctx context.Context, body []byte, n int) ([]putRe
 	if len(req.Records) != n || n == 0 || n > maxRecordsPerCall {
 		return nil, &apiError{Status: 400, Code: "ValidationException", Message: fmt.Sprintf("%d records, told %d", len(req.Records), n)}
 	}
+	c.mu.Lock()
 	call := &simCall{env: c.env, seq: c.calls, entries: req.Records, done: make(chan simAnswer, 1)}
 	c.calls++
+	c.mu.Unlock()
 	c.m.enqueue(call)
 	a := <-call.done // decided 1 ns after arrival
 	t := time.NewTimer(a.after)
@@ -388,7 +391,7 @@ func (m *simStream) record(l *simLedger, data []byte) {
 	l.stored[w] |= bit
 	switch {
 	case counts:
-		if !dup { // a copy of the last counts record (countsCopies) is not another record
+		if !dup { // a copy of the last counts record (countsSpread) is not another record
 			l.counts++
 		}
 		if seq >= l.lastCountsSeq || l.lastCounts == nil {
