@@ -94,24 +94,21 @@ const (
 
 // shipCounts sends the waiting counts record by itself until it is stored or ctx ends: the
 // shutdown's last word, one entry, whatever the pacers say (they have cut for the data; this is
-// one record). A refused one goes again after countsRetry, then after twice the pause before, up
-// to countsRetryMax: a fleet that spins down together under pushback (a deployment, the end of a
-// burst) sends each environment's last counts record at once, and tries every countsRetry from
-// all of them would take more of the stream than it gives back; but each try of one entry on a
-// shard that refuses half of what it is sent is a coin toss, and doubled without end the pauses
-// left six tries in the 600 ms kept for it (simulated, 10,000 environments at 2× overload: of the
-// shutdowns along the way, 2.6% ended with the last counts record refused six times, 287; with
-// the pauses capped, 153, and at the run's end, where the whole fleet spins down at once, 2,281 →
-// 1,473. BENCHMARKS.md, "Simulation at scale"). A try refused whatever the rate (KMS throttling, or
-// a refusal the shard's share refused at random explains: shardPacers.learn) does not double the
-// pause: the stream is not short of room, and the next try is as likely to be stored as this one
-// was. (Doubled, the pauses leave about six tries in the 600 ms kept for it: simulated, 1,000
-// environments whose calls KMS refuses nine times in ten: the last counts record of 27 of them
-// missing or short in the stream, of 4 with the pause kept. BENCHMARKS.md, "The last counts
-// record".) From the second try on it goes to another shard than its own that is not paced, if the
-// answers have shown one (copyRoutes): a hot shard would refuse it whatever the pause. Where the
-// stream refuses most entries, a try carries copies of it to several shards, and where KMS refuses
-// most calls whole, it goes in several calls at once (countsSpread).
+// one record). A refused one goes again after countsRetry. A refused entry costs the shard
+// nothing (it takes only what it stores), and each try of one entry on a shard that refuses most
+// of what it is sent is a lottery whose draws come every few milliseconds as the shard's budget
+// refills: the more tries in the time kept, the likelier one is stored. (Pauses that doubled after
+// each refusal for throughput, up to 80 ms, left a dozen tries in the 900 ms kept under pushback,
+// sent more of them in copies, and copies stored together took the room of other environments'
+// last words: simulated, 1,000 environments that spin down together on a stream cut to a quarter
+// of its capacity, 921 last words at once, 349 copies stored beside one already stored, and 21 of
+// them missing or short in the stream; with the pause kept, 1. BENCHMARKS.md, "The last counts
+// record's pause after a refusal for throughput".) Only a stream that does not answer, refuses
+// whole calls for throughput, or a role that cannot be assumed, has the pause double, up to
+// countsRetryMax: there the next try would not fare better at once. From the second try on it goes to another shard than its own
+// that is not paced, if the answers have shown one (copyRoutes): a hot shard would refuse it
+// whatever the pause. Where the stream refuses most entries, a try carries copies of it to several
+// shards, and where KMS refuses most calls whole, it goes in several calls at once (countsSpread).
 func (s *shipper) shipCounts(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -139,10 +136,10 @@ func (s *shipper) shipCounts(ctx context.Context) {
 			}
 			r.copies = n > 1
 		}
-		throttled, _, pushback := s.send(ctx, r, recs)
+		_, _, pushback := s.send(ctx, r, recs)
 		t := time.NewTimer(pause)
-		if throttled > 0 || pushback != noPushback && pushback != refusedWhole {
-			pause = longerCountsPause(pause) // short of room, or not answering: the next try waits longer
+		if pushback != noPushback && pushback != refusedWhole {
+			pause = longerCountsPause(pause) // not answering, or refusing whole calls for throughput: the next try waits longer
 		}
 		select {
 		case <-t.C:
@@ -197,14 +194,19 @@ const (
 	countsRetryMax = 80 * time.Millisecond
 )
 
-// longerCountsPause is the pause after a try of the last counts record refused for throughput:
-// twice the one before, up to countsRetryMax.
+// longerCountsPause is the pause after a try of the last counts record that went unanswered or
+// was refused whole for throughput: twice the one before, up to countsRetryMax.
 func longerCountsPause(pause time.Duration) time.Duration { return min(2*pause, countsRetryMax) }
 
 // lastWordTime is how long shipCounts is expected to need to store the last counts record, but
 // for a chance of lastWordMiss: as many tries as the stream's recent refused share (refusedShares)
-// leaves all refused that rarely, each an answer at the usual time and shipCounts' pause. A
-// stream that refuses every call takes lastWordForever.
+// leaves all refused that rarely, each an answer at the usual time and a pause that doubles from
+// countsRetry to countsRetryMax. A stream that refuses every call takes lastWordForever. The
+// pauses are longer than shipCounts now makes after a refusal for throughput (countsRetry): a
+// reserve that follows them gives the data more time and the last word less, and more last words
+// were missing (simulated, 1,000 environments that spin down together on a stream cut to a
+// quarter of its capacity: 1 short with this reserve, 27 with the shorter. BENCHMARKS.md, "The
+// last counts record's pause after a refusal for throughput").
 func (s *shipper) lastWordTime() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()

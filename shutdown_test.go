@@ -87,12 +87,12 @@ func TestCallsWithin(t *testing.T) {
 }
 
 // TestLastCountsRecordPauses: the shutdown's last counts record goes by itself until it is
-// stored. After a refusal for throughput each pause is twice the one before, from countsRetry up
-// to countsRetryMax: a fleet that spins down together must not fill the stream with tries, and
-// one that is refused half the time needs several. A try refused whatever the
-// rate — KMS throttling of the entry or of the whole call, or a shard's refusal that the share it
-// refuses at random explains — goes again after countsRetry: the stream is not short of room, and
-// a doubling pause leaves few tries in the time kept for it. Tries refused whole by KMS go as
+// stored. A try refused entry by entry — for its shard's throughput, KMS throttling of the entry,
+// or a refusal that the share its shard refuses at random explains — goes again after
+// countsRetry: a refused entry costs the shard nothing, and the more tries in the time kept, the
+// likelier one is stored. So does a call KMS refuses whole. A call that is not answered (a 5xx) or
+// is refused whole for throughput has each pause twice the one before, from countsRetry up to
+// countsRetryMax: there the next try would not fare better at once. Tries refused whole by KMS go as
 // several calls at once (countsSpread), which count as one try here. On a synctest clock, calls
 // answered at once: six refusals, then stored.
 func TestLastCountsRecordPauses(t *testing.T) {
@@ -106,7 +106,13 @@ func TestLastCountsRecordPauses(t *testing.T) {
 		pause  func(try int) time.Duration
 		atOnce bool // tries go as calls at once (countsSpread)
 	}{
-		{"refused for throughput", throttledAll, nil, doubling, false},
+		{"refused for throughput", throttledAll, nil, constant, false},
+		{"the whole call refused for throughput", func(_, n int) ([]putResult, error) {
+			return nil, &apiError{Status: 400, Code: "ProvisionedThroughputExceededException", Message: "Rate exceeded for stream telemetry under account 123456789012."}
+		}, nil, doubling, false},
+		{"answered 500", func(_, n int) ([]putResult, error) {
+			return nil, &apiError{Status: 500, Code: "InternalFailure", Message: "internal failure"}
+		}, nil, doubling, false},
 		{"KMS throttling of the entry", func(_, n int) ([]putResult, error) {
 			return slices.Repeat([]putResult{{ErrorCode: "KMSThrottlingException", ErrorMessage: "Rate exceeded (Service: AWSKMS)"}}, n), nil
 		}, nil, constant, false},
