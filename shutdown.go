@@ -94,8 +94,9 @@ const (
 
 // shipCounts sends the waiting counts record by itself until it is stored or ctx ends: the
 // shutdown's last word, one entry, whatever the pacers say (they have cut for the data; this is
-// one record). A refused one goes again after countsRetry. A refused entry costs the shard
-// nothing (it takes only what it stores), and each try of one entry on a shard that refuses most
+// one record). A refused one goes again after countsRetry. A refused entry is not written, and a
+// shard's limits are on what it writes (1,000 records and 1 MiB a second; so the simulation's
+// model and the shard proxy count them), and each try of one entry on a shard that refuses most
 // of what it is sent is a lottery whose draws come every few milliseconds as the shard's budget
 // refills: the more tries in the time kept, the likelier one is stored. (Pauses that doubled after
 // each refusal for throughput, up to 80 ms, left a dozen tries in the 900 ms kept under pushback,
