@@ -106,10 +106,11 @@ const (
 // them missing or short in the stream; with the pause kept, 1. BENCHMARKS.md, "The last counts
 // record's pause after a refusal for throughput".) Only a stream that does not answer, refuses
 // whole calls for throughput, or a role that cannot be assumed, has the pause double, up to
-// countsRetryMax: there the next try would not fare better at once. From the second try on it goes to another shard than its own
-// that is not paced, if the answers have shown one (copyRoutes): a hot shard would refuse it
-// whatever the pause. Where the stream refuses most entries, a try carries copies of it to several
-// shards, and where KMS refuses most calls whole, it goes in several calls at once (countsSpread).
+// countsRetryMax: there the next try would not fare better at once. From the second try on it
+// goes to another shard than its own that is not paced, if the answers have shown one
+// (copyRoutes): a hot shard would refuse it whatever the pause. Where the stream refuses most
+// entries, a try carries copies of it to several shards, and where KMS refuses most calls whole,
+// it goes in several calls at once (countsSpread).
 func (s *shipper) shipCounts(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -167,10 +168,11 @@ func (s *shipper) shipCounts(ctx context.Context) {
 // left alone, and copies of the last counts record".)
 //
 // Calls at once answer the share of calls refused whole whatever the rate (wholeRefused): KMS
-// refuses each call on its own, and more calls cost the stream's shards nothing, where calls
-// refused for throughput would only add to what the stream is short of (those do not count).
-// (Simulated, 1,000 environments whose calls KMS refuses nine times in ten under `end`: BENCHMARKS.md,
-// "Calls at once for the last counts record".)
+// refuses each call on its own, and more calls cost the stream's shards nothing. Calls refused
+// whole for throughput say the stream has more calls than it takes, and more at once would only
+// add to them: those do not count. (Simulated, 1,000 environments whose calls KMS refuses nine
+// times in ten under `end`: 30 last counts records missing or short, none with calls at once.
+// BENCHMARKS.md, "Calls at once for the last counts record".)
 func (s *shipper) countsSpread(ctx context.Context, pause time.Duration) (copies, calls int) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
