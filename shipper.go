@@ -536,9 +536,11 @@ func (s *shipper) put(ctx context.Context, n, calls int) ([]putResult, error) {
 		}()
 	}
 	best := <-answers
+	rank := putRank(best.results, best.err)
 	for range calls - 1 {
-		if a := <-answers; putRank(a.results, a.err) < putRank(best.results, best.err) {
-			best = a
+		a := <-answers
+		if r := putRank(a.results, a.err); r < rank {
+			best, rank = a, r
 		}
 	}
 	return best.results, best.err
