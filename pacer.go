@@ -71,10 +71,11 @@ const (
 	paceIncrease     = 0.1 // of the rate, per second
 	paceProbe        = 1.0 // of the rate, per second, paceProbeAfter the last pushback
 	paceProbeAfter   = 2 * time.Second
-	paceProbeEntries = 10 // stored since the last pushback, before the probe
-	hurryMinRate     = 2  // entries per second: a shutdown's probe starts from at least this
-	paceMinStep      = 5  // entries/s per second: small, since a fleet of N adds N of it
-	paceMinRate      = 10 // entries per second
+	paceProbeEntries = 10  // stored since the last pushback, before the probe
+	hurryMinRate     = 2   // entries per second: a shutdown's probe starts from at least this
+	hurryStoredShare = 0.1 // of the entries sent lately: stored, a full stream (storedLately)
+	paceMinStep      = 5   // entries/s per second: small, since a fleet of N adds N of it
+	paceMinRate      = 10  // entries per second
 	// A shard's pacer has a floor and a least step a fiftieth of the stream pacer's. A shard
 	// takes 1,000 records/s from the whole fleet: with a thousand environments on four shards an
 	// environment's share is about 1 entry/s per shard, and a floor of 10 held that fleet at
@@ -232,23 +233,24 @@ func (p *pacer) cut(share float64) {
 }
 
 // hurry makes the pacer probe by what the stream stores, for the shutdown: from hurryMinRate at
-// least, each call whose entries were all stored doubles the rate and grants as many entries
-// again at once, as TCP's slow start grows its window each round trip. A call refused in part
-// says the stream is full at about this rate: the rate is cut by half the share refused, as an
-// epoch's pushback cuts it, and the probe doubles no more past the cut rate (hurryCeiling; from
-// there it grows as it does outside a shutdown), as TCP's congestion avoidance follows a loss. A
-// call refused whole sends the rate back to the floor, and the probe doubles from there up to the
-// ceiling. A stream that refused everything a moment ago may take everything now, and there are
-// not two seconds to wait for calm (TestFaultMatrix's "all entries throttled 2 s",
+// least (or from its own rate where that is lower and the stream stored part of what it was sent
+// lately: storedLately), each call whose entries were all stored doubles the rate and grants as
+// many entries again at once, as TCP's slow start grows its window each round trip. A call refused
+// in part says the stream is full at about this rate: the rate is cut by half the share refused,
+// as an epoch's pushback cuts it, and the probe doubles no more past the cut rate (hurryCeiling;
+// from there it grows as it does outside a shutdown), as TCP's congestion avoidance follows a
+// loss. A call refused whole sends the rate back to the floor, and the probe doubles from there up
+// to the ceiling. A stream that refused everything a moment ago may take everything now, and there
+// are not two seconds to wait for calm (TestFaultMatrix's "all entries throttled 2 s",
 // TestManagedShutdownDuringBackoff); but an environment shutting down in a fleet that still
 // overloads the stream must not take more than its share. Probing by time (doubling per second
 // from 10 entries/s) did: simulated, 1,000 environments at 10× overload sent a fifth of their
-// entries at their shutdowns, 73% of them refused (BENCHMARKS.md, "Unknown shards"). And
-// sending the rate back to the floor after every refusal, in part or whole, had it double past
-// the stream's room again and again: a fleet of 8 at 2× overload had 1,000–1,120 of the
-// 2,600–2,750 entries of its shutdowns refused, to store 1,620–1,680; with the ceiling 63–306 of
-// 1,690–1,940, to store 1,620–1,640 (BENCHMARKS.md, "The shutdown's probe stops doubling where
-// the stream is full").
+// entries at their shutdowns, 73% of them refused (BENCHMARKS.md, "Unknown shards"). And sending
+// the rate back to the floor after every refusal, in part or whole, had it double past the
+// stream's room again and again: a fleet of 8 at 2× overload had 1,000–1,120 of the 2,600–2,750
+// entries of its shutdowns refused, to store 1,620–1,680; with the ceiling 63–306 of 1,690–1,940,
+// to store 1,620–1,640 (BENCHMARKS.md, "The shutdown's probe stops doubling where the stream is
+// full").
 // A pacer whose last pushback is paceForget old or more stops pacing instead: the shutdown sends
 // full calls, and a refusal paces it again. Its rate was learnt then, often in a cold start's
 // burst, and an environment invoked every few seconds has not sent enough since to grow it
@@ -261,14 +263,22 @@ func (p *pacer) hurry() {
 		p.hurryCeiling = math.Inf(1) // none until a call is refused in part
 	}
 	p.hurried = true
-	p.minRate = max(p.minRate, hurryMinRate)
+	// A pacer below the shutdown's floor on a stream that stored part of what it sent lately
+	// keeps its own rate, as its floor, and its tokens (storedLately).
+	full := p.storedLately() && p.rate < hurryMinRate
+	floor := float64(hurryMinRate)
+	if full {
+		floor = p.rate
+	}
+	p.minRate = max(p.minRate, floor)
 	if p.paced && p.now().Sub(p.calmAt) >= paceForget {
 		p.paced = false
 	}
 	if p.paced {
-		// The probe starts now, with one entry, and learns from what the stream stores from
-		// here on: the refusals of the epoch before the shutdown, already paid for in the rate,
-		// do not cut it again. At the floor's one entry every half second, a stream that had
+		// The probe learns from what the stream stores from here on: the refusals of the epoch
+		// before the shutdown, already paid for in the rate, do not cut it again. Unless the
+		// pacer keeps its own rate and tokens (full, above), it starts now, with one entry, from
+		// hurryMinRate at least: at the floor's one entry every half second, a stream that had
 		// refused everything and recovered just before the shutdown took 22 of 25 events in the
 		// 880 ms kept for data over 2 shards, on a loaded machine (TestFaultMatrix's "all
 		// entries throttled 2 s", the rest of the matrix and two busy loops beside it: 2–3
@@ -276,9 +286,27 @@ func (p *pacer) hurry() {
 		now := p.now()
 		p.rate = max(p.rate, p.minRate)
 		p.refill(now)
-		p.tokens = max(p.tokens, 1)
+		if !full {
+			p.tokens = max(p.tokens, 1)
+		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
 	}
+}
+
+// storedLately reports whether the stream stored at least hurryStoredShare of the entries this
+// pacer sent lately (over about paceWindow before its last answer). Such a stream is full at
+// about this rate, most likely shared with a fleet that overloads it, and not one that refused
+// everything for a moment. A pacer there below hurryMinRate, an environment's share of a shard
+// that a fleet of hundreds shares, starts the shutdown's probe from its own rate and tokens, with
+// no entry at once, and a call refused whole sends it back to that rate: hurryMinRate a shard from
+// each of a thousand environments shutting down is more than the shards take. (Simulated, a
+// thousand environments at 10× overload on four shards, each an entry a second per shard: the
+// shutdowns sent 32,500 entries and had 17,100 of them refused, a fifth of the run's refusals;
+// from their own rate, FIXME. BENCHMARKS.md, "The shutdown's probe from the pacer's own rate".)
+// Above hurryMinRate, in fleets of tens, the rule changed nothing but the seed's luck: the probe
+// starts as before.
+func (p *pacer) storedLately() bool {
+	return p.paced && p.recentAccepted > 0 && p.recentAccepted >= hurryStoredShare*p.recentSent
 }
 
 // pacing reports whether the pacer limits the rate, and to what.

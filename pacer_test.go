@@ -297,6 +297,36 @@ func TestPacer(t *testing.T) {
 				t.Errorf("two calls wholly stored (the second of %d): rate %.2f, want %.2f (%.2f doubled twice, not cut for the refusals before the shutdown)", n, r, 4*r0, r0)
 			}
 		}},
+		{"shutdown: where the stream stored part of what it was sent lately, the probe starts from the pacer's own rate, with no entry at once", func(t *testing.T, _ *pacer, c *fakeClock) {
+			// A shard full at about this rate (a fleet's share of it), as after a while of
+			// overload: 7 of 10 stored, then 1 of 2.
+			p := newShardPacer(c.now)
+			p.observe(10, 7, 3, false, false)
+			c.advance(300 * time.Millisecond)
+			p.observe(2, 1, 1, false, false)
+			p.rate, p.tokens = 0.5, 0
+			p.hurry()
+			if _, r := p.pacing(); r != 0.5 || p.grant(500) != 0 {
+				t.Fatalf("rate %.2f after hurry, want the pacer's own 0.5 (not %v), and nothing granted at once", r, float64(hurryMinRate))
+			}
+			c.advance(2 * time.Second)
+			n := p.grant(500)
+			if n != 1 {
+				t.Fatalf("%d granted 2 s into the shutdown at 0.5/s: want 1", n)
+			}
+			// Stored: the probe doubles. Then refused whole: back to the rate it started from,
+			// its floor for the shutdown (not hurryMinRate above it, nor the shard's floor below).
+			p.observe(n, n, 0, false, false)
+			if _, r := p.pacing(); r != 1 {
+				t.Fatalf("rate %.2f after a call wholly stored, want 1", r)
+			}
+			c.advance(time.Second)
+			n = p.grant(500)
+			p.observe(n, 0, n, false, false)
+			if _, r := p.pacing(); n == 0 || r != 0.5 {
+				t.Errorf("rate %.2f after a call of %d refused whole, want 0.5", r, n)
+			}
+		}},
 		{"shutdown: a pushback paceForget old is forgotten: the calls are full again, and a refusal paces anew", func(t *testing.T, _ *pacer, c *fakeClock) {
 			p := newShardPacer(c.now)
 			p.observe(10, 0, 10, false, false)
