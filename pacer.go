@@ -265,9 +265,9 @@ func (p *pacer) hurry() {
 	p.hurried = true
 	// A pacer below the shutdown's floor on a stream that stored part of what it sent lately
 	// keeps its own rate, as its floor, and its tokens (storedLately).
-	full := p.storedLately() && p.rate < hurryMinRate
+	keepOwn := p.rate < hurryMinRate && p.storedLately()
 	floor := float64(hurryMinRate)
-	if full {
+	if keepOwn {
 		floor = p.rate
 	}
 	p.minRate = max(p.minRate, floor)
@@ -277,7 +277,7 @@ func (p *pacer) hurry() {
 	if p.paced {
 		// The probe learns from what the stream stores from here on: the refusals of the epoch
 		// before the shutdown, already paid for in the rate, do not cut it again. Unless the
-		// pacer keeps its own rate and tokens (full, above), it starts now, with one entry, from
+		// pacer keeps its own rate and tokens (keepOwn, above), it starts now, with one entry, from
 		// hurryMinRate at least: at the floor's one entry every half second, a stream that had
 		// refused everything and recovered just before the shutdown took 22 of 25 events in the
 		// 880 ms kept for data over 2 shards, on a loaded machine (TestFaultMatrix's "all
@@ -286,7 +286,7 @@ func (p *pacer) hurry() {
 		now := p.now()
 		p.rate = max(p.rate, p.minRate)
 		p.refill(now)
-		if !full {
+		if !keepOwn {
 			p.tokens = max(p.tokens, 1)
 		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
