@@ -20,10 +20,12 @@ import (
 // decrease proportional to the share of marked packets) and of the AWS SDKs' adaptive retry
 // mode: unpaced until the first pushback; then the rate starts at the rate sent over the last
 // second, cut by half the share throttled; at the end of each paceEpoch with pushback it is cut
-// by half the epoch's throttled share (all of it throttled: halved); and while the backlog wants
+// by half the epoch's throttled share (all of it throttled: halved; a shard's pacer: by
+// shardEpochCut, whatever the share); and while the backlog wants
 // more than the bucket gives, it rises by paceIncrease of itself per second (at least
 // its minStep), or doubles per second once paceProbeAfter has passed without pushback and the
-// stream has stored paceProbeEntries since (or what the rate sends in paceProbeAfter, if less),
+// stream has stored paceProbeEntries since (or what the rate sends in paceProbeAfter, if less;
+// a shard's pacer waits for paceProbeEntries whatever its rate),
 // like TCP's slow start, so that a passing throttle does not hold the environment back for long.
 // (Calm by time alone let a pacer at a fraction of an entry per second, which sees a refusal
 // seldom because it sends seldom, double every second in a fleet that overloads its shards.)
@@ -50,6 +52,7 @@ import (
 type pacer struct {
 	now              func() time.Time
 	minRate, minStep float64 // the floor, and the least additive step (entries/s per second)
+	shard            bool    // a shard's pacer: cuts by shardEpochCut, probes after paceProbeEntries
 
 	paced        bool
 	hurried      bool    // shutdown: probe by what is stored (hurry)
@@ -93,13 +96,29 @@ const (
 	paceBatch    = 50 * time.Millisecond // a call waits for at least this much traffic (or the backlog)
 )
 
+// A shard's pacer cuts its rate by shardEpochCut at the end of an epoch with refusals, whatever
+// their share, where the stream's cuts by half the share refused. The share's cut takes about an
+// entry a second off the rate for each entry refused, whatever the rate, and the rate rises by a
+// tenth of itself a second: above an entry or two a second (more than one entry an epoch) that is
+// multiplicative increase and decrease, which leaves the ratio of two environments' rates where
+// chance puts it, and only the probe pulled them together. A cut for each epoch with a refusal
+// takes more, a second, from an environment that sends more (more of its epochs meet one): the
+// rates converge, as TCP's windows do under a cut per round trip with a loss. And the probe waits
+// for paceProbeEntries stored whatever the rate: at an entry a second a shard, a fleet of
+// hundreds' share, two stored in two seconds came often from a shard that refused a quarter of its
+// entries, and the probe doubled the rate into refusals. (Simulated, a thousand environments at
+// 10× overload: of the environments that lived the whole run, the ones traced had stored 15 to 58
+// entries a shard from the same load; over three seeds amplification 1.60–1.61 → 1.55, Jain's
+// index 0.907–0.921 → 0.909–0.918. BENCHMARKS.md, "A shard's cut per epoch with refusals".)
+const shardEpochCut = 0.3
+
 func newPacer(now func() time.Time) *pacer {
 	return &pacer{now: now, minRate: paceMinRate, minStep: paceMinStep}
 }
 
-// newShardPacer is a shard's pacer (shards.go), with the shard's floor and step.
+// newShardPacer is a shard's pacer (shards.go), with the shard's floor, step, cut and probe.
 func newShardPacer(now func() time.Time) *pacer {
-	return &pacer{now: now, minRate: shardMinRate, minStep: shardMinStep}
+	return &pacer{now: now, minRate: shardMinRate, minStep: shardMinStep, shard: true}
 }
 
 // refill adds the tokens earned since the last call.
@@ -194,7 +213,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.epochThrottled += float64(throttled)
 	if now.Sub(p.epochAt) >= paceEpoch {
 		if p.epochThrottled > 0 {
-			p.cut(min(1, p.epochThrottled/max(p.epochSent, 1)))
+			p.cut(p.epochShare())
 		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
 	}
@@ -214,7 +233,11 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	if starved {
 		dt := min(now.Sub(p.upAt), time.Second).Seconds()
 		growth := paceIncrease
-		if now.Sub(p.calmAt) >= paceProbeAfter && p.calmAccepted >= min(paceProbeEntries, p.rate*paceProbeAfter.Seconds()) {
+		probeAfter := float64(paceProbeEntries)
+		if !p.shard {
+			probeAfter = min(probeAfter, p.rate*paceProbeAfter.Seconds())
+		}
+		if now.Sub(p.calmAt) >= paceProbeAfter && p.calmAccepted >= probeAfter {
 			growth = paceProbe
 		}
 		p.rate += dt * max(p.minStep, p.rate*growth)
@@ -223,6 +246,15 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 		}
 	}
 	p.upAt = now
+}
+
+// epochShare is what an epoch with refusals has cut take: the share of its entries refused (cut
+// takes half of it), or for a shard's pacer twice shardEpochCut, whatever the share.
+func (p *pacer) epochShare() float64 {
+	if p.shard {
+		return 2 * shardEpochCut
+	}
+	return min(1, p.epochThrottled/max(p.epochSent, 1))
 }
 
 // cut lowers the rate by half the share refused, the decrease of AIMD, and takes back the

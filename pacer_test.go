@@ -3,6 +3,7 @@ package main
 // Unit tests of pacer.go on a fake clock, and an in-process model of a fleet sharing one shard.
 
 import (
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -222,6 +223,62 @@ func TestPacer(t *testing.T) {
 			// Tokens accrue at the rate, up to at least one: a grant every 1/rate seconds.
 			if _, r := p.pacing(); r < shardMinRate || r > 2*shardMinRate+shardMinStep || sent < 1 || float64(sent) > 20*(2*shardMinRate+shardMinStep)+1 {
 				t.Errorf("rate %.2f, %d sent in 20 s; want near the floor %v, and some sent", r, sent, shardMinRate)
+			}
+		}},
+		{"a shard's pacer cuts by shardEpochCut for an epoch with refusals, whatever their share; the stream's by half the share", func(t *testing.T, stream *pacer, c *fakeClock) {
+			shard := newShardPacer(c.now)
+			// Both paced, above their floors: the shard's at 4 entries/s, the stream's at 40.
+			for _, p := range []*pacer{shard, stream} {
+				p.observe(10, 9, 1, false, false)
+			}
+			shard.rate, stream.rate = 4, 40
+			epoch := func(p *pacer, sent, refused int) float64 {
+				c.advance(100 * time.Millisecond)
+				p.observe(sent, sent-refused, refused, false, false)
+				c.advance(paceEpoch)
+				p.observe(0, 0, 0, false, false) // closes the epoch
+				_, r := p.pacing()
+				return r
+			}
+			for _, refused := range []int{1, 9} {
+				shard.rate = 4
+				if r, want := epoch(shard, 10, refused), 4*(1-shardEpochCut); math.Abs(r-want) > 1e-9 {
+					t.Errorf("shard: %d of 10 refused: rate %.3f, want %.3f (cut by %v whatever the share)", refused, r, want, shardEpochCut)
+				}
+			}
+			if r := epoch(stream, 10, 1); math.Abs(r-40*0.95) > 1e-9 {
+				t.Errorf("stream: 1 of 10 refused: rate %.3f, want %.3f (by half the share)", r, 40*0.95)
+			}
+		}},
+		{"a shard's pacer probes only after paceProbeEntries stored, whatever its rate", func(t *testing.T, _ *pacer, c *fakeClock) {
+			p := newShardPacer(c.now)
+			p.observe(4, 3, 1, false, false)
+			p.rate, p.tokens = 1, 0 // an environment's share of a shard a fleet of hundreds shares
+			// 5 s of calm at its rate, each entry stored: fewer than paceProbeEntries stored.
+			stored := 0
+			for range 20 {
+				c.advance(250 * time.Millisecond)
+				n := p.grant(500)
+				p.observe(n, n, 0, false, true)
+				stored += n
+			}
+			if _, r := p.pacing(); stored >= paceProbeEntries || r > 2 {
+				t.Fatalf("after 5 s calm and %d stored: rate %.2f, want about 1.6, a tenth a second (no doubling before %d stored)", stored, r, paceProbeEntries)
+			}
+			for stored < paceProbeEntries {
+				c.advance(250 * time.Millisecond)
+				n := p.grant(500)
+				p.observe(n, n, 0, false, true)
+				stored += n
+			}
+			_, r0 := p.pacing()
+			for range 4 {
+				c.advance(250 * time.Millisecond)
+				n := p.grant(500)
+				p.observe(n, n, 0, false, true)
+			}
+			if _, r := p.pacing(); r < 1.8*r0 {
+				t.Errorf("a second after %d stored: rate %.2f from %.2f, want the probe's doubling", stored, r, r0)
 			}
 		}},
 		{"calm: the rate grows, fast after paceProbeAfter", func(t *testing.T, p *pacer, c *fakeClock) {
