@@ -101,11 +101,11 @@ const (
 // entry a second off the rate for each entry refused, whatever the rate, and the rate rises by a
 // tenth of itself a second: above an entry or two a second (more than one entry an epoch) that is
 // multiplicative increase and decrease, which leaves the ratio of two environments' rates where
-// chance puts it, and only the probe pulled them together. A cut for each epoch with a refusal
+// chance puts it, and only the probe pulls them together. A cut for each epoch with a refusal
 // takes more, a second, from an environment that sends more (more of its epochs meet one): the
 // rates converge, as TCP's windows do under a cut per round trip with a loss. And the probe waits
 // for paceProbeEntries stored whatever the rate: at an entry a second a shard, a fleet of
-// hundreds' share, two stored in two seconds came often from a shard that refused a quarter of its
+// hundreds' share, two stored in two seconds came often from a shard that refused a third of its
 // entries, and the probe doubled the rate into refusals. (Simulated, a thousand environments at
 // 10× overload: of the environments that lived the whole run, the ones traced had stored 15 to 58
 // entries a shard from the same load; over three seeds amplification 1.60–1.61 → 1.55, Jain's
