@@ -109,7 +109,10 @@ const (
 // entries, and the probe doubled the rate into refusals. (Simulated, a thousand environments at
 // 10× overload: of the environments that lived the whole run, the ones traced had stored 15 to 58
 // entries a shard from the same load; over three seeds amplification 1.60–1.61 → 1.55, Jain's
-// index 0.907–0.921 → 0.909–0.918. BENCHMARKS.md, "A shard's cut per epoch with refusals".)
+// index 0.907–0.921 → 0.909–0.918. The cost is at 10,000 environments on 16 shards, whose share
+// of a shard is under the floor: a cut of 30% brings a pacer above the floor down more slowly
+// than a halving did, and amplification at 10× rose 4.00 → 4.49. BENCHMARKS.md, "A shard's cut
+// per epoch with refusals".)
 const shardEpochCut = 0.3
 
 func newPacer(now func() time.Time) *pacer {
@@ -233,11 +236,11 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	if starved {
 		dt := min(now.Sub(p.upAt), time.Second).Seconds()
 		growth := paceIncrease
-		probeAfter := float64(paceProbeEntries)
+		probeStored := float64(paceProbeEntries) // stored since the last pushback, before the probe
 		if !p.shard {
-			probeAfter = min(probeAfter, p.rate*paceProbeAfter.Seconds())
+			probeStored = min(probeStored, p.rate*paceProbeAfter.Seconds())
 		}
-		if now.Sub(p.calmAt) >= paceProbeAfter && p.calmAccepted >= probeAfter {
+		if now.Sub(p.calmAt) >= paceProbeAfter && p.calmAccepted >= probeStored {
 			growth = paceProbe
 		}
 		p.rate += dt * max(p.minStep, p.rate*growth)
