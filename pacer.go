@@ -216,7 +216,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.epochThrottled += float64(throttled)
 	if now.Sub(p.epochAt) >= paceEpoch {
 		if p.epochThrottled > 0 {
-			p.cut(p.epochShare())
+			p.cut(p.epochCut())
 		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
 	}
@@ -229,7 +229,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 		case throttled >= sent:
 			p.rate, p.tokens = p.minRate, min(p.tokens, 0)
 		case throttled > 0:
-			p.cut(float64(throttled) / float64(sent))
+			p.cut(float64(throttled) / float64(sent) / 2) // half the share refused, as an epoch's
 			p.hurryCeiling = p.rate
 		}
 	}
@@ -251,19 +251,19 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.upAt = now
 }
 
-// epochShare is what an epoch with refusals has cut take: the share of its entries refused (cut
-// takes half of it), or for a shard's pacer twice shardEpochCut, whatever the share.
-func (p *pacer) epochShare() float64 {
+// epochCut is the share of the rate an epoch with refusals takes off: half the share of its
+// entries refused, or for a shard's pacer shardEpochCut, whatever the share.
+func (p *pacer) epochCut() float64 {
 	if p.shard {
-		return 2 * shardEpochCut
+		return shardEpochCut
 	}
-	return min(1, p.epochThrottled/max(p.epochSent, 1))
+	return min(1, p.epochThrottled/max(p.epochSent, 1)) / 2
 }
 
-// cut lowers the rate by half the share refused, the decrease of AIMD, and takes back the
-// tokens not yet spent.
-func (p *pacer) cut(share float64) {
-	p.rate = max(p.minRate, p.rate*(1-share/2))
+// cut lowers the rate by fraction of itself, the decrease of AIMD, and takes back the tokens not
+// yet spent.
+func (p *pacer) cut(fraction float64) {
+	p.rate = max(p.minRate, p.rate*(1-fraction))
 	p.tokens = min(p.tokens, 0)
 }
 

@@ -254,31 +254,31 @@ func TestPacer(t *testing.T) {
 			p := newShardPacer(c.now)
 			p.observe(4, 3, 1, false, false)
 			p.rate, p.tokens = 1, 0 // an environment's share of a shard a fleet of hundreds shares
-			// 5 s of calm at its rate, each entry stored: fewer than paceProbeEntries stored.
+			// calm is a quarter second of calm: what the pacer grants is sent and stored.
 			stored := 0
-			for range 20 {
+			calm := func() {
 				c.advance(250 * time.Millisecond)
 				n := p.grant(500)
 				p.observe(n, n, 0, false, true)
 				stored += n
+			}
+			// 5 s of calm at its rate: fewer than paceProbeEntries stored.
+			for range 20 {
+				calm()
 			}
 			if _, r := p.pacing(); stored >= paceProbeEntries || r > 2 {
 				t.Fatalf("after 5 s calm and %d stored: rate %.2f, want about 1.6, a tenth a second (no doubling before %d stored)", stored, r, paceProbeEntries)
 			}
 			for stored < paceProbeEntries {
-				c.advance(250 * time.Millisecond)
-				n := p.grant(500)
-				p.observe(n, n, 0, false, true)
-				stored += n
+				calm()
 			}
 			_, r0 := p.pacing()
+			probeAt := stored
 			for range 4 {
-				c.advance(250 * time.Millisecond)
-				n := p.grant(500)
-				p.observe(n, n, 0, false, true)
+				calm()
 			}
 			if _, r := p.pacing(); r < 1.8*r0 {
-				t.Errorf("a second after %d stored: rate %.2f from %.2f, want the probe's doubling", stored, r, r0)
+				t.Errorf("a second after %d stored: rate %.2f from %.2f, want the probe's doubling", probeAt, r, r0)
 			}
 		}},
 		{"calm: the rate grows, fast after paceProbeAfter", func(t *testing.T, p *pacer, c *fakeClock) {
