@@ -424,6 +424,7 @@ type simResult struct {
 	goodput               float64 // stored / capacity after the warm-up
 	deliveredShare        float64 // delivered / offered
 	amplification         float64 // entries sent / distinct records stored
+	amplificationWindow   float64 // entries sent / stored in goodput's window (steady: no fleet-wide start or end)
 	jain                  float64 // of each environment's delivered / offered
 	converge              float64 // seconds after the step until the stream is used well for good; NaN: never, or no step
 	full, shutdown        uint64
@@ -506,14 +507,18 @@ func (f *simFleet) result(nominal float64) simResult {
 	if jainN > 0 && sumX2 > 0 {
 		r.jain = sumX * sumX / (float64(jainN) * sumX2)
 	}
-	var stored, capacity float64
+	var stored, capacity, entries float64
 	last := int(f.run / time.Second) // the run's last second holds the shutdowns
 	for s := int(simWarmUp / time.Second); s < last && s < len(m.seconds); s++ {
 		stored += float64(m.seconds[s].Stored)
 		capacity += m.seconds[s].Capacity
+		entries += float64(m.seconds[s].Entries)
 	}
 	if capacity > 0 {
 		r.goodput = stored / capacity
+	}
+	if stored > 0 {
+		r.amplificationWindow = entries / stored
 	}
 	if f.stepAt > 0 {
 		r.converge = f.converged(last)
@@ -651,6 +656,7 @@ func BenchmarkSim(b *testing.B) {
 				}
 				b.ReportMetric(r.goodput, "goodput/capacity")
 				b.ReportMetric(r.amplification, "amplification")
+				b.ReportMetric(r.amplificationWindow, "amplification-window")
 				b.ReportMetric(r.jain, "jain")
 				if !math.IsNaN(r.converge) {
 					b.ReportMetric(r.converge, "converge-s")
