@@ -229,7 +229,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 		case throttled >= sent:
 			p.rate, p.tokens = p.minRate, min(p.tokens, 0)
 		case throttled > 0:
-			p.cut(float64(throttled) / float64(sent) / 2) // half the share refused, as an epoch's
+			p.cut(float64(throttled) / float64(sent) / 2) // half the share refused
 			p.hurryCeiling = p.rate
 		}
 	}

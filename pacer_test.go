@@ -254,7 +254,7 @@ func TestPacer(t *testing.T) {
 			p := newShardPacer(c.now)
 			p.observe(4, 3, 1, false, false)
 			p.rate, p.tokens = 1, 0 // an environment's share of a shard a fleet of hundreds shares
-			// calm is a quarter second of calm: what the pacer grants is sent and stored.
+			// calm is a quarter second in which what the pacer grants is sent and stored.
 			stored := 0
 			calm := func() {
 				c.advance(250 * time.Millisecond)
