@@ -227,11 +227,12 @@ func TestPacer(t *testing.T) {
 		}},
 		{"a shard's pacer cuts by shardEpochCut for an epoch with refusals, whatever their share; the stream's by half the share", func(t *testing.T, stream *pacer, c *fakeClock) {
 			shard := newShardPacer(c.now)
-			// Both paced, above their floors: the shard's at 4 entries/s, the stream's at 40.
+			// Both paced, above their floors: the shard's at 4 entries/s (set before each epoch
+			// below), the stream's at 40.
 			for _, p := range []*pacer{shard, stream} {
 				p.observe(10, 9, 1, false, false)
 			}
-			shard.rate, stream.rate = 4, 40
+			stream.rate = 40
 			epoch := func(p *pacer, sent, refused int) float64 {
 				c.advance(100 * time.Millisecond)
 				p.observe(sent, sent-refused, refused, false, false)
