@@ -19,7 +19,8 @@ package main
 //	                       shardproxy_selftest_test.go)
 //	fleet_test.go          TestFleet, BenchmarkFleet: many frozen environments on one throttled stream
 //	sim_test.go            TestSim, BenchmarkSim: fleets of 10 to 10,000 real extension values driven as
-//	                       Lambda drives them, on a testing/synctest virtual clock, in process
+//	                       Lambda drives them, on a testing/synctest virtual clock, in process;
+//	                       TestSimTableIsCurrent checks BENCHMARKS.md's rows at 10 against them
 //	simkinesis_test.go     simStream, the simulation's Kinesis model (a recordPutter): hash ranges, shard
 //	                       buckets, hot key, on-demand scaling, answer spikes, KMS throttling
 //	fakests_test.go        fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis;

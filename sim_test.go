@@ -41,7 +41,9 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -632,6 +634,55 @@ func TestSimDeterministic(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSimTableIsCurrent runs every scenario for a fleet of 10 as BenchmarkSim does and compares
+// the row with the one BENCHMARKS.md publishes (all but the real time it took): a change of
+// behaviour fails it until the table is run again, by the commands above it. The fleets of 10
+// take about 20 s in all; the larger ones, up to 40 minutes, are not checked here, and the table
+// says which code they ran on.
+func TestSimTableIsCurrent(t *testing.T) {
+	published := publishedSimRows(t, 10)
+	for _, sc := range simScenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			want, ok := published[sc.name]
+			if !ok {
+				t.Fatalf("BENCHMARKS.md's simulation table has no row for %s at 10 environments", sc.name)
+			}
+			synctest.Test(t, func(t *testing.T) {
+				got := runSim(sc, 10, simRun).row()
+				if !strings.HasPrefix(want, got+" ") {
+					t.Errorf("BENCHMARKS.md publishes\n%s\nand the code gives\n%s\nrun the table again (BENCHMARKS.md, \"Simulation at scale\")", want, got)
+				}
+			})
+		})
+	}
+}
+
+// publishedSimRows returns the rows of BENCHMARKS.md's simulation table (the one under
+// simHeader) for one fleet size, by scenario.
+func publishedSimRows(t *testing.T, fleet int) map[string]string {
+	t.Helper()
+	doc, err := os.ReadFile("BENCHMARKS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(doc), "\n")
+	at := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, simHeader) })
+	if at < 0 {
+		t.Fatal("BENCHMARKS.md has no simulation table: no line begins with simHeader")
+	}
+	rows := map[string]string{}
+	for _, l := range lines[at+2:] {
+		cells := strings.Split(l, "|")
+		if !strings.HasPrefix(l, "|") || len(cells) < 3 {
+			break
+		}
+		if strings.TrimSpace(cells[2]) == strconv.Itoa(fleet) {
+			rows[strings.TrimSpace(cells[1])] = l
+		}
+	}
+	return rows
 }
 
 // simFleets are BenchmarkSim's fleet sizes.
