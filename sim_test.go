@@ -639,7 +639,7 @@ func TestSimDeterministic(t *testing.T) {
 // TestSimTableIsCurrent runs every scenario for a fleet of 10 as BenchmarkSim does and compares
 // the row with the one BENCHMARKS.md publishes (all but the real time it took): a change of
 // behaviour fails it until the table is run again, by the commands above it. The fleets of 10
-// take about 20 s in all; the larger ones, up to 40 minutes, are not checked here, and the table
+// take about 20 s in all; the larger ones, about 40 minutes, are not checked here, and the table
 // says which code they ran on.
 func TestSimTableIsCurrent(t *testing.T) {
 	published := publishedSimRows(t, 10)
