@@ -26,6 +26,7 @@ package main
 //	fakests_test.go        fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis;
 //	                       the role tests that use them are in sts_test.go
 //	formats_test.go        kpl and cloudwatch decoders: protowire, aws-lambda-go, npm aws-kinesis-agg
+//	formats_rie_test.go    the kpl and cloudwatch formats in the RIE's managed-instances mode
 //	emf_test.go            decodeEMF, emfLines (the EMF lines in the extension's output), validateEMF
 //	                       (npm ajv with testdata/emf/schema.json, and aws-embedded-metrics, through
 //	                       testdata/peers/emf-validate.js)
@@ -589,4 +590,54 @@ func TestBrokenRuntimeAPIIsReportedAsExitError(t *testing.T) {
 			t.Errorf("reported %v, want one exit error Extension.NextFailed", fl.errorsSeen)
 		}
 	})
+}
+
+// TestHarnessMapsAgree checks that the map at the top of this file and docs/development.md's "Test
+// harness" table name the same files, and that each exists: the two are written for different
+// readers and drifted apart once (the doc lacked ten files).
+func TestHarnessMapsAgree(t *testing.T) {
+	src, err := os.ReadFile("main_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inMap := map[string]bool{}
+	for _, line := range strings.Split(string(src), "\n") {
+		if line == "// The usual end-to-end test:" {
+			break
+		}
+		if f := strings.Fields(strings.TrimPrefix(line, "//\t")); strings.HasPrefix(line, "//\t") && len(f) > 0 && strings.HasSuffix(f[0], "_test.go") {
+			inMap[f[0]] = true
+		}
+	}
+	doc, err := os.ReadFile(filepath.Join("docs", "development.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(string(doc), "## Test harness")
+	inDoc := map[string]bool{}
+	for _, line := range strings.Split(table, "\n") {
+		first, _, ok := strings.Cut(strings.TrimPrefix(line, "| "), " |")
+		if !strings.HasPrefix(line, "| `") || !ok {
+			continue
+		}
+		for _, name := range strings.Split(first, ", ") {
+			inDoc[strings.Trim(name, "`")] = true
+		}
+	}
+	if len(inMap) == 0 || len(inDoc) == 0 {
+		t.Fatalf("found %d files in main_test.go's map and %d in docs/development.md's table", len(inMap), len(inDoc))
+	}
+	for name := range inMap {
+		if !inDoc[name] {
+			t.Errorf("%s is in main_test.go's map, not in docs/development.md's \"Test harness\" table", name)
+		}
+		if _, err := os.Stat(name); err != nil {
+			t.Errorf("main_test.go's map names %s: %v", name, err)
+		}
+	}
+	for name := range inDoc {
+		if !inMap[name] {
+			t.Errorf("%s is in docs/development.md's \"Test harness\" table, not in main_test.go's map", name)
+		}
+	}
 }
