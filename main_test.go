@@ -20,7 +20,7 @@ package main
 //	fleet_test.go          TestFleet, BenchmarkFleet: many frozen environments on one throttled stream
 //	sim_test.go            TestSim, BenchmarkSim: fleets of 10 to 10,000 real extension values driven as
 //	                       Lambda drives them, on a testing/synctest virtual clock, in process;
-//	                       TestSimTableIsCurrent checks BENCHMARKS.md's rows at 10 against them
+//	                       TestSim also checks BENCHMARKS.md's rows at 10 against them
 //	simkinesis_test.go     simStream, the simulation's Kinesis model (a recordPutter): hash ranges, shard
 //	                       buckets, hot key, on-demand scaling, answer spikes, KMS throttling
 //	fakests_test.go        fakeSTS (AssumeRole, every request's SigV4 checked) and signedKinesis;
