@@ -375,9 +375,16 @@ func (s *shardPacers) learn(recs []pendingRecord, results []putResult, strangers
 			}
 		}
 	}
-	// Measure every shard, then judge each tail: map order must not decide the outcome.
+	// Measure every shard, then judge each tail: map order must not decide the outcome. So the
+	// shares this call shows are made before any shard is measured: a share made partway
+	// through would leave out the entries of the shards the map gave first.
 	if share := s.random[streamShare]; share != nil {
 		share.age()
+	}
+	for shard, c := range byShard {
+		if c.scattered > 0 {
+			s.share(shard)
+		}
 	}
 	for shard, c := range byShard {
 		s.measure(shard, c.accepted+c.scattered, c.scattered, c.scattered > 0)
@@ -414,23 +421,34 @@ const streamShare = ""
 // (refusalMemory; learn ages the stream's once per call), and makes the shares when refused
 // entries are scattered among stored ones, forgiving the pacers they may have made.
 func (s *shardPacers) measure(shard string, entries, refused int, call bool) {
+	if call && refused > 0 {
+		s.share(shard)
+	}
 	for _, key := range [...]string{shard, streamShare} {
 		share := s.random[key]
 		if share == nil {
-			if refused == 0 || !call {
-				continue
-			}
-			if len(s.random) >= 4*maxShardPacers {
-				clear(s.random)
-			}
-			share = &randomShare{}
-			s.random[key] = share
-			s.forgive(key)
-		} else if call && key == shard {
+			continue
+		}
+		if call && key == shard {
 			share.age()
 		}
 		share.entries += float64(entries)
 		share.refused += float64(refused)
+	}
+}
+
+// share makes shard's share refused whatever the rate, and the stream's, where they are not yet
+// made, forgiving the pacers they may have made (forgive).
+func (s *shardPacers) share(shard string) {
+	keys := [...]string{shard, streamShare}
+	if (s.random[shard] == nil || s.random[streamShare] == nil) && len(s.random) >= 4*maxShardPacers {
+		clear(s.random)
+	}
+	for _, key := range keys {
+		if s.random[key] == nil {
+			s.random[key] = &randomShare{}
+			s.forgive(key)
+		}
 	}
 }
 

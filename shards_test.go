@@ -514,6 +514,29 @@ func TestRefusalsWhateverTheRateAreToldFromTheShardsLimit(t *testing.T) {
 	}
 }
 
+// TestRandomSharesCountEveryShardOfACall: the first call whose refusals scatter makes the stream's
+// share refused whatever the rate, and every shard of that call counts in it, whichever the map
+// of shards gives first. (When the share was made partway through the call's shards, those
+// measured before it were left out, and a simulated fleet of 1,000 ran differently from one run
+// to the next.) Map order is random: 64 tries would all miss a dependence on it 2^-64 times.
+func TestRandomSharesCountEveryShardOfACall(t *testing.T) {
+	const a, b = "shardId-000000000000", "shardId-000000000001"
+	recs, results := callOf(a, "+-+-+")
+	more, answers := callOf(b, "+++")
+	for i := range more {
+		more[i].key = fmt.Sprintf("b%d", i)
+	}
+	recs, results = append(recs, more...), append(results, answers...)
+	for try := range 64 {
+		s := newShardPacers(func() *pacer { return newShardPacer(time.Now) })
+		s.learn(recs, results, nil)
+		share := s.random[streamShare]
+		if share == nil || share.entries != 8 || share.refused != 2 {
+			t.Fatalf("try %d: the stream's share is %+v after a call of 8 entries, 2 refused at random", try, share)
+		}
+	}
+}
+
 // TestStrangerWindowCountsOnlyTheRate: the stranger window goes back to strangerProbe when a
 // stranger is refused for throughput, named shard or not, but not for a refusal whatever the rate
 // (scattered among stored entries) or an internal failure.

@@ -41,7 +41,10 @@ package main
 //
 // Calls that arrive at the same virtual instant are decided together, one nanosecond later, in
 // the order of (environment, call), so that a run does not depend on how the Go scheduler orders
-// goroutines: the simulation is deterministic for a given seed.
+// goroutines: the simulation is deterministic for a given seed. A call that arrives at the very
+// instant of a decision waits for the next one, whether the scheduler runs it before the
+// decision or after (before, two runs of a fleet of 1,000 could decide the same call a
+// nanosecond apart).
 
 import (
 	"bytes"
@@ -179,6 +182,7 @@ func (m *simStream) capacity() float64 {
 
 // simCall is one PutRecords call waiting for its decision.
 type simCall struct {
+	at      time.Time // arrival
 	env     int
 	seq     int
 	entries []shardEntry
@@ -231,6 +235,7 @@ func (c *simClient) putRecords(ctx context.Context, body []byte, n int) ([]putRe
 	call := &simCall{env: c.env, seq: c.calls, entries: req.Records, done: make(chan simAnswer, 1)}
 	c.calls++
 	c.mu.Unlock()
+	call.at = time.Now()
 	c.m.enqueue(call)
 	a := <-call.done // decided 1 ns after arrival
 	t := time.NewTimer(a.after)
@@ -259,15 +264,27 @@ func (m *simStream) enqueue(c *simCall) {
 func (m *simStream) decide() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	calls := m.pending
-	m.pending, m.scheduled = nil, false
+	// A call that arrives at this very instant may come before or after this function runs, as
+	// the scheduler has it: it waits for the next instant's decision either way.
+	now := time.Now()
+	var calls, later []*simCall
+	for _, c := range m.pending {
+		if c.at.Before(now) {
+			calls = append(calls, c)
+		} else {
+			later = append(later, c)
+		}
+	}
+	m.pending, m.scheduled = later, len(later) > 0
+	if m.scheduled {
+		time.AfterFunc(time.Nanosecond, m.decide)
+	}
 	slices.SortFunc(calls, func(a, b *simCall) int {
 		if a.env != b.env {
 			return a.env - b.env
 		}
 		return a.seq - b.seq
 	})
-	now := time.Now()
 	m.adjust(now)
 	sec := m.second(now)
 	for _, c := range calls {
