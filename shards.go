@@ -440,11 +440,10 @@ func (s *shardPacers) measure(shard string, entries, refused int, call bool) {
 // share makes shard's share refused whatever the rate, and the stream's, where they are not yet
 // made, forgiving the pacers they may have made (forgive).
 func (s *shardPacers) share(shard string) {
-	keys := [...]string{shard, streamShare}
 	if (s.random[shard] == nil || s.random[streamShare] == nil) && len(s.random) >= 4*maxShardPacers {
 		clear(s.random)
 	}
-	for _, key := range keys {
+	for _, key := range [...]string{shard, streamShare} {
 		if s.random[key] == nil {
 			s.random[key] = &randomShare{}
 			s.forgive(key)
