@@ -39,6 +39,14 @@ type stats struct {
 
 func newStats() *stats { return &stats{start: time.Now()} }
 
+// toShip is how many events were received to be shipped: all but those filtered out. (An event
+// is counted received before it is filtered: the filtered are read first, and never outnumber
+// the received read after them.)
+func (s *stats) toShip() uint64 {
+	filtered := s.filteredExcluded.Load() + s.filteredLevel.Load() + s.filteredSampled.Load() + s.filteredOwn.Load()
+	return s.received.Load() - filtered
+}
+
 // codeCounts counts failures by error code; the zero value is ready to use.
 type codeCounts struct {
 	mu sync.Mutex

@@ -81,3 +81,17 @@ func TestLossMarks(t *testing.T) {
 		}
 	}
 }
+
+// TestToShipLeavesFilteredOut: what the function offers the stream (the crowd's measure,
+// shards.go) is what was received less every filter's drops.
+func TestToShipLeavesFilteredOut(t *testing.T) {
+	st := newStats()
+	st.received.Add(100)
+	st.filteredExcluded.Add(10)
+	st.filteredLevel.Add(20)
+	st.filteredSampled.Add(5)
+	st.filteredOwn.Add(1)
+	if got := st.toShip(); got != 64 {
+		t.Errorf("toShip %d of 100 received with 36 filtered, want 64", got)
+	}
+}

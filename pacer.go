@@ -21,12 +21,12 @@ import (
 // mode: unpaced until the first pushback; then the rate starts at the rate sent over the last
 // second, cut by half the share throttled; at the end of each paceEpoch with pushback it is cut
 // by half the epoch's throttled share (all of it throttled: halved; a shard's pacer: by
-// shardEpochCut, whatever the share); and while the backlog wants
-// more than the bucket gives, it rises by paceIncrease of itself per second (at least
-// its minStep), or doubles per second once paceProbeAfter has passed without pushback and the
-// stream has stored paceProbeEntries since (or what the rate sends in paceProbeAfter, if less;
-// a shard's pacer waits for paceProbeEntries whatever its rate),
-// like TCP's slow start, so that a passing throttle does not hold the environment back for long.
+// shardEpochCut, whatever the share); and while the backlog wants more than the bucket gives, it
+// rises by paceIncrease of itself per second (at least its minStep; a shard's pacer in a crowd,
+// shards.go, cuts by crowdCut and grows by half), or doubles per second once paceProbeAfter has
+// passed without pushback and the stream has stored paceProbeEntries since (or what the rate
+// sends in paceProbeAfter, if less; a shard's pacer waits for paceProbeEntries whatever its
+// rate), like TCP's slow start, so that a passing throttle does not hold the environment back for long.
 // (Calm by time alone let a pacer at a fraction of an entry per second, which sees a refusal
 // seldom because it sends seldom, double every second in a fleet that overloads its shards.)
 // Slow answers are not pushback: a stream that answers late still stores what it is sent.
@@ -53,6 +53,8 @@ type pacer struct {
 	now              func() time.Time
 	minRate, minStep float64 // the floor, and the least additive step (entries/s per second)
 	shard            bool    // a shard's pacer: cuts by shardEpochCut, probes after paceProbeEntries
+	crowded          bool    // a shard's pacer in a crowd (shardPacers.judgeCrowd): crowdIncrease, crowdCut
+	cuts             int     // epochs with refusals (inCrowd)
 
 	paced        bool
 	hurried      bool    // shutdown: probe by what is stored (hurry)
@@ -114,6 +116,26 @@ const (
 // than a halving did, and amplification at 10× rose 4.00 → 4.49. BENCHMARKS.md, "A shard's cut
 // per epoch with refusals".)
 const shardEpochCut = 0.3
+
+// In a crowd (shards.go, "A crowd") a shard's pacer grows by crowdIncrease of its rate a second,
+// with half its least step, and cuts by crowdCut: the shard refuses 0.375 of what it would.
+const (
+	crowdIncrease = paceIncrease / 2
+	crowdCut      = 0.4
+	crowdCuts     = 2 // epochs with refusals before a crowd's rules hold
+)
+
+// inCrowd reports whether the crowd's rules hold: where the environment judges its shards crowded,
+// on a shard that keeps refusing this pacer (crowdCuts epochs with refusals, the last under
+// paceForget ago), and not at shutdown, whose probe (hurry) learns from what is stored. One cut
+// is not enough: ten thousand cold starts in a fleet's first seconds overflow a stream with room,
+// and on one whose answers spike an environment that offers an event a second stores in some
+// windows nothing of it, which reads as a full stream. Simulated, such a fleet's pacers grew half
+// as fast from that one cut for the rest of their lives, and 5 events were dropped at spindown
+// (BENCHMARKS.md, "Crowds").
+func (p *pacer) inCrowd() bool {
+	return p.crowded && !p.hurried && p.cuts >= crowdCuts && p.now().Sub(p.calmAt) < paceForget
+}
 
 func newPacer(now func() time.Time) *pacer {
 	return &pacer{now: now, minRate: paceMinRate, minStep: paceMinStep}
@@ -216,6 +238,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	p.epochThrottled += float64(throttled)
 	if now.Sub(p.epochAt) >= paceEpoch {
 		if p.epochThrottled > 0 {
+			p.cuts++
 			p.cut(p.epochCut())
 		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
@@ -235,7 +258,10 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	}
 	if starved {
 		dt := min(now.Sub(p.upAt), time.Second).Seconds()
-		growth := paceIncrease
+		growth, minStep := paceIncrease, p.minStep
+		if p.inCrowd() {
+			growth, minStep = crowdIncrease, p.minStep/2
+		}
 		probeStored := float64(paceProbeEntries) // stored since the last pushback, before the probe
 		if !p.shard {
 			probeStored = min(probeStored, p.rate*paceProbeAfter.Seconds())
@@ -243,7 +269,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 		if now.Sub(p.calmAt) >= paceProbeAfter && p.calmAccepted >= probeStored {
 			growth = paceProbe
 		}
-		p.rate += dt * max(p.minStep, p.rate*growth)
+		p.rate += dt * max(minStep, p.rate*growth)
 		if p.rate > paceMaxRate {
 			p.paced = false
 		}
@@ -252,9 +278,12 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 }
 
 // epochCut is the share of the rate an epoch with refusals takes off: half the share of its
-// entries refused, or for a shard's pacer shardEpochCut, whatever the share.
+// entries refused, or for a shard's pacer shardEpochCut (crowdCut in a crowd), whatever the share.
 func (p *pacer) epochCut() float64 {
-	if p.shard {
+	switch {
+	case p.inCrowd():
+		return crowdCut
+	case p.shard:
 		return shardEpochCut
 	}
 	return min(1, p.epochThrottled/max(p.epochSent, 1)) / 2

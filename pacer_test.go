@@ -144,6 +144,18 @@ func TestShardPacerLargeFleet(t *testing.T) {
 	if good < 0.9 {
 		t.Errorf("10×: goodput %.2f, want >= 0.9", good)
 	}
+	// In a crowd (shards.go) the shard refuses N·g / (c·C) of what it takes once full, 0.375 of
+	// what it refuses outside one. The run includes the fleet's first seconds, when every pacer
+	// is new: asserted at two thirds (measured 0.64: amplification 1.36 → 1.23).
+	crowdGood, crowdAmp, crowdJain := run(func(now func() time.Time) *pacer {
+		p := newShardPacer(now)
+		p.crowded = true
+		return p
+	}, 10)
+	t.Logf("10×, in a crowd: goodput %.2f, amplification %.2f, Jain's index %.3f", crowdGood, crowdAmp, crowdJain)
+	if crowdGood < 0.9 || crowdAmp-1 > (amp-1)*2/3 {
+		t.Errorf("10×, in a crowd: goodput %.2f (want >= 0.9), amplification %.2f (want at most 1 + two thirds of %.2f − 1)", crowdGood, crowdAmp, amp)
+	}
 }
 
 // fakeClock is a settable clock for the pacer.
@@ -247,6 +259,11 @@ func TestPacer(t *testing.T) {
 					t.Errorf("shard: %d of 10 refused: rate %.3f, want %.3f (cut by %v whatever the share)", refused, r, want, shardEpochCut)
 				}
 			}
+			shard.crowded = true
+			shard.rate = 4
+			if r, want := epoch(shard, 10, 1), 4*(1-crowdCut); math.Abs(r-want) > 1e-9 {
+				t.Errorf("shard in a crowd: 1 of 10 refused: rate %.3f, want %.3f (cut by crowdCut %v)", r, want, crowdCut)
+			}
 			if r := epoch(stream, 10, 1); math.Abs(r-40*0.95) > 1e-9 {
 				t.Errorf("stream: 1 of 10 refused: rate %.3f, want %.3f (by half the share)", r, 40*0.95)
 			}
@@ -280,6 +297,56 @@ func TestPacer(t *testing.T) {
 			}
 			if _, r := p.pacing(); r < 1.8*r0 {
 				t.Errorf("a second after %d stored: rate %.2f from %.2f, want the probe's doubling", probeAt, r, r0)
+			}
+		}},
+		{"a shard's pacer in a crowd grows by crowdIncrease a second, and by half the least step, and cuts by crowdCut, but not at shutdown", func(t *testing.T, _ *pacer, c *fakeClock) {
+			for _, tt := range []struct {
+				rate, want float64
+			}{
+				{4, 4 * (1 + crowdIncrease)}, // the increase
+				{0.2, 0.2 + shardMinStep/2},  // the least step
+			} {
+				p := newShardPacer(c.now)
+				p.observe(4, 3, 1, false, false)
+				p.crowded, p.rate, p.cuts = true, tt.rate, crowdCuts
+				c.advance(time.Second)
+				p.observe(0, 0, 0, false, true)
+				if _, r := p.pacing(); math.Abs(r-tt.want) > 1e-9 {
+					t.Errorf("from %.2f, a second starved: rate %.4f, want %.4f", tt.rate, r, tt.want)
+				}
+				if p.epochCut() != crowdCut {
+					t.Errorf("cut %v in a crowd, want crowdCut %v", p.epochCut(), crowdCut)
+				}
+				p.hurry() // the shutdown's probe learns from what is stored: no crowd's rules
+				if p.epochCut() != shardEpochCut {
+					t.Errorf("cut %v at shutdown, want shardEpochCut %v", p.epochCut(), shardEpochCut)
+				}
+			}
+		}},
+		{"a crowd's rules wait for crowdCuts epochs with refusals, and end paceForget after the last", func(t *testing.T, _ *pacer, c *fakeClock) {
+			p := newShardPacer(c.now)
+			p.crowded = true
+			p.observe(4, 3, 1, false, false) // the first pushback starts pacing: no cut
+			for cuts := range crowdCuts + 1 {
+				if got, want := p.inCrowd(), cuts >= crowdCuts; got != want {
+					t.Errorf("after %d epochs with refusals: in a crowd %v, want %v", cuts, got, want)
+				}
+				c.advance(100 * time.Millisecond)
+				p.observe(4, 3, 1, false, false)
+				c.advance(paceEpoch)
+				p.observe(0, 0, 0, false, false) // closes the epoch, with its cut
+			}
+			c.advance(paceForget - paceEpoch - 200*time.Millisecond)
+			if !p.inCrowd() {
+				t.Errorf("%v after the last refusal: not in a crowd, want in one", c.now().Sub(p.calmAt))
+			}
+			c.advance(200 * time.Millisecond)
+			if p.inCrowd() {
+				t.Errorf("%v after the last refusal: in a crowd, want the crowd's rules over", c.now().Sub(p.calmAt))
+			}
+			p.crowded, p.calmAt = false, c.now() // a recent refusal, where the environment judges no crowd
+			if p.inCrowd() {
+				t.Error("not judged crowded: in a crowd")
 			}
 		}},
 		{"calm: the rate grows, fast after paceProbeAfter", func(t *testing.T, p *pacer, c *fakeClock) {

@@ -111,6 +111,18 @@ func (m *shardMap) learn(h hashKey, shard string) {
 	}
 }
 
+// runs returns how many runs of one shard the map holds: the shards learnt, as a shard owns one
+// contiguous range.
+func (m *shardMap) runs() int {
+	n := 0
+	for i, p := range m.points {
+		if i == 0 || m.points[i-1].shard != p.shard {
+			n++
+		}
+	}
+	return n
+}
+
 // thin halves the map, keeping each shard's outermost points, which are what a lookup needs.
 func (m *shardMap) thin() {
 	kept := m.points[:0]
@@ -159,6 +171,7 @@ type shardPacers struct {
 	// strangerWindow.
 	strangers int
 	lentAt    time.Time // the last entry lend let go
+	offered   offeredRate
 }
 
 // maxShardPacers bounds the pacers kept; past it, the shards paced no longer are forgotten.
@@ -484,6 +497,87 @@ func (c *shardCall) notRate(runLimit int) int {
 	c.sent -= n
 	c.throttled -= n
 	return n
+}
+
+// A crowd: the shards shared by so many environments that their pacers must grow more slowly.
+//
+// With N environments writing to a full shard of C records/s, each raising its rate by g a
+// second and cutting c of it per refusal, each environment's cuts undo its growth when the shard
+// refuses it about g / c of its rate a second: the shard refuses N·g / c entries a second, a
+// share N·g / (c·C) of what it takes, whatever the overload. An environment that sends a shard
+// tens of entries a second meets one cut per epoch however many of its entries are refused, and
+// the share stays small; at an entry or two a second each refusal is a cut, and with g a tenth of
+// the rate and c 30%, a thousand environments on a shard have about a third of what they send
+// refused. (Simulated, a thousand environments at 10× overload: 29% of the entries sent to
+// shards whose pacers were over 5 s old were refused; BENCHMARKS.md, "Crowds".)
+//
+// An environment cannot count its peers, but what it offers bounds them in a fleet of one
+// function, whose environments offer alike: a shard that is full while it offers d entries a
+// second is shared by C / d such environments at least. The shards are full where the stream
+// stores less than crowdStored of what the function offers (a share refused at random whatever
+// the rate, seen in calls too small to show it, leaves most of it stored in the end). Where that
+// bound is many (d under crowdDemand), the shard pacers grow half as fast, with half the least
+// step, and cut by 40% instead of 30% (crowdIncrease, crowdCut): N·g / (c·C) falls to 0.375 of
+// what it was, on the shards that keep refusing (pacer.inCrowd). The environments then take
+// longer to even their shares out, and fairness pays where they live for seconds (BENCHMARKS.md,
+// "Crowds"). Where refusals whatever the rate have
+// shown (randomShare), a tail of refusals may be more of them, which a deeper cut would cut for:
+// no crowd while the stream's share allows a tail of one. What the function offers is counted in
+// events, which aggregated formats pack many to a record: those seldom count as a crowd, and keep
+// the rules of fleets of tens.
+const crowdDemand = 15 // events/s per shard learnt: C / d is then at least 66 at 1,000 records/s
+
+// judgeCrowd tells every shard pacer whether its shards are crowded, from the events the
+// function has offered to ship (received, filters' drops left out) and the stream has stored
+// (delivered), in all, the shards learnt so far, and the stream's share refused whatever the
+// rate.
+func (s *shardPacers) judgeCrowd(now time.Time, received, delivered uint64) {
+	s.offered.update(now, received, delivered)
+	if len(s.pacers) == 0 {
+		return
+	}
+	crowded := s.offered.rate > 0 && s.offered.rate/float64(max(1, s.shards.runs())) < crowdDemand &&
+		s.offered.stored < crowdStored && s.random[streamShare].runLimit() == 0
+	for _, p := range s.pacers {
+		p.crowded = crowded
+	}
+}
+
+// crowdStored is the share of what the function offers that the stream stores, under which the
+// shards are taken for full (A crowd, above).
+const crowdStored = 0.75
+
+// offeredRate is the events a second the function offers, and the share of them the stream
+// stores: over offeredWindow, each window averaged with the estimate before it; in the first
+// window, since the environment started, over the time since the first judgement (a second at
+// least), so that a cold environment is judged from its first answer on.
+type offeredRate struct {
+	at                  time.Time // the start of the window
+	received, delivered uint64    // at the start of the window
+	rate, stored        float64
+	windowed            bool // a window has ended
+}
+
+const offeredWindow = 2 * time.Second
+
+func (o *offeredRate) update(now time.Time, received, delivered uint64) {
+	if o.at.IsZero() {
+		o.at = now
+	}
+	dt := now.Sub(o.at)
+	if dt < offeredWindow && o.windowed {
+		return
+	}
+	offered := float64(received) - float64(o.received) // toShip may step back while an event is filtered
+	rate := max(0, offered) / max(1, dt.Seconds())
+	stored := min(1, max(0, float64(delivered)-float64(o.delivered))/max(1, offered))
+	if !o.windowed {
+		o.rate, o.stored = rate, stored
+	}
+	if dt >= offeredWindow {
+		o.rate, o.stored = (o.rate+rate)/2, (o.stored+stored)/2
+		o.at, o.received, o.delivered, o.windowed = now, received, delivered, true
+	}
 }
 
 // copyRoutes returns the ExplicitHashKeys (decimal; "" routes by the key) of n copies of the

@@ -563,3 +563,87 @@ func TestStrangerWindowCountsOnlyTheRate(t *testing.T) {
 		})
 	}
 }
+
+// TestCrowdFromWhatTheEnvironmentOffers: an environment's shard pacers are in a crowd while the
+// function offers fewer than crowdDemand events a second per shard learnt and the stream stores
+// less than crowdStored of them, judged from its first
+// answer on (a cold environment's whole life may be a few windows; the first estimate is over a
+// second at least), then over offeredWindow; and never while refusals whatever the rate show,
+// whose tails a crowd's deeper cut would cut for.
+func TestCrowdFromWhatTheEnvironmentOffers(t *testing.T) {
+	route := evenShards(4)
+	for _, tt := range []struct {
+		name    string
+		shards  int     // learnt before the pacer is made
+		offered float64 // events/s, steady
+		stored  float64 // the share of what is offered that the stream stores
+		want    bool
+		scatter bool // a call whose refusals scatter comes first: refusals whatever the rate
+	}{
+		{"a thousand environments' share of four shards at 10× overload", 4, 40, 0.1, true, false},
+		{"the same where refusals whatever the rate have shown", 4, 40, 0.1, false, true},
+		{"the same where the stream stores most of what is offered", 4, 40, crowdStored + 0.05, false, false},
+		{"just under crowdStored", 4, 40, crowdStored - 0.05, true, false},
+		{"a hundred environments' share of two shards at 10× overload", 2, 200, 0.1, false, false},
+		{"the same events over one shard learnt", 1, 40, 0.1, false, false},
+		{"just under crowdDemand per shard", 4, 4*crowdDemand - 4, 0.1, true, false},
+		{"just over it", 4, 4*crowdDemand + 4, 0.1, false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &fakeClock{t: time.Unix(1000, 0)}
+			s := newShardPacers(func() *pacer { return newShardPacer(c.now) })
+			// One entry stored by each of the shards learnt, one refused by the first: it gets
+			// a pacer.
+			var recs []pendingRecord
+			var results []putResult
+			seen := map[string]bool{}
+			for i := 0; len(seen) < tt.shards; i++ {
+				key := fmt.Sprintf("k%d", i)
+				if shard := route(key); !seen[shard] && len(seen) < tt.shards {
+					seen[shard] = true
+					recs = append(recs, pendingRecord{key: key, size: 100})
+					results = append(results, answerOf(shard, true))
+				}
+			}
+			first := string(results[0].ShardID)
+			again := recs[0].key
+			for i := 0; again == recs[0].key || route(again) != first; i++ {
+				again = fmt.Sprintf("again-%d", i)
+			}
+			recs = append(recs, pendingRecord{key: again, size: 100})
+			results = append(results, answerOf(first, false))
+			if tt.scatter {
+				var keys []pendingRecord
+				var answers []putResult
+				// Refusals scattered, then a tail too long for them: the share, and the pacer.
+				pattern := "+-++-+-++" + strings.Repeat("-", 30)
+				for i := 0; len(keys) < len(pattern); i++ {
+					if key := fmt.Sprintf("scatter-%d", i); route(key) == first {
+						keys = append(keys, pendingRecord{key: key, size: 100})
+						answers = append(answers, answerOf(first, pattern[len(keys)-1] == '+'))
+					}
+				}
+				s.learn(keys, answers, nil)
+			}
+			var received, delivered float64
+			for step := range 40 { // 4 s in calls a tenth of a second apart
+				c.advance(100 * time.Millisecond)
+				received += tt.offered / 10
+				delivered += tt.stored * tt.offered / 10
+				if step == 0 {
+					s.learn(recs, results, nil)
+				}
+				s.judgeCrowd(c.now(), uint64(received), uint64(delivered))
+				p := s.pacers[first]
+				if p == nil {
+					t.Fatal("no pacer for the shard that refused")
+				}
+				if step == 9 || step == 39 { // the first estimate is over a second at least
+					if p.crowded != tt.want {
+						t.Errorf("after %v: crowded %v, want %v (%.0f events/s over %d shards, %d runs in the map)", time.Duration(step+1)*100*time.Millisecond, p.crowded, tt.want, tt.offered, tt.shards, s.shards.runs())
+					}
+				}
+			}
+		})
+	}
+}

@@ -418,6 +418,7 @@ func (s *shipper) shardWait() time.Duration {
 // many entries were refused whatever the rate (shardPacers.learn).
 func (s *shipper) observeShards(recs []pendingRecord, results []putResult) (anyway int) {
 	byShard, unknown, anyway := s.shardPace.learn(recs, results, s.strangers)
+	s.shardPace.judgeCrowd(s.pace.now(), s.stats.toShip(), s.stats.delivered.Load())
 	s.unsharded = unknown
 	for shard, c := range byShard {
 		p := s.shardPace.pacers[shard]
