@@ -53,8 +53,8 @@ type pacer struct {
 	now              func() time.Time
 	minRate, minStep float64 // the floor, and the least additive step (entries/s per second)
 	shard            bool    // a shard's pacer: cuts by shardEpochCut, probes after paceProbeEntries
-	crowded          bool    // a shard's pacer in a crowd (shardPacers.judgeCrowd): crowdIncrease, crowdCut
-	cuts             int     // epochs with refusals (inCrowd)
+	crowded          bool    // its environment judges its shards crowded (shardPacers.judgeCrowd)
+	cuts             int     // epochs with refusals: inCrowd waits for crowdCuts
 
 	paced        bool
 	hurried      bool    // shutdown: probe by what is stored (hurry)

@@ -520,11 +520,10 @@ func (c *shardCall) notRate(runLimit int) int {
 // step, and cut by 40% instead of 30% (crowdIncrease, crowdCut): N·g / (c·C) falls to 0.375 of
 // what it was, on the shards that keep refusing (pacer.inCrowd). The environments then take
 // longer to even their shares out, and fairness pays where they live for seconds (BENCHMARKS.md,
-// "Crowds"). Where refusals whatever the rate have
-// shown (randomShare), a tail of refusals may be more of them, which a deeper cut would cut for:
-// no crowd while the stream's share allows a tail of one. What the function offers is counted in
-// events, which aggregated formats pack many to a record: those seldom count as a crowd, and keep
-// the rules of fleets of tens.
+// "Crowds"). Where refusals whatever the rate have shown (randomShare), a tail of refusals may be
+// more of them, which a deeper cut would cut for: no crowd while the stream's share allows a tail
+// of one. What the function offers is counted in events, which aggregated formats pack many to a
+// record: those seldom count as a crowd, and keep the rules of fleets of tens.
 const crowdDemand = 15 // events/s per shard learnt: C / d is then at least 66 at 1,000 records/s
 
 // judgeCrowd tells every shard pacer whether its shards are crowded, from the events the
