@@ -133,8 +133,8 @@ const (
 // windows nothing of it, which reads as a full stream. Simulated, such a fleet's pacers grew half
 // as fast from that one cut for the rest of their lives, and 5 events were dropped at spindown
 // (BENCHMARKS.md, "Crowds").
-func (p *pacer) inCrowd() bool {
-	return p.crowded && !p.hurried && p.cuts >= crowdCuts && p.now().Sub(p.calmAt) < paceForget
+func (p *pacer) inCrowd(now time.Time) bool {
+	return p.crowded && !p.hurried && p.cuts >= crowdCuts && now.Sub(p.calmAt) < paceForget
 }
 
 func newPacer(now func() time.Time) *pacer {
@@ -239,7 +239,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	if now.Sub(p.epochAt) >= paceEpoch {
 		if p.epochThrottled > 0 {
 			p.cuts++
-			p.cut(p.epochCut())
+			p.cut(p.epochCut(now))
 		}
 		p.epochAt, p.epochSent, p.epochThrottled = now, 0, 0
 	}
@@ -259,7 +259,7 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 	if starved {
 		dt := min(now.Sub(p.upAt), time.Second).Seconds()
 		growth, minStep := paceIncrease, p.minStep
-		if p.inCrowd() {
+		if p.inCrowd(now) {
 			growth, minStep = crowdIncrease, p.minStep/2
 		}
 		probeStored := float64(paceProbeEntries) // stored since the last pushback, before the probe
@@ -279,9 +279,9 @@ func (p *pacer) observe(sent, accepted, throttled int, pushback, starved bool) {
 
 // epochCut is the share of the rate an epoch with refusals takes off: half the share of its
 // entries refused, or for a shard's pacer shardEpochCut (crowdCut in a crowd), whatever the share.
-func (p *pacer) epochCut() float64 {
+func (p *pacer) epochCut(now time.Time) float64 {
 	switch {
-	case p.inCrowd():
+	case p.inCrowd(now):
 		return crowdCut
 	case p.shard:
 		return shardEpochCut

@@ -314,12 +314,12 @@ func TestPacer(t *testing.T) {
 				if _, r := p.pacing(); math.Abs(r-tt.want) > 1e-9 {
 					t.Errorf("from %.2f, a second starved: rate %.4f, want %.4f", tt.rate, r, tt.want)
 				}
-				if p.epochCut() != crowdCut {
-					t.Errorf("cut %v in a crowd, want crowdCut %v", p.epochCut(), crowdCut)
+				if p.epochCut(c.now()) != crowdCut {
+					t.Errorf("cut %v in a crowd, want crowdCut %v", p.epochCut(c.now()), crowdCut)
 				}
 				p.hurry() // the shutdown's probe learns from what is stored: no crowd's rules
-				if p.epochCut() != shardEpochCut {
-					t.Errorf("cut %v at shutdown, want shardEpochCut %v", p.epochCut(), shardEpochCut)
+				if p.epochCut(c.now()) != shardEpochCut {
+					t.Errorf("cut %v at shutdown, want shardEpochCut %v", p.epochCut(c.now()), shardEpochCut)
 				}
 			}
 		}},
@@ -328,7 +328,7 @@ func TestPacer(t *testing.T) {
 			p.crowded = true
 			p.observe(4, 3, 1, false, false) // the first pushback starts pacing: no cut
 			for cuts := range crowdCuts + 1 {
-				if got, want := p.inCrowd(), cuts >= crowdCuts; got != want {
+				if got, want := p.inCrowd(c.now()), cuts >= crowdCuts; got != want {
 					t.Errorf("after %d epochs with refusals: in a crowd %v, want %v", cuts, got, want)
 				}
 				c.advance(100 * time.Millisecond)
@@ -337,15 +337,15 @@ func TestPacer(t *testing.T) {
 				p.observe(0, 0, 0, false, false) // closes the epoch, with its cut
 			}
 			c.advance(paceForget - paceEpoch - 200*time.Millisecond)
-			if !p.inCrowd() {
+			if !p.inCrowd(c.now()) {
 				t.Errorf("%v after the last refusal: not in a crowd, want in one", c.now().Sub(p.calmAt))
 			}
 			c.advance(200 * time.Millisecond)
-			if p.inCrowd() {
+			if p.inCrowd(c.now()) {
 				t.Errorf("%v after the last refusal: in a crowd, want the crowd's rules over", c.now().Sub(p.calmAt))
 			}
 			p.crowded, p.calmAt = false, c.now() // a recent refusal, where the environment judges no crowd
-			if p.inCrowd() {
+			if p.inCrowd(c.now()) {
 				t.Error("not judged crowded: in a crowd")
 			}
 		}},
